@@ -1,0 +1,210 @@
+package hypersync
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+
+	"github.com/hypersync/hypersync/shapes"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("hypersync", parseCaddyfile)
+	// Sync requests are answered before a site's file_server would be.
+	httpcaddyfile.RegisterDirectiveOrder("hypersync", httpcaddyfile.Before, "file_server")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	hs := new(HyperSync)
+	err := hs.UnmarshalCaddyfile(h.Dispenser)
+	return hs, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	hypersync [<matcher>] {
+//		database <dsn>                  # postgres:// or postgresql://; {env.*} and {file.*} allowed
+//		user_id <placeholder>           # default {http.auth.user.id}
+//		max_batch <n>                   # most changes in one push; default 1000
+//		max_body <size>                 # largest request body; default 16MB
+//		timeout <duration>              # database time per request; default 10s
+//		shape <shapeKey> {              # repeatable
+//			table <name>                # default: the shapeKey; may be schema.table
+//			key <field>...              # required: the primary key or a unique constraint
+//			fields <field>...           # default: every column but key and bookkeeping
+//			user_column <column>        # default userId
+//			updated_at_column <column>  # default updatedAt
+//			synced_at_column <column>   # default lastSyncAt
+//			create_table                # create the table if it is missing
+//			field <name> <type>         # column type for create_table: text, integer, real, boolean, timestamp, json
+//		}
+//	}
+func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "database":
+			if h.Database != "" {
+				return d.Err("database given twice")
+			}
+			if !d.Args(&h.Database) || d.NextArg() {
+				return d.ArgErr()
+			}
+		case "user_id":
+			if !d.Args(&h.UserID) || d.NextArg() {
+				return d.ArgErr()
+			}
+			if !strings.Contains(h.UserID, "{") || !strings.Contains(h.UserID, "}") {
+				return d.Errf("user_id %q is not a placeholder such as {http.auth.user.id}", h.UserID)
+			}
+		case "max_batch":
+			var v string
+			if !d.Args(&v) || d.NextArg() {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				return d.Errf("max_batch %q is not a positive whole number", v)
+			}
+			h.MaxBatch = n
+		case "max_body":
+			var v string
+			if !d.Args(&v) || d.NextArg() {
+				return d.ArgErr()
+			}
+			n, err := humanize.ParseBytes(v)
+			if err != nil || n == 0 || n > 1<<40 {
+				return d.Errf("max_body %q is not a size such as 16MB", v)
+			}
+			h.MaxBody = int64(n)
+		case "timeout":
+			var v string
+			if !d.Args(&v) || d.NextArg() {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("timeout %q is not a positive duration such as 10s", v)
+			}
+			h.Timeout = caddy.Duration(dur)
+		case "shape":
+			s, err := unmarshalShape(d)
+			if err != nil {
+				return err
+			}
+			for _, other := range h.Shapes {
+				if other.Key == s.Key {
+					return d.Errf("shape %q is defined twice", s.Key)
+				}
+			}
+			h.Shapes = append(h.Shapes, s)
+		default:
+			return d.Errf("unrecognized hypersync option %q", d.Val())
+		}
+	}
+	if len(h.Shapes) == 0 {
+		return d.Err("hypersync needs at least one shape block")
+	}
+	return nil
+}
+
+func unmarshalShape(d *caddyfile.Dispenser) (shapes.ShapeConfig, error) {
+	var s shapes.ShapeConfig
+	if !d.Args(&s.Key) {
+		return s, d.Err("shape needs a shapeKey: shape <shapeKey> { … }")
+	}
+	if d.NextArg() {
+		return s, d.ArgErr()
+	}
+	single := func(dst *string) error {
+		if *dst != "" {
+			return d.Errf("%s given twice in shape %q", d.Val(), s.Key)
+		}
+		if !d.Args(dst) || d.NextArg() {
+			return d.ArgErr()
+		}
+		return nil
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch d.Val() {
+		case "table":
+			err = single(&s.Table)
+			if err == nil {
+				if _, _, perr := shapes.SplitTableName(s.Table); perr != nil {
+					err = d.Errf("shape %q: %v", s.Key, perr)
+				}
+			}
+		case "key":
+			s.KeyFields = append(s.KeyFields, d.RemainingArgs()...)
+			if len(s.KeyFields) == 0 {
+				err = d.ArgErr()
+			}
+		case "fields":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				err = d.ArgErr()
+			}
+			for _, f := range args {
+				if !slices.Contains(s.Fields, f) {
+					s.Fields = append(s.Fields, f)
+				}
+			}
+		case "user_column":
+			err = single(&s.UserColumn)
+		case "updated_at_column":
+			err = single(&s.UpdatedAtColumn)
+		case "synced_at_column":
+			err = single(&s.SyncedAtColumn)
+		case "create_table":
+			if d.NextArg() {
+				err = d.ArgErr()
+			}
+			s.CreateTable = true
+		case "field":
+			var name, typ string
+			if !d.Args(&name, &typ) || d.NextArg() {
+				return s, d.ArgErr()
+			}
+			if s.FieldTypes == nil {
+				s.FieldTypes = map[string]string{}
+			}
+			s.FieldTypes[name] = typ
+			// field both declares a data field and types it
+			if !slices.Contains(s.KeyFields, name) && !slices.Contains(s.Fields, name) {
+				s.Fields = append(s.Fields, name)
+			}
+			known := false
+			for _, t := range shapes.FieldTypeNames {
+				known = known || t == typ
+			}
+			if !known {
+				err = d.Errf("field %q: unknown type %q (want one of %s)", name, typ, strings.Join(shapes.FieldTypeNames, ", "))
+			}
+		default:
+			err = d.Errf("unrecognized option %q in shape %q", d.Val(), s.Key)
+		}
+		if err != nil {
+			return s, err
+		}
+	}
+	if len(s.KeyFields) == 0 {
+		return s, d.Errf("shape %q needs a key: key <field>...", s.Key)
+	}
+	if err := s.Validate(); err != nil {
+		return s, d.Err(err.Error())
+	}
+	return s, nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*HyperSync)(nil)

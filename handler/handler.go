@@ -1,0 +1,222 @@
+// Package handler speaks the HyperSync wire protocol: it routes push and
+// pull requests, decodes and checks the JSON the @jaaahn/hyper-sync client
+// sends, and writes the answers it expects.
+//
+// It owns HTTP status codes, error bodies and the request's time budget.
+// It must not know SQL or tables (that is package shapes) nor Caddy (the
+// root package resolves the user and calls Serve).
+package handler
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/hypersync/hypersync/shapes"
+)
+
+// Defaults for the Handler's limits.
+const (
+	DefaultMaxBatch  = 1000
+	DefaultMaxBody   = 16 << 20
+	DefaultTimeout   = 10 * time.Second
+	DefaultMaxFuture = 24 * time.Hour
+)
+
+// Handler serves push and pull for one store.
+type Handler struct {
+	Store  *shapes.Store
+	Logger *zap.Logger
+	// MaxBatch is the most changes one push may carry.
+	MaxBatch int
+	// MaxBody is the largest request body read, in bytes.
+	MaxBody int64
+	// Timeout bounds the database work of one request.
+	Timeout time.Duration
+	// MaxFuture is how far past the server's clock a change's updatedAt
+	// may be. A later one would win every conflict until then.
+	MaxFuture time.Duration
+	// Now is the clock for MaxFuture; time.Now when nil.
+	Now func() time.Time
+}
+
+// Serve answers one request for the authenticated user; user is empty when
+// authentication gave no user. The operation is chosen by the last path
+// segment, so the handler works under any route prefix.
+func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, user string) {
+	op := lastSegment(r.URL.Path)
+	switch op {
+	case "push":
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			writeError(w, http.StatusMethodNotAllowed, "method-not-allowed", "push takes POST")
+			return
+		}
+	case "pull":
+		if r.Method != http.MethodGet {
+			w.Header().Set("Allow", http.MethodGet)
+			writeError(w, http.StatusMethodNotAllowed, "method-not-allowed", "pull takes GET")
+			return
+		}
+	default:
+		writeError(w, http.StatusNotFound, "not-found", "hypersync serves …/push and …/pull")
+		return
+	}
+	if msg := checkUser(user); msg != "" {
+		writeError(w, http.StatusUnauthorized, "unauthenticated", msg)
+		return
+	}
+	ctx := r.Context()
+	if h.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, h.Timeout)
+		defer cancel()
+	}
+	if op == "push" {
+		h.push(ctx, w, r, user)
+	} else {
+		h.pull(ctx, w, r, user)
+	}
+}
+
+func lastSegment(path string) string {
+	path = strings.TrimSuffix(path, "/")
+	return path[strings.LastIndexByte(path, '/')+1:]
+}
+
+func checkUser(user string) string {
+	switch {
+	case user == "":
+		return "no authenticated user: put an authentication directive in front of hypersync"
+	case len(user) > 1024:
+		return "the user id is longer than 1024 bytes"
+	case strings.ContainsRune(user, 0) || !validUTF8(user):
+		return "the user id is not valid text"
+	}
+	return ""
+}
+
+// Error bodies: {"status":"error","error":"<code>","message":"..."}.
+type errorBody struct {
+	Status  string `json:"status"`
+	Error   string `json:"error"`
+	Message string `json:"message"`
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "5")
+	}
+	writeJSON(w, status, errorBody{Status: "error", Error: code, Message: msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		status, body = http.StatusInternalServerError, []byte(`{"status":"error","error":"internal","message":"encoding the answer failed"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}
+
+// storeError answers a failure of the store.
+func (h *Handler) storeError(w http.ResponseWriter, r *http.Request, ctx context.Context, op string, err error) {
+	var schemaErr *shapes.SchemaError
+	switch {
+	case r.Context().Err() != nil:
+		// The client went away: nobody reads an answer.
+		h.Logger.Debug("client gone", zap.String("op", op), zap.Error(err))
+		return
+	case errors.Is(err, shapes.ErrUnavailable) || ctx.Err() != nil:
+		h.Logger.Warn("database unavailable", zap.String("op", op), zap.Error(err))
+		writeError(w, http.StatusServiceUnavailable, "database-unavailable", "the database cannot be reached; try again later")
+	case errors.As(err, &schemaErr):
+		h.Logger.Error("shape does not match its table", zap.String("op", op), zap.Error(err))
+		writeError(w, http.StatusInternalServerError, "schema-mismatch", err.Error())
+	default:
+		h.Logger.Error("sync failed", zap.String("op", op), zap.Error(err))
+		writeError(w, http.StatusInternalServerError, "internal", "the server failed; see its log")
+	}
+}
+
+func (h *Handler) pull(ctx context.Context, w http.ResponseWriter, r *http.Request, user string) {
+	start := time.Now()
+	since := time.Unix(0, 0).UTC()
+	if v := r.URL.Query().Get("lastPull"); v != "" {
+		t, err := shapes.ParseTime(v)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "invalid-last-pull", "lastPull must be an RFC 3339 timestamp")
+			return
+		}
+		since = t
+	}
+	out := &pullWriter{w: w}
+	buf := bufio.NewWriterSize(out, 32<<10)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	quotedUser, _ := json.Marshal(user)
+	buf.WriteString(`{"changes":[`)
+	n := 0
+	cursor, err := h.Store.Pull(ctx, user, since, func(row shapes.PulledRow) error {
+		if n > 0 {
+			buf.WriteByte(',')
+		}
+		n++
+		buf.WriteString(`{"shapeKey":`)
+		buf.Write(row.Shape.QuotedKey())
+		buf.WriteString(`,"payload":`)
+		buf.Write(row.Payload)
+		buf.WriteString(`,"userId":`)
+		buf.Write(quotedUser)
+		buf.WriteString(`,"updatedAt":`)
+		if row.UpdatedAt == nil {
+			buf.WriteString("null")
+		} else {
+			buf.WriteByte('"')
+			buf.Write(row.UpdatedAt)
+			buf.WriteByte('"')
+		}
+		_, err := buf.WriteString("}")
+		return err
+	})
+	if err != nil {
+		if out.started {
+			// Part of a 200 has left: break the connection, so that the
+			// client sees a failed sync instead of a truncated answer.
+			h.Logger.Warn("pull failed mid-answer", zap.Error(err))
+			panic(http.ErrAbortHandler)
+		}
+		h.storeError(w, r, ctx, "pull", err)
+		return
+	}
+	buf.WriteString(`],"syncedAt":"`)
+	buf.Write(shapes.AppendTime(nil, cursor))
+	buf.WriteString(`"}`)
+	if err := buf.Flush(); err != nil {
+		h.Logger.Debug("writing pull answer", zap.Error(err))
+	}
+	if c := h.Logger.Check(zapcore.DebugLevel, "pull"); c != nil {
+		c.Write(zap.String("user", user), zap.Time("last_pull", since), zap.Int("rows", n),
+			zap.Time("synced_at", cursor), zap.Duration("duration", time.Since(start)))
+	}
+}
+
+// pullWriter notes whether any of the answer has been written.
+type pullWriter struct {
+	w       http.ResponseWriter
+	started bool
+}
+
+func (p *pullWriter) Write(b []byte) (int, error) {
+	p.started = true
+	return p.w.Write(b)
+}

@@ -1,0 +1,242 @@
+package handler
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"time"
+	"unicode/utf8"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/hypersync/hypersync/shapes"
+)
+
+// Rejection codes set by the handler, beside those of package shapes.
+const (
+	CodeInvalidChange     = "invalid-change"
+	CodeDuplicateChangeID = "duplicate-change-id"
+	CodeInvalidUpdatedAt  = "invalid-updated-at"
+)
+
+// PushResponse is the push answer. The 1.0.0 client reads acceptedChanges
+// and ignores the rest.
+type PushResponse struct {
+	Status          string      `json:"status"`
+	AcceptedChanges []string    `json:"acceptedChanges"`
+	RejectedChanges []Rejection `json:"rejectedChanges"`
+}
+
+// Rejection tells why one change was not accepted.
+type Rejection struct {
+	ChangeID string `json:"changeId"`
+	// Index is the change's position in the request.
+	Index   int    `json:"index"`
+	Error   string `json:"error"`
+	Message string `json:"message"`
+}
+
+// requestError is a push request that cannot be processed at all.
+type requestError struct {
+	status int
+	code   string
+	msg    string
+}
+
+func (e *requestError) Error() string { return e.msg }
+
+func badRequest(code, format string, args ...any) *requestError {
+	return &requestError{http.StatusBadRequest, code, fmt.Sprintf(format, args...)}
+}
+
+func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Request, user string) {
+	start := time.Now()
+	changes, results, err := h.decodePush(w, r, user)
+	if err != nil {
+		var re *requestError
+		if errors.As(err, &re) {
+			writeError(w, re.status, re.code, re.msg)
+		} else {
+			h.storeError(w, r, ctx, "push", err)
+		}
+		return
+	}
+	// Changes rejected here reach the store marked, and it skips them.
+	if _, err := h.Store.Push(ctx, user, changes, results); err != nil {
+		h.storeError(w, r, ctx, "push", err)
+		return
+	}
+	resp := PushResponse{Status: "OK", AcceptedChanges: make([]string, 0, len(changes)), RejectedChanges: []Rejection{}}
+	var counts [4]int
+	for i, ch := range changes {
+		rr := results[i]
+		counts[rr.Outcome]++
+		if rr.Outcome.Accepted() {
+			resp.AcceptedChanges = append(resp.AcceptedChanges, ch.ID)
+			continue
+		}
+		resp.RejectedChanges = append(resp.RejectedChanges, Rejection{ChangeID: ch.ID, Index: i, Error: rr.Code, Message: rr.Message})
+		h.Logger.Warn("change rejected", zap.String("user", user), zap.String("change_id", ch.ID),
+			zap.String("shape", ch.Shape), zap.String("code", rr.Code), zap.String("reason", rr.Message))
+	}
+	writeJSON(w, http.StatusCreated, resp)
+	if c := h.Logger.Check(zapcore.DebugLevel, "push"); c != nil {
+		c.Write(zap.String("user", user), zap.Int("changes", len(changes)),
+			zap.Int("applied", counts[shapes.Applied]), zap.Int("stale", counts[shapes.Stale]+counts[shapes.Superseded]),
+			zap.Int("rejected", counts[shapes.Rejected]), zap.Duration("duration", time.Since(start)))
+	}
+}
+
+// wireChange is one change as the client sends it.
+type wireChange struct {
+	ChangeID  json.RawMessage `json:"changeId"`
+	ShapeKey  json.RawMessage `json:"shapeKey"`
+	UserID    json.RawMessage `json:"userId"`
+	UpdatedAt json.RawMessage `json:"updatedAt"`
+	Payload   json.RawMessage `json:"payload"`
+}
+
+// decodePush reads and checks a push body. Problems with the request as a
+// whole are a *requestError; problems with one change reject that change
+// alone, through the returned results.
+func (h *Handler) decodePush(w http.ResponseWriter, r *http.Request, user string) ([]shapes.Change, []shapes.Result, error) {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || (mt != "application/json" && !hasJSONSuffix(mt)) {
+			return nil, nil, &requestError{http.StatusUnsupportedMediaType, "unsupported-media-type", "push takes Content-Type: application/json"}
+		}
+	} else {
+		return nil, nil, &requestError{http.StatusUnsupportedMediaType, "unsupported-media-type", "push takes Content-Type: application/json"}
+	}
+	maxBody := h.MaxBody
+	if maxBody <= 0 {
+		maxBody = DefaultMaxBody
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return nil, nil, &requestError{http.StatusRequestEntityTooLarge, "body-too-large", fmt.Sprintf("the request body is larger than max_body (%d bytes)", maxBody)}
+		}
+		return nil, nil, badRequest("invalid-body", "reading the request body: %v", err)
+	}
+	if !utf8.Valid(body) {
+		return nil, nil, badRequest("invalid-json", "the request body is not valid UTF-8")
+	}
+	var envelope struct {
+		Changes json.RawMessage `json:"changes"`
+	}
+	if err := json.Unmarshal(body, &envelope); err != nil {
+		return nil, nil, badRequest("invalid-json", "the request body is not a JSON object: %v", err)
+	}
+	raw := bytes.TrimSpace(envelope.Changes)
+	if len(raw) == 0 || raw[0] != '[' {
+		return nil, nil, badRequest("invalid-request", `the body must be {"changes":[...]}`)
+	}
+	var items []json.RawMessage
+	if err := json.Unmarshal(raw, &items); err != nil {
+		return nil, nil, badRequest("invalid-json", "changes: %v", err)
+	}
+	maxBatch := h.MaxBatch
+	if maxBatch <= 0 {
+		maxBatch = DefaultMaxBatch
+	}
+	if len(items) > maxBatch {
+		return nil, nil, &requestError{http.StatusRequestEntityTooLarge, "batch-too-large", fmt.Sprintf("a push may carry at most %d changes (max_batch); this one has %d", maxBatch, len(items))}
+	}
+	now := time.Now
+	if h.Now != nil {
+		now = h.Now
+	}
+	maxFuture := h.MaxFuture
+	if maxFuture <= 0 {
+		maxFuture = DefaultMaxFuture
+	}
+	latest := now().Add(maxFuture)
+	changes := make([]shapes.Change, len(items))
+	results := make([]shapes.Result, len(items))
+	seen := make(map[string]bool, len(items))
+	for i, item := range items {
+		ch, code, msg := decodeChange(item, user, latest)
+		changes[i] = ch
+		if code == "" && ch.ID != "" && seen[ch.ID] {
+			code, msg = CodeDuplicateChangeID, "an earlier change in this push has the same changeId"
+		}
+		if ch.ID != "" {
+			seen[ch.ID] = true
+		}
+		if code != "" {
+			results[i] = shapes.Result{Outcome: shapes.Rejected, Code: code, Message: msg}
+		}
+	}
+	return changes, results, nil
+}
+
+func hasJSONSuffix(mt string) bool { return len(mt) > 5 && mt[len(mt)-5:] == "+json" }
+
+var epoch = time.Unix(0, 0)
+
+// decodeChange checks one change's envelope. It returns a rejection code
+// and message when the change cannot be processed.
+func decodeChange(item json.RawMessage, user string, latest time.Time) (ch shapes.Change, code, msg string) {
+	item = bytes.TrimSpace(item)
+	if len(item) == 0 || item[0] != '{' {
+		return ch, CodeInvalidChange, "a change must be a JSON object"
+	}
+	var wc wireChange
+	if err := json.Unmarshal(item, &wc); err != nil {
+		return ch, CodeInvalidChange, err.Error()
+	}
+	if !decodeString(wc.ChangeID, &ch.ID) || ch.ID == "" {
+		return ch, CodeInvalidChange, "changeId must be a non-empty string"
+	}
+	if !decodeString(wc.ShapeKey, &ch.Shape) || ch.Shape == "" {
+		return ch, CodeInvalidChange, "shapeKey must be a non-empty string"
+	}
+	var changeUser string
+	if !decodeString(wc.UserID, &changeUser) {
+		return ch, CodeInvalidChange, "userId must be a string"
+	}
+	if changeUser != user {
+		return ch, shapes.CodeUserMismatch, "userId is not the authenticated user"
+	}
+	var updated string
+	if !decodeString(wc.UpdatedAt, &updated) {
+		return ch, CodeInvalidUpdatedAt, "updatedAt must be an RFC 3339 timestamp string"
+	}
+	t, err := shapes.ParseTime(updated)
+	if err != nil {
+		return ch, CodeInvalidUpdatedAt, "updatedAt must be an RFC 3339 timestamp"
+	}
+	if t.Before(epoch) {
+		return ch, CodeInvalidUpdatedAt, "updatedAt is before 1970"
+	}
+	if t.After(latest) {
+		return ch, CodeInvalidUpdatedAt, "updatedAt is too far in the future; is the device's clock right?"
+	}
+	ch.UpdatedAt = t
+	p := bytes.TrimSpace(wc.Payload)
+	if len(p) == 0 || p[0] != '{' {
+		return ch, shapes.CodeInvalidPayload, "payload must be a JSON object"
+	}
+	if err := json.Unmarshal(p, &ch.Payload); err != nil {
+		return ch, shapes.CodeInvalidPayload, err.Error()
+	}
+	return ch, "", ""
+}
+
+func decodeString(raw json.RawMessage, dst *string) bool {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || raw[0] != '"' {
+		return false
+	}
+	return json.Unmarshal(raw, dst) == nil
+}
+
+func validUTF8(s string) bool { return utf8.ValidString(s) }

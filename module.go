@@ -1,0 +1,186 @@
+// Package hypersync is a Caddy HTTP handler that serves the HyperSync
+// offline-first sync protocol (the @jaaahn/hyper-sync client) from SQL
+// tables, with no server code.
+//
+// This package glues the pieces into Caddy: configuration, provisioning,
+// the database pool shared across config reloads, and the user id read
+// from a placeholder. The protocol lives in package handler, the tables
+// and SQL in package shapes.
+package hypersync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/hypersync/hypersync/handler"
+	"github.com/hypersync/hypersync/shapes"
+)
+
+func init() {
+	caddy.RegisterModule(HyperSync{})
+}
+
+// DefaultUserID is the placeholder the user id is read from by default.
+// basic_auth and most authentication modules set it.
+const DefaultUserID = "{http.auth.user.id}"
+
+// databases holds one pool per DSN, shared by every config that names it,
+// so a config reload keeps its connections.
+var databases = caddy.NewUsagePool()
+
+// HyperSync serves HyperSync push (POST …/push) and pull (GET …/pull) for
+// the shapes it maps to SQL tables.
+//
+// The user is the value of the user_id placeholder, by default
+// {http.auth.user.id}: put an authentication handler (basic_auth, a JWT
+// module, forward_auth) before it. A request without a user gets 401.
+type HyperSync struct {
+	// The database DSN: postgres://… or postgresql://…
+	// {env.*} and {file.*} placeholders are resolved when the config loads.
+	Database string `json:"database,omitempty"`
+
+	// The placeholder that holds the authenticated user's id.
+	// Default: {http.auth.user.id}.
+	UserID string `json:"user_id,omitempty"`
+
+	// The most changes one push may carry; more gets 413. Default: 1000.
+	MaxBatch int `json:"max_batch,omitempty"`
+
+	// The largest request body, in bytes; more gets 413. Default: 16 MiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	// How long one request may spend on the database before it answers
+	// 503. Default: 10s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// The shapes served: each maps a shapeKey onto a table.
+	Shapes []shapes.ShapeConfig `json:"shapes,omitempty"`
+
+	dsn     string
+	db      *shapes.Database
+	handler *handler.Handler
+	logger  *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (HyperSync) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.hypersync",
+		New: func() caddy.Module { return new(HyperSync) },
+	}
+}
+
+// Provision opens (or reuses) the database pool and checks every shape
+// against its table. A table that does not match fails the config load;
+// a database that cannot be reached only logs a warning, and the check
+// runs again on first use.
+func (h *HyperSync) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.UserID == "" {
+		h.UserID = DefaultUserID
+	}
+	dsn, err := caddy.NewReplacer().ReplaceOrErr(h.Database, true, true)
+	if err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	if dsn == "" {
+		return fmt.Errorf("database: no DSN given")
+	}
+	h.dsn = dsn
+	val, _, err := databases.LoadOrNew(dsn, func() (caddy.Destructor, error) {
+		return shapes.Open(dsn, shapes.Options{Logger: h.logger})
+	})
+	if err != nil {
+		return err
+	}
+	h.db = val.(*shapes.Database)
+
+	store, err := shapes.NewStore(h.db, h.Shapes, h.logger)
+	if err != nil {
+		return err
+	}
+	h.handler = &handler.Handler{
+		Store:    store,
+		Logger:   h.logger,
+		MaxBatch: h.MaxBatch,
+		MaxBody:  h.MaxBody,
+		Timeout:  time.Duration(h.Timeout),
+	}
+	if h.handler.Timeout == 0 {
+		h.handler.Timeout = handler.DefaultTimeout
+	}
+
+	checkCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := store.Check(checkCtx); err != nil {
+		if errors.Is(err, shapes.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+			h.logger.Warn("database unreachable; shapes will be checked on first use",
+				zap.String("database", h.db.String()), zap.Error(err))
+			return nil
+		}
+		return err
+	}
+	keys := make([]string, len(h.Shapes))
+	for i, s := range h.Shapes {
+		keys[i] = s.Key
+	}
+	h.logger.Info("hypersync ready", zap.String("database", h.db.String()), zap.Strings("shapes", keys))
+	return nil
+}
+
+// Validate checks the configuration's values.
+func (h *HyperSync) Validate() error {
+	if len(h.Shapes) == 0 {
+		return fmt.Errorf("no shapes configured")
+	}
+	if !strings.Contains(h.UserID, "{") || !strings.Contains(h.UserID, "}") {
+		return fmt.Errorf("user_id %q is not a placeholder such as {http.auth.user.id}", h.UserID)
+	}
+	if h.MaxBatch < 0 {
+		return fmt.Errorf("max_batch must be positive")
+	}
+	if h.MaxBody < 0 {
+		return fmt.Errorf("max_body must be positive")
+	}
+	if h.Timeout < 0 {
+		return fmt.Errorf("timeout must be positive")
+	}
+	return nil
+}
+
+// Cleanup releases this config's hold on the database pool; the last
+// config to let go of a pool closes it.
+func (h *HyperSync) Cleanup() error {
+	if h.db != nil {
+		_, err := databases.Delete(h.dsn)
+		return err
+	}
+	return nil
+}
+
+// ServeHTTP answers push and pull. It never calls next: every request that
+// reaches it is a sync request, and other paths get a 404.
+func (h *HyperSync) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	// ReplaceAll, not ReplaceKnown: an unset placeholder must give "", never
+	// its own text as a user id.
+	user := repl.ReplaceAll(h.UserID, "")
+	h.handler.Serve(w, r, user)
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*HyperSync)(nil)
+	_ caddy.Validator             = (*HyperSync)(nil)
+	_ caddy.CleanerUpper          = (*HyperSync)(nil)
+	_ caddyhttp.MiddlewareHandler = (*HyperSync)(nil)
+)

@@ -1,0 +1,216 @@
+package shapes
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Kind is how a column's values travel as JSON. Each store maps its own
+// column types onto these.
+type Kind int
+
+const (
+	KindOther     Kind = iota // anything; the database converts it
+	KindText                  // JSON string
+	KindBool                  // JSON boolean
+	KindInt                   // JSON integer within Column.Bits
+	KindFloat                 // JSON number
+	KindNumeric               // JSON number, arbitrary precision
+	KindTimestamp             // JSON string in RFC 3339
+	KindJSON                  // any JSON value, stored as JSON
+	KindArray                 // JSON array
+)
+
+var kindNames = [...]string{"other", "text", "boolean", "integer", "number", "timestamp", "json", "array"}
+
+func (k Kind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return "kind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// Column is a table column that a shape reads or writes.
+type Column struct {
+	// Field is the payload field name clients use (todoId).
+	Field string
+	// Name is the column's name in the database (todoid).
+	Name string
+	// Type is the database's name for the column type, for messages.
+	Type string
+	Kind Kind
+	// Bits bounds KindInt values (16, 32 or 64).
+	Bits    int
+	NotNull bool
+}
+
+// checkValue reports why raw, a JSON value, cannot be stored in the column,
+// or returns nil. It is the same check on every store, so that a change is
+// accepted or rejected alike on PostgreSQL and SQLite.
+func (c *Column) checkValue(raw json.RawMessage) error {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return fmt.Errorf("field %q has no value", c.Field)
+	}
+	if raw[0] == 'n' {
+		if c.NotNull {
+			return fmt.Errorf("field %q is null, but column %s is NOT NULL", c.Field, c.Name)
+		}
+		return nil
+	}
+	if hasEscapedNUL(raw) {
+		return fmt.Errorf("field %q contains a NUL character (\\u0000), which the database cannot store", c.Field)
+	}
+	want := ""
+	switch c.Kind {
+	case KindText:
+		if raw[0] != '"' {
+			want = "a string"
+		}
+	case KindBool:
+		if raw[0] != 't' && raw[0] != 'f' {
+			want = "true or false"
+		}
+	case KindInt:
+		if !isNumber(raw) {
+			want = "an integer"
+			break
+		}
+		n, err := strconv.ParseInt(string(raw), 10, 64)
+		if err != nil || (c.Bits > 0 && c.Bits < 64 && (n > 1<<(c.Bits-1)-1 || n < -(1<<(c.Bits-1)))) {
+			return fmt.Errorf("field %q: %s is not an integer that fits column %s (%s)", c.Field, clip(raw), c.Name, c.Type)
+		}
+	case KindFloat:
+		if !isNumber(raw) {
+			want = "a number"
+			break
+		}
+		f, err := strconv.ParseFloat(string(raw), 64)
+		if err != nil || math.IsInf(f, 0) || (c.Bits == 32 && math.Abs(f) > math.MaxFloat32) {
+			return fmt.Errorf("field %q: %s is out of range for column %s (%s)", c.Field, clip(raw), c.Name, c.Type)
+		}
+	case KindNumeric:
+		if !isNumber(raw) {
+			want = "a number"
+		}
+	case KindTimestamp:
+		if raw[0] != '"' {
+			want = "an RFC 3339 timestamp string"
+			break
+		}
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return fmt.Errorf("field %q: %v", c.Field, err)
+		}
+		if _, err := ParseTime(s); err != nil {
+			return fmt.Errorf("field %q: %q is not an RFC 3339 timestamp", c.Field, clip([]byte(s)))
+		}
+	case KindArray:
+		if raw[0] != '[' {
+			want = "an array"
+		}
+	}
+	if want != "" {
+		return fmt.Errorf("field %q: column %s (%s) wants %s, got %s", c.Field, c.Name, c.Type, want, jsonKind(raw))
+	}
+	return nil
+}
+
+// ParseTime parses an RFC 3339 timestamp, with or without fractional seconds.
+func ParseTime(s string) (time.Time, error) {
+	return time.Parse(time.RFC3339Nano, s)
+}
+
+// FormatTime renders t the way the JavaScript client writes dates:
+// RFC 3339 in UTC with exactly three fractional digits.
+func FormatTime(t time.Time) string {
+	return string(AppendTime(nil, t))
+}
+
+// AppendTime appends FormatTime(t) to b.
+func AppendTime(b []byte, t time.Time) []byte {
+	return t.UTC().AppendFormat(b, "2006-01-02T15:04:05.000Z07:00")
+}
+
+func isNumber(raw []byte) bool {
+	return raw[0] == '-' || (raw[0] >= '0' && raw[0] <= '9')
+}
+
+func jsonKind(raw []byte) string {
+	switch raw[0] {
+	case '"':
+		return "a string"
+	case '{':
+		return "an object"
+	case '[':
+		return "an array"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	default:
+		return "a number"
+	}
+}
+
+func clip(b []byte) string {
+	const max = 40
+	if len(b) <= max {
+		return string(b)
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(b[cut]) {
+		cut--
+	}
+	return string(b[:cut]) + "…"
+}
+
+// hasEscapedNUL reports whether the JSON text contains the escape \u0000.
+// Encoding/json decodes it into a NUL byte, which PostgreSQL refuses in
+// text and jsonb alike.
+func hasEscapedNUL(raw []byte) bool {
+	for i := bytes.Index(raw, []byte(`u0000`)); i >= 0; {
+		// count the backslashes in front: an odd number means an escape
+		n := 0
+		for j := i - 1; j >= 0 && raw[j] == '\\'; j-- {
+			n++
+		}
+		if n%2 == 1 {
+			return true
+		}
+		next := bytes.Index(raw[i+1:], []byte(`u0000`))
+		if next < 0 {
+			break
+		}
+		i += 1 + next
+	}
+	return false
+}
+
+// keyPart returns a canonical text for one key value, so that two changes
+// naming the same row within one push are recognised as such.
+func (c *Column) keyPart(raw json.RawMessage) string {
+	raw = bytes.TrimSpace(raw)
+	switch {
+	case len(raw) > 0 && raw[0] == '"':
+		var s string
+		if json.Unmarshal(raw, &s) == nil {
+			if c.Type == "uuid" {
+				// uuids compare case-insensitively
+				return "s" + strings.ToLower(s)
+			}
+			return "s" + s
+		}
+	case c.Kind == KindInt:
+		if n, err := strconv.ParseInt(string(raw), 10, 64); err == nil {
+			return "n" + strconv.FormatInt(n, 10)
+		}
+	}
+	return "r" + string(raw)
+}

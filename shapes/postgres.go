@@ -1,0 +1,601 @@
+package shapes
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+)
+
+// How pull completeness is kept on PostgreSQL.
+//
+// Every push first upserts the user's row in hypersync_cursors, setting
+//
+//	stamp = greatest(clock_timestamp() truncated to ms, previous stamp + 1 ms)
+//
+// and writes that stamp as the sync stamp of every row it applies, all in
+// one transaction. The row lock on the cursor row is held until commit, so
+// one user's pushes commit one at a time, in stamp order, whatever Caddy
+// instance runs them. Stamps come from the database's clock, never the
+// client's or Caddy's, and strictly increase per user even if that clock
+// steps back.
+//
+// A pull reads the committed cursor stamp S and the rows stamped in
+// (lastPull, S] in one statement, hence in one snapshot. A push that has
+// not committed is invisible to that snapshot, and its stamp is above S
+// because stamps are taken in lock order. Every push with a stamp at or
+// below S committed before the push that wrote S did, so the snapshot sees
+// it. The answer is therefore exactly the user's rows stamped in
+// (lastPull, S], and S is returned as syncedAt. Stamps are whole
+// milliseconds, so the client's millisecond truncation of syncedAt loses
+// nothing and repeats nothing. The pull takes no lock and never waits.
+
+const pgStampSQL = `INSERT INTO ` + `"` + CursorTable + `"` + ` AS c (user_id, stamp)
+VALUES ($1, date_trunc('milliseconds', clock_timestamp()))
+ON CONFLICT (user_id) DO UPDATE
+SET stamp = greatest(date_trunc('milliseconds', clock_timestamp()), c.stamp + interval '1 millisecond')
+RETURNING stamp`
+
+const pgTimeFormat = `'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'`
+
+type postgres struct {
+	pool   *pgxpool.Pool
+	logger *zap.Logger
+}
+
+func openPostgres(dsn string, opts Options) (*Database, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parsing the PostgreSQL DSN %s: %w", redactDSN(dsn), err)
+	}
+	cfg.ConnConfig.RuntimeParams["timezone"] = "UTC"
+	if cfg.ConnConfig.RuntimeParams["application_name"] == "" {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "hypersync"
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating the PostgreSQL pool: %w", err)
+	}
+	return &Database{d: &postgres{pool: pool, logger: opts.Logger}, kind: "postgres", target: redactDSN(dsn)}, nil
+}
+
+func (p *postgres) close() { p.pool.Close() }
+
+func (p *postgres) ping(ctx context.Context) error { return pgError(p.pool.Ping(ctx)) }
+
+// Pool exposes the pgx pool of a PostgreSQL database, or nil.
+func (db *Database) Pool() *pgxpool.Pool {
+	if p, ok := db.d.(*postgres); ok {
+		return p.pool
+	}
+	return nil
+}
+
+func (p *postgres) ensureCursors(ctx context.Context) error {
+	_, err := p.pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS "`+CursorTable+`" (
+		user_id text PRIMARY KEY,
+		stamp timestamptz NOT NULL)`)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "42P07") {
+		return nil // created concurrently by another instance
+	}
+	return pgError(err)
+}
+
+func (p *postgres) inspect(ctx context.Context, schema, table string) (*TableInfo, error) {
+	name := quoteTable(schema, table)
+	var oid uint32
+	info := &TableInfo{}
+	err := p.pool.QueryRow(ctx, `SELECT c.oid, n.nspname, c.relname FROM pg_class c
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.oid = to_regclass($1) AND c.relkind IN ('r', 'p')`, name).Scan(&oid, &info.Schema, &info.Name)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, pgError(err)
+	}
+	rows, err := p.pool.Query(ctx, `SELECT a.attname, format_type(a.atttypid, a.atttypmod), b.typname, b.typcategory,
+			a.attnotnull, a.atthasdef OR a.attidentity <> '', a.attgenerated <> ''
+		FROM pg_attribute a
+		JOIN pg_type t ON t.oid = a.atttypid
+		JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+		ORDER BY a.attnum`, oid)
+	if err != nil {
+		return nil, pgError(err)
+	}
+	for rows.Next() {
+		var c ColumnInfo
+		var typname, category string
+		var generated bool
+		if err := rows.Scan(&c.Name, &c.Type, &typname, &category, &c.NotNull, &c.HasDefault, &generated); err != nil {
+			rows.Close()
+			return nil, pgError(err)
+		}
+		if generated {
+			continue // computed by the database: never synced from clients
+		}
+		c.Kind, c.Bits = pgKind(typname, category)
+		info.Columns = append(info.Columns, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, pgError(err)
+	}
+	rows, err = p.pool.Query(ctx, `SELECT i.indisunique AND i.indimmediate AND i.indexprs IS NULL AND i.indpred IS NULL,
+			array_agg(a.attname ORDER BY k.ord)
+		FROM pg_index i
+		CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+		WHERE i.indrelid = $1 AND i.indpred IS NULL
+		GROUP BY i.indexrelid, i.indisunique, i.indimmediate, i.indexprs, i.indpred`, oid)
+	if err != nil {
+		return nil, pgError(err)
+	}
+	for rows.Next() {
+		var unique bool
+		var cols []string
+		if err := rows.Scan(&unique, &cols); err != nil {
+			rows.Close()
+			return nil, pgError(err)
+		}
+		info.Indexes = append(info.Indexes, cols)
+		if unique {
+			info.Unique = append(info.Unique, cols)
+		}
+	}
+	return info, pgError(rows.Err())
+}
+
+func pgKind(typname, category string) (Kind, int) {
+	switch typname {
+	case "bool":
+		return KindBool, 0
+	case "int2":
+		return KindInt, 16
+	case "int4":
+		return KindInt, 32
+	case "int8":
+		return KindInt, 64
+	case "float4":
+		return KindFloat, 32
+	case "float8":
+		return KindFloat, 64
+	case "numeric":
+		return KindNumeric, 0
+	case "timestamptz", "timestamp":
+		return KindTimestamp, 0
+	case "json", "jsonb":
+		return KindJSON, 0
+	case "text", "varchar", "bpchar", "name", "citext", "uuid", "date", "time", "timetz", "interval", "inet", "cidr", "macaddr":
+		return KindText, 0
+	}
+	if category == "A" {
+		return KindArray, 0
+	}
+	return KindOther, 0
+}
+
+var pgCreateTypes = map[string]string{
+	"text": "text", "integer": "bigint", "real": "double precision",
+	"boolean": "boolean", "timestamp": "timestamptz", "json": "jsonb",
+}
+
+func (p *postgres) createTable(ctx context.Context, cfg ShapeConfig) error {
+	_, err := p.pool.Exec(ctx, CreateTableSQL(cfg, pgCreateTypes, "timestamptz"))
+	return pgError(err)
+}
+
+// CreateTableSQL renders the CREATE TABLE and CREATE INDEX statements for a
+// create_table shape, mapping portable field types through types.
+func CreateTableSQL(cfg ShapeConfig, types map[string]string, stampType string) string {
+	cfg = cfg.WithDefaults()
+	schema, table, _ := SplitTableName(cfg.Table)
+	var b strings.Builder
+	fmt.Fprintf(&b, "CREATE TABLE IF NOT EXISTS %s (\n", quoteTable(schema, table))
+	col := func(name, typ, extra string) {
+		fmt.Fprintf(&b, "\t%s %s%s,\n", quoteIdent(name), typ, extra)
+	}
+	typeOf := func(f string) string {
+		if t := cfg.FieldTypes[f]; t != "" {
+			return types[t]
+		}
+		return types["text"]
+	}
+	for _, f := range cfg.KeyFields {
+		col(f, typeOf(f), " NOT NULL")
+	}
+	for _, f := range cfg.Fields {
+		col(f, typeOf(f), "")
+	}
+	col(cfg.UserColumn, types["text"], " NOT NULL")
+	col(cfg.UpdatedAtColumn, stampType, " NOT NULL")
+	col(cfg.SyncedAtColumn, stampType, " NOT NULL")
+	keys := make([]string, len(cfg.KeyFields))
+	for i, k := range cfg.KeyFields {
+		keys[i] = quoteIdent(k)
+	}
+	fmt.Fprintf(&b, "\tPRIMARY KEY (%s)\n);\n", strings.Join(keys, ", "))
+	fmt.Fprintf(&b, "CREATE INDEX IF NOT EXISTS %s ON %s (%s, %s);\n",
+		quoteIdent(table+"_"+cfg.UserColumn+"_"+cfg.SyncedAtColumn+"_idx"), quoteTable(schema, table),
+		quoteIdent(cfg.UserColumn), quoteIdent(cfg.SyncedAtColumn))
+	return b.String()
+}
+
+// upsertSQL builds the statement that writes one group: rows of one shape
+// carrying the same columns. $1 is a JSON array of objects keyed by column
+// name, $2 the user. It returns, per input row, its position in $1, whether
+// it was applied, and whether the row belongs to another user.
+//
+// Existing rows are updated and missing ones inserted by two parts of one
+// statement, rather than by INSERT … ON CONFLICT DO UPDATE: PostgreSQL
+// checks NOT NULL on the proposed insert before it looks for a conflict,
+// so a partial payload for an existing row would fail there. Both parts
+// read the snapshot taken before the statement, so a row is either updated
+// or inserted, never both. An insert that loses a race with another user's
+// insert of the same key does nothing and is reported as that user's row.
+func (p *postgres) upsertSQL(sh *Shape, mask string) string {
+	if s, ok := sh.sql.Load(mask); ok {
+		return s.(string)
+	}
+	table := quoteTable(sh.Schema, sh.Table)
+	user, upd, synced := quoteIdent(sh.User.Name), quoteIdent(sh.UpdatedAt.Name), quoteIdent(sh.SyncedAt.Name)
+	var cols, sets, keyCols, keyMatch, keyJoinIns, keyJoinCur, returning []string
+	for i, c := range sh.cols {
+		if mask[i] != '1' {
+			continue
+		}
+		q := quoteIdent(c.Name)
+		cols = append(cols, q)
+		if i < len(sh.Keys) {
+			keyCols = append(keyCols, q)
+			keyMatch = append(keyMatch, "t."+q+" = input."+q)
+			keyJoinIns = append(keyJoinIns, "ins."+q+" = input."+q)
+			keyJoinCur = append(keyJoinCur, "cur."+q+" = input."+q)
+			returning = append(returning, "t."+q)
+		} else {
+			sets = append(sets, q+" = input."+q)
+		}
+	}
+	sets = append(sets, upd+" = input."+upd, synced+" = stamp.stamp")
+	insertCols := append(append([]string{}, cols...), user, upd)
+	selectCols := make([]string, len(insertCols))
+	for i, c := range insertCols {
+		selectCols[i] = "input." + c
+	}
+	orderBy := make([]string, len(keyCols))
+	for i, c := range keyCols {
+		orderBy[i] = "input." + c
+	}
+	s := fmt.Sprintf(`WITH input AS MATERIALIZED (
+	SELECT i.ord, r.* FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS i(doc, ord)
+	CROSS JOIN LATERAL jsonb_populate_record(NULL::%[1]s, i.doc) AS r
+), stamp AS (
+	SELECT stamp FROM "`+CursorTable+`" WHERE user_id = $2
+), upd AS (
+	UPDATE %[1]s AS t SET %[2]s
+	FROM input, stamp
+	WHERE %[3]s AND t.%[4]s = input.%[4]s AND (t.%[5]s IS NULL OR input.%[5]s > t.%[5]s)
+	RETURNING input.ord
+), ins AS (
+	INSERT INTO %[1]s AS t (%[6]s, %[7]s)
+	SELECT %[8]s, stamp.stamp FROM input, stamp
+	WHERE NOT EXISTS (SELECT FROM %[1]s AS t WHERE %[3]s)
+	ORDER BY %[9]s
+	ON CONFLICT (%[10]s) DO NOTHING
+	RETURNING %[11]s
+)
+SELECT input.ord::int4, upd.ord IS NOT NULL OR ins.%[12]s IS NOT NULL, cur.%[4]s IS DISTINCT FROM input.%[4]s
+FROM input
+LEFT JOIN upd ON upd.ord = input.ord
+LEFT JOIN ins ON %[13]s
+LEFT JOIN %[1]s AS cur ON %[14]s`,
+		table, strings.Join(sets, ", "), strings.Join(keyMatch, " AND "), user, upd,
+		strings.Join(insertCols, ", "), synced, strings.Join(selectCols, ", "),
+		strings.Join(orderBy, ", "), strings.Join(keyCols, ", "), strings.Join(returning, ", "),
+		keyCols[0], strings.Join(keyJoinIns, " AND "), strings.Join(keyJoinCur, " AND "))
+	sh.sql.Store(mask, s)
+	return s
+}
+
+// groupDoc encodes rows as the JSON array upsertSQL reads.
+func groupDoc(buf []byte, user string, rows []*row) []byte {
+	buf = append(buf, '[')
+	for n, r := range rows {
+		if n > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, '{')
+		sh := r.shape
+		for i, v := range r.vals {
+			if v == nil {
+				continue
+			}
+			buf = appendJSONString(buf, sh.cols[i].Name)
+			buf = append(buf, ':')
+			buf = append(buf, v...)
+			buf = append(buf, ',')
+		}
+		buf = appendJSONString(buf, sh.User.Name)
+		buf = append(buf, ':')
+		buf = appendJSONString(buf, user)
+		buf = append(buf, ',')
+		buf = appendJSONString(buf, sh.UpdatedAt.Name)
+		buf = append(buf, ':', '"')
+		buf = r.updatedAt.UTC().AppendFormat(buf, time.RFC3339Nano)
+		buf = append(buf, '"', '}')
+	}
+	return append(buf, ']')
+}
+
+func appendJSONString(buf []byte, s string) []byte {
+	b, _ := json.Marshal(s)
+	return append(buf, b...)
+}
+
+func (p *postgres) push(ctx context.Context, user string, rows []*row, results []Result) (time.Time, error) {
+	for attempt := 0; ; attempt++ {
+		stamp, err := p.pushBatch(ctx, user, rows, results)
+		if err == nil {
+			return stamp, nil
+		}
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			switch pgErr.Code[:2] {
+			case "40": // serialization failure or deadlock: run it again
+				if attempt < 3 {
+					continue
+				}
+			case "22", "23": // a value the database refused: find which
+				for _, r := range rows {
+					results[r.idx] = Result{}
+				}
+				return p.pushOneByOne(ctx, user, rows, results)
+			}
+		}
+		return time.Time{}, pgError(err)
+	}
+}
+
+// pushBatch writes every row in one round trip: a pipeline of the cursor
+// upsert and one statement per group, run as one implicit transaction.
+func (p *postgres) pushBatch(ctx context.Context, user string, rows []*row, results []Result) (time.Time, error) {
+	groups := plan(rows, true, results)
+	b := &pgx.Batch{}
+	b.Queue(pgStampSQL, user)
+	for _, g := range groups {
+		b.Queue(p.upsertSQL(g.shape, g.mask), groupDoc(nil, user, g.rows), user)
+	}
+	br := p.pool.SendBatch(ctx, b)
+	var stamp time.Time
+	if err := br.QueryRow().Scan(&stamp); err != nil {
+		br.Close()
+		return time.Time{}, err
+	}
+	for _, g := range groups {
+		if err := readOutcomes(br, g, results); err != nil {
+			br.Close()
+			return time.Time{}, err
+		}
+	}
+	// Close sends nothing new: it waits for the Sync that commits the
+	// implicit transaction, so accepted changes are durable once it returns.
+	return stamp, br.Close()
+}
+
+func readOutcomes(q interface {
+	Query() (pgx.Rows, error)
+}, g group, results []Result) error {
+	rows, err := q.Query()
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var ord int32
+		var applied, foreign bool
+		if err := rows.Scan(&ord, &applied, &foreign); err != nil {
+			return err
+		}
+		r := g.rows[ord-1]
+		switch {
+		case applied:
+			results[r.idx] = Result{Outcome: Applied}
+		case foreign:
+			results[r.idx] = rejected(CodeUserMismatch, "the row with this key belongs to another user")
+		default:
+			results[r.idx] = Result{Outcome: Stale}
+		}
+	}
+	return rows.Err()
+}
+
+// pushOneByOne is the slow path taken when the database refused a value:
+// it writes each change in its own savepoint and rejects only the changes
+// that fail.
+func (p *postgres) pushOneByOne(ctx context.Context, user string, rows []*row, results []Result) (time.Time, error) {
+	tx, err := p.pool.Begin(ctx)
+	if err != nil {
+		return time.Time{}, pgError(err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	var stamp time.Time
+	if err := tx.QueryRow(ctx, pgStampSQL, user).Scan(&stamp); err != nil {
+		return time.Time{}, pgError(err)
+	}
+	for _, g := range plan(rows, false, results) {
+		for _, r := range g.rows {
+			one := group{shape: g.shape, mask: g.mask, rows: []*row{r}}
+			sp, err := tx.Begin(ctx)
+			if err != nil {
+				return time.Time{}, pgError(err)
+			}
+			err = readOutcomes(queryFunc(func() (pgx.Rows, error) {
+				return sp.Query(ctx, p.upsertSQL(g.shape, g.mask), groupDoc(nil, user, one.rows), user)
+			}), one, results)
+			if err == nil {
+				err = sp.Commit(ctx)
+			}
+			if err != nil {
+				_ = sp.Rollback(ctx)
+				var pgErr *pgconn.PgError
+				if errors.As(err, &pgErr) && (pgErr.Code[:2] == "22" || pgErr.Code[:2] == "23") {
+					results[r.idx] = rejected(CodeInvalidPayload, "%s", pgErr.Message)
+					continue
+				}
+				return time.Time{}, pgError(err)
+			}
+		}
+	}
+	return stamp, pgError(tx.Commit(ctx))
+}
+
+type queryFunc func() (pgx.Rows, error)
+
+func (f queryFunc) Query() (pgx.Rows, error) { return f() }
+
+// pullSQL builds the statement that reads a user's cursor and every
+// shape's rows stamped in ($2, cursor], in one snapshot. Each result row is
+// (shape index, payload JSON, updatedAt); the row with index -1 carries the
+// cursor in its third column.
+func (p *postgres) pullSQL(shapes []*Shape) string {
+	// The statement is cached on the first shape: masks never spell "pull".
+	if len(shapes) > 0 {
+		if s, ok := shapes[0].sql.Load("pull"); ok {
+			return s.(string)
+		}
+	}
+	var b strings.Builder
+	b.WriteString(`WITH c AS (SELECT stamp FROM "` + CursorTable + `" WHERE user_id = $1)
+SELECT -1, NULL::text, to_char((SELECT stamp FROM c) AT TIME ZONE 'UTC', ` + pgTimeFormat + `)`)
+	for i, sh := range shapes {
+		fmt.Fprintf(&b, `
+UNION ALL
+SELECT %d, (%s)::text, %s
+FROM %s AS t, c WHERE t.%s = $1 AND t.%s > $2 AND t.%s <= c.stamp`,
+			i, pgPayloadExpr(sh), pgTimeExpr(sh.UpdatedAt), quoteTable(sh.Schema, sh.Table),
+			quoteIdent(sh.User.Name), quoteIdent(sh.SyncedAt.Name), quoteIdent(sh.SyncedAt.Name))
+	}
+	s := b.String()
+	if len(shapes) > 0 {
+		shapes[0].sql.Store("pull", s)
+	}
+	return s
+}
+
+// pgPayloadExpr renders a row's fields as a JSON object keyed by field
+// name. json_build_object takes at most 100 arguments, so wide shapes are
+// built in parts and merged.
+func pgPayloadExpr(sh *Shape) string {
+	var parts []string
+	var args []string
+	flush := func() {
+		if len(args) > 0 {
+			parts = append(parts, "json_build_object("+strings.Join(args, ", ")+")")
+			args = nil
+		}
+	}
+	for _, c := range sh.cols {
+		args = append(args, quoteLiteral(c.Field), pgColumnExpr(c))
+		if len(args) == 100 {
+			flush()
+		}
+	}
+	flush()
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	for i := range parts {
+		parts[i] += "::jsonb"
+	}
+	return strings.Join(parts, " || ")
+}
+
+func pgColumnExpr(c Column) string {
+	if c.Kind == KindTimestamp {
+		return pgTimeExpr(c)
+	}
+	return "t." + quoteIdent(c.Name)
+}
+
+func pgTimeExpr(c Column) string {
+	col := "t." + quoteIdent(c.Name)
+	if strings.Contains(c.Type, "with time zone") {
+		col += " AT TIME ZONE 'UTC'"
+	}
+	return "to_char(" + col + ", " + pgTimeFormat + ")"
+}
+
+// quoteLiteral quotes a string constant. Field names come from the
+// configuration, never from requests.
+func quoteLiteral(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+var textFormats = pgx.QueryResultFormats{pgx.TextFormatCode, pgx.TextFormatCode, pgx.TextFormatCode}
+
+func (p *postgres) pull(ctx context.Context, user string, since time.Time, shapes []*Shape, emit func(PulledRow) error) (time.Time, error) {
+	rows, err := p.pool.Query(ctx, p.pullSQL(shapes), textFormats, user, since)
+	if err != nil {
+		return time.Time{}, pgError(err)
+	}
+	defer rows.Close()
+	cursor := time.Unix(0, 0).UTC()
+	for rows.Next() {
+		raw := rows.RawValues()
+		idx, err := strconv.Atoi(string(raw[0]))
+		if err != nil {
+			return time.Time{}, fmt.Errorf("pull: bad shape index %q", raw[0])
+		}
+		if idx < 0 {
+			if raw[2] != nil {
+				if cursor, err = ParseTime(string(raw[2])); err != nil {
+					return time.Time{}, fmt.Errorf("pull: bad cursor %q: %w", raw[2], err)
+				}
+			}
+			continue
+		}
+		if err := emit(PulledRow{Shape: shapes[idx], Payload: raw[1], UpdatedAt: raw[2]}); err != nil {
+			return time.Time{}, err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return time.Time{}, pgError(err)
+	}
+	return cursor, nil
+}
+
+// pgError marks errors that mean the database cannot be used right now
+// with ErrUnavailable, and passes others through.
+func pgError(err error) error {
+	if err == nil || errors.Is(err, ErrUnavailable) || errors.Is(err, context.Canceled) {
+		return err
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code[:2] {
+		case "08", "53", "57", "58", "XX":
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		return err
+	}
+	var netErr net.Error
+	var connErr *pgconn.ConnectError
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr), errors.As(err, &connErr),
+		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), pgconn.SafeToRetry(err),
+		strings.Contains(err.Error(), "conn closed"), strings.Contains(err.Error(), "closed pool"):
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return err
+}
