@@ -46,6 +46,15 @@ ON CONFLICT (user_id) DO UPDATE
 SET stamp = greatest(date_trunc('milliseconds', clock_timestamp()), c.stamp + interval '1 millisecond')
 RETURNING stamp`
 
+// naiveStamps switches on the broken scheme of the reference server, where
+// a push stamps rows with its transaction's start time and a pull answers
+// with the current time. Only tests set it, to prove that the concurrency
+// test catches the rows that scheme loses.
+var naiveStamps bool
+
+const pgNaiveStampSQL = `INSERT INTO "` + CursorTable + `" AS c (user_id, stamp) VALUES ($1, now())
+ON CONFLICT (user_id) DO UPDATE SET stamp = now() RETURNING stamp`
+
 const pgTimeFormat = `'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'`
 
 type postgres struct {
@@ -372,7 +381,11 @@ func (p *postgres) push(ctx context.Context, user string, rows []*row, results [
 func (p *postgres) pushBatch(ctx context.Context, user string, rows []*row, results []Result) (time.Time, error) {
 	groups := plan(rows, true, results)
 	b := &pgx.Batch{}
-	b.Queue(pgStampSQL, user)
+	if naiveStamps {
+		b.Queue(pgNaiveStampSQL, user)
+	} else {
+		b.Queue(pgStampSQL, user)
+	}
 	for _, g := range groups {
 		b.Queue(p.upsertSQL(g.shape, g.mask), groupDoc(nil, user, g.rows), user)
 	}
@@ -470,14 +483,19 @@ func (f queryFunc) Query() (pgx.Rows, error) { return f() }
 // cursor in its third column.
 func (p *postgres) pullSQL(shapes []*Shape) string {
 	// The statement is cached on the first shape: masks never spell "pull".
-	if len(shapes) > 0 {
+	if len(shapes) > 0 && !naiveStamps {
 		if s, ok := shapes[0].sql.Load("pull"); ok {
 			return s.(string)
 		}
 	}
 	var b strings.Builder
-	b.WriteString(`WITH c AS (SELECT stamp FROM "` + CursorTable + `" WHERE user_id = $1)
+	if naiveStamps {
+		b.WriteString(`WITH c AS (SELECT now() AS stamp WHERE $1::text IS NOT NULL)
 SELECT -1, NULL::text, to_char((SELECT stamp FROM c) AT TIME ZONE 'UTC', ` + pgTimeFormat + `)`)
+	} else {
+		b.WriteString(`WITH c AS (SELECT stamp FROM "` + CursorTable + `" WHERE user_id = $1)
+SELECT -1, NULL::text, to_char((SELECT stamp FROM c) AT TIME ZONE 'UTC', ` + pgTimeFormat + `)`)
+	}
 	for i, sh := range shapes {
 		fmt.Fprintf(&b, `
 UNION ALL
