@@ -1,6 +1,7 @@
 package hypersync
 
 import (
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,6 +48,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	}
 func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
+	file, line := d.File(), d.Line()
 	if d.NextArg() {
 		return d.ArgErr()
 	}
@@ -112,7 +114,7 @@ func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	if len(h.Shapes) == 0 {
-		return d.Err("hypersync needs at least one shape block")
+		return fmt.Errorf("hypersync needs at least one shape block, at %s:%d", file, line)
 	}
 	return nil
 }

@@ -511,39 +511,29 @@ FROM %s AS t, c WHERE t.%s = $1 AND t.%s > $2 AND t.%s <= c.stamp`,
 	return s
 }
 
-// pgPayloadExpr renders a row's fields as a JSON object keyed by field
-// name. json_build_object takes at most 100 arguments, so wide shapes are
-// built in parts and merged.
+// pgPayloadExpr renders a row's fields as a compact JSON object keyed by
+// field name: to_json per column, joined with the keys as constants.
+// json_build_object would add spaces around every separator and takes at
+// most 100 arguments.
 func pgPayloadExpr(sh *Shape) string {
-	var parts []string
-	var args []string
-	flush := func() {
-		if len(args) > 0 {
-			parts = append(parts, "json_build_object("+strings.Join(args, ", ")+")")
-			args = nil
+	parts := make([]string, 0, len(sh.cols)+1)
+	for i, c := range sh.cols {
+		prefix := ","
+		if i == 0 {
+			prefix = "{"
 		}
+		key, _ := json.Marshal(c.Field)
+		parts = append(parts, quoteLiteral(prefix+string(key)+":"), "COALESCE("+pgValueExpr(c)+", 'null')")
 	}
-	for _, c := range sh.cols {
-		args = append(args, quoteLiteral(c.Field), pgColumnExpr(c))
-		if len(args) == 100 {
-			flush()
-		}
-	}
-	flush()
-	if len(parts) == 1 {
-		return parts[0]
-	}
-	for i := range parts {
-		parts[i] += "::jsonb"
-	}
+	parts = append(parts, "'}'")
 	return strings.Join(parts, " || ")
 }
 
-func pgColumnExpr(c Column) string {
+func pgValueExpr(c Column) string {
 	if c.Kind == KindTimestamp {
-		return pgTimeExpr(c)
+		return `'"' || ` + pgTimeExpr(c) + ` || '"'`
 	}
-	return "t." + quoteIdent(c.Name)
+	return "to_json(t." + quoteIdent(c.Name) + ")::text"
 }
 
 func pgTimeExpr(c Column) string {

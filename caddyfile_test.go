@@ -1,0 +1,136 @@
+package hypersync
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	"github.com/hypersync/hypersync/shapes"
+)
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	cases := []struct {
+		name    string
+		input   string
+		want    *HyperSync
+		wantErr string // substring of the error
+		line    int    // the line the error must name, when set
+	}{
+		{
+			name: "the issue's example",
+			input: `hypersync {
+				database {env.DATABASE_URL}
+				shape todos {
+					key todoId
+					fields title description done deleted
+				}
+			}`,
+			want: &HyperSync{Database: "{env.DATABASE_URL}", Shapes: []shapes.ShapeConfig{
+				{Key: "todos", KeyFields: []string{"todoId"}, Fields: []string{"title", "description", "done", "deleted"}}}},
+		},
+		{
+			name: "every option",
+			input: `hypersync {
+				database postgres://u:p@db/app
+				user_id {http.request.header.X-User}
+				max_batch 500
+				max_body 2MB
+				timeout 3s
+				shape items {
+					table app.list_items
+					key listId pos
+					fields label
+					fields done
+					user_column owner
+					updated_at_column changed
+					synced_at_column stamped
+				}
+				shape notes {
+					key id
+					create_table
+					field body text
+					field pinned boolean
+				}
+			}`,
+			want: &HyperSync{Database: "postgres://u:p@db/app", UserID: "{http.request.header.X-User}", MaxBatch: 500, MaxBody: 2000000, Timeout: 3e9,
+				Shapes: []shapes.ShapeConfig{
+					{Key: "items", Table: "app.list_items", KeyFields: []string{"listId", "pos"}, Fields: []string{"label", "done"},
+						UserColumn: "owner", UpdatedAtColumn: "changed", SyncedAtColumn: "stamped"},
+					{Key: "notes", KeyFields: []string{"id"}, Fields: []string{"body", "pinned"}, CreateTable: true,
+						FieldTypes: map[string]string{"body": "text", "pinned": "boolean"}},
+				}},
+		},
+		{name: "argument after the directive", input: "hypersync extra {\n shape t {\n key id\n }\n}", wantErr: "wrong argument count or unexpected line ending after 'extra'", line: 1},
+		{name: "no shapes", input: "hypersync {\n database postgres://x\n}", wantErr: "hypersync needs at least one shape block", line: 1},
+		{name: "unknown option", input: "hypersync {\n databse postgres://x\n}", wantErr: `unrecognized hypersync option "databse"`, line: 2},
+		{name: "database without a value", input: "hypersync {\n database\n}", wantErr: "wrong argument count or unexpected line ending after 'database'", line: 2},
+		{name: "user_id without a placeholder", input: "hypersync {\n user_id alice\n}", wantErr: `user_id "alice" is not a placeholder`, line: 2},
+		{name: "max_batch not a number", input: "hypersync {\n max_batch lots\n}", wantErr: `max_batch "lots" is not a positive whole number`, line: 2},
+		{name: "max_batch zero", input: "hypersync {\n max_batch 0\n}", wantErr: `max_batch "0" is not a positive whole number`},
+		{name: "max_body not a size", input: "hypersync {\n max_body big\n}", wantErr: `max_body "big" is not a size`, line: 2},
+		{name: "timeout not a duration", input: "hypersync {\n timeout soon\n}", wantErr: `timeout "soon" is not a positive duration`, line: 2},
+		{name: "shape without a key line", input: "hypersync {\n shape todos {\n fields title\n }\n}", wantErr: `shape "todos" needs a key`},
+		{name: "shape without a name", input: "hypersync {\n shape {\n key id\n }\n}", wantErr: "shape needs a shapeKey"},
+		{name: "unknown shape option", input: "hypersync {\n shape todos {\n key id\n colour red\n }\n}", wantErr: `unrecognized option "colour" in shape "todos"`, line: 4},
+		{name: "key without fields", input: "hypersync {\n shape todos {\n key\n }\n}", wantErr: "wrong argument count or unexpected line ending after 'key'", line: 3},
+		{name: "table with two dots", input: "hypersync {\n shape todos {\n table a.b.c\n key id\n }\n}", wantErr: `shape "todos": table name "a.b.c" has more than one dot`, line: 3},
+		{name: "table given twice", input: "hypersync {\n shape todos {\n table a\n table b\n key id\n }\n}", wantErr: `table given twice in shape "todos"`, line: 4},
+		{name: "shape defined twice", input: "hypersync {\n shape todos {\n key id\n }\n shape todos {\n key id\n }\n}", wantErr: `shape "todos" is defined twice`},
+		{name: "field named as key and field", input: "hypersync {\n shape todos {\n key id\n fields id title\n }\n}", wantErr: `field "id" is named twice`},
+		{name: "bookkeeping column as a field", input: "hypersync {\n shape todos {\n key id\n fields title userId\n }\n}", wantErr: `"userId" is a bookkeeping column`},
+		{name: "unknown field type", input: "hypersync {\n shape todos {\n key id\n create_table\n field title varchar\n }\n}", wantErr: `field "title": unknown type "varchar"`, line: 5},
+		{name: "field types without create_table", input: "hypersync {\n shape todos {\n key id\n field title text\n }\n}", wantErr: "field types are only used with create_table"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d := caddyfile.NewTestDispenser(tc.input)
+			got := new(HyperSync)
+			err := got.UnmarshalCaddyfile(d)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error = %v, want it to contain %q", err, tc.wantErr)
+				}
+				if at := fmt.Sprintf("at Testfile:%d", tc.line); tc.line > 0 && !strings.HasSuffix(err.Error(), at) {
+					t.Fatalf("error = %v, want it to end %q", err, at)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("got  %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestCaddyfileAdapt compares each testdata/caddyfile_adapt/*.caddyfiletest
+// (a Caddyfile, a line of dashes, the JSON it adapts to) with the adapter.
+func TestCaddyfileAdapt(t *testing.T) {
+	files, err := filepath.Glob("testdata/caddyfile_adapt/*.caddyfiletest")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no adapt tests found: %v", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			parts := strings.SplitN(string(data), "----------", 2)
+			if len(parts) != 2 {
+				t.Fatalf("%s has no ---------- separator", f)
+			}
+			if !caddytest.CompareAdapt(t, f, parts[0], "caddyfile", strings.TrimSpace(parts[1])) {
+				t.Fail()
+			}
+		})
+	}
+}
