@@ -230,3 +230,11 @@ userId TEXT NOT NULL,
 updatedAt TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
 lastSyncAt TIMESTAMP WITH TIME ZONE DEFAULT NOW()
 ); CREATE INDEX ON todos (userId, lastSyncAt)`
+
+func payloadOf(s string) map[string]json.RawMessage {
+	var p map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(s), &p); err != nil {
+		panic(err)
+	}
+	return p
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -160,6 +161,15 @@ func (s *Store) Push(ctx context.Context, user string, changes []Change, results
 		return time.Time{}, err
 	}
 	rows := prepare(shapes, changes, results)
+	if c := s.logger.Check(zap.DebugLevel, "payload fields ignored"); c != nil {
+		extra := 0
+		for _, r := range rows {
+			extra += r.shape.ExtraFields(changes[r.idx].Payload)
+		}
+		if extra > 0 {
+			c.Write(zap.String("user", user), zap.Int("fields", extra))
+		}
+	}
 	if len(rows) == 0 {
 		return time.Time{}, nil
 	}
@@ -201,6 +211,9 @@ func (db *Database) Destruct() error {
 // Options tune a Database.
 type Options struct {
 	Logger *zap.Logger
+	// dial, when set, opens the database's network connections (tests
+	// count round trips with it).
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Open opens a pool for dsn without connecting: postgres:// and
