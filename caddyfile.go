@@ -30,7 +30,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	hypersync [<matcher>] {
-//		database <dsn>                  # postgres:// or postgresql://; {env.*} and {file.*} allowed
+//		database <dsn>                  # postgres://, postgresql:// or sqlite:<path>; {env.*} and {file.*} allowed;
+//		                                # default sqlite:./hypersync.db
 //		user_id <placeholder>           # default {http.auth.user.id}
 //		max_batch <n>                   # most changes in one push; default 1000
 //		max_body <size>                 # largest request body; default 16MB
@@ -60,6 +61,12 @@ func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			if !d.Args(&h.Database) || d.NextArg() {
 				return d.ArgErr()
+			}
+			// A DSN from a placeholder is checked when the config loads.
+			if !strings.HasPrefix(h.Database, "{") {
+				if err := shapes.CheckDSN(h.Database); err != nil {
+					return d.Err(err.Error())
+				}
 			}
 		case "user_id":
 			if !d.Args(&h.UserID) || d.NextArg() {

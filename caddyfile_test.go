@@ -67,6 +67,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				}},
 		},
 		{name: "argument after the directive", input: "hypersync extra {\n shape t {\n key id\n }\n}", wantErr: "wrong argument count or unexpected line ending after 'extra'", line: 1},
+		{name: "unsupported database scheme", input: "hypersync {\n database mysql://x\n}", wantErr: `unsupported database "mysql://x": use postgres://…, postgresql://… or sqlite:<path>`, line: 2},
 		{name: "no shapes", input: "hypersync {\n database postgres://x\n}", wantErr: "hypersync needs at least one shape block", line: 1},
 		{name: "unknown option", input: "hypersync {\n databse postgres://x\n}", wantErr: `unrecognized hypersync option "databse"`, line: 2},
 		{name: "database without a value", input: "hypersync {\n database\n}", wantErr: "wrong argument count or unexpected line ending after 'database'", line: 2},

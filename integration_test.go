@@ -1,7 +1,9 @@
 package hypersync
 
 import (
+	"database/sql"
 	"encoding/json"
+	"path/filepath"
 	"fmt"
 	"io"
 	"net/http"
@@ -97,8 +99,27 @@ func itChange(id, user, key, title string, updated time.Time) string {
 }
 
 func TestThroughCaddy(t *testing.T) {
-	dsn := pgtest.NewDatabase(t)
-	pgtest.Exec(t, dsn, integrationDDL)
+	t.Run("postgres", func(t *testing.T) {
+		dsn := pgtest.NewDatabase(t)
+		pgtest.Exec(t, dsn, integrationDDL)
+		throughCaddy(t, dsn)
+	})
+	t.Run("sqlite", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "it.db")
+		db, err := sql.Open("sqlite", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ddl := strings.NewReplacer("DEFAULT NOW()", "", "timestamptz", "TIMESTAMP", "CREATE INDEX ON", "CREATE INDEX todos_sync ON").Replace(integrationDDL)
+		if _, err := db.Exec(ddl); err != nil {
+			t.Fatal(err)
+		}
+		db.Close()
+		throughCaddy(t, "sqlite:"+path)
+	})
+}
+
+func throughCaddy(t *testing.T, dsn string) {
 	t.Setenv("HYPERSYNC_IT_DSN", dsn)
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{LoadRequestTimeout: 30 * time.Second, TestRequestTimeout: 30 * time.Second})
 	tester.InitServer(integrationCaddyfile(t, ""), "caddyfile")

@@ -43,8 +43,9 @@ var databases = caddy.NewUsagePool()
 // {http.auth.user.id}: put an authentication handler (basic_auth, a JWT
 // module, forward_auth) before it. A request without a user gets 401.
 type HyperSync struct {
-	// The database DSN: postgres://… or postgresql://…
-	// {env.*} and {file.*} placeholders are resolved when the config loads.
+	// The database: a postgres:// or postgresql:// DSN, or sqlite:<path>
+	// for an embedded SQLite file. {env.*} and {file.*} placeholders are
+	// resolved when the config loads. Default: sqlite:./hypersync.db.
 	Database string `json:"database,omitempty"`
 
 	// The placeholder that holds the authenticated user's id.
@@ -87,12 +88,17 @@ func (h *HyperSync) Provision(ctx caddy.Context) error {
 	if h.UserID == "" {
 		h.UserID = DefaultUserID
 	}
-	dsn, err := caddy.NewReplacer().ReplaceOrErr(h.Database, true, true)
-	if err != nil {
-		return fmt.Errorf("database: %w", err)
-	}
-	if dsn == "" {
-		return fmt.Errorf("database: no DSN given")
+	dsn := shapes.DefaultSQLite
+	if h.Database == "" {
+		h.logger.Info("no database configured: using the embedded SQLite file", zap.String("database", dsn))
+	} else {
+		var err error
+		if dsn, err = caddy.NewReplacer().ReplaceOrErr(h.Database, true, true); err != nil {
+			return fmt.Errorf("database: %w", err)
+		}
+		if err := shapes.CheckDSN(dsn); err != nil {
+			return fmt.Errorf("database: %w", err)
+		}
 	}
 	h.dsn = dsn
 	val, _, err := databases.LoadOrNew(dsn, func() (caddy.Destructor, error) {

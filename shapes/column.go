@@ -72,6 +72,13 @@ func (c *Column) checkValue(raw json.RawMessage) error {
 	case KindText:
 		if raw[0] != '"' {
 			want = "a string"
+			break
+		}
+		if isUUIDType(c.Type) {
+			var u string
+			if json.Unmarshal(raw, &u) != nil || !isUUID(u) {
+				return fmt.Errorf("field %q: %s is not a UUID", c.Field, clip(raw))
+			}
 		}
 	case KindBool:
 		if raw[0] != 't' && raw[0] != 'f' {
@@ -201,7 +208,7 @@ func (c *Column) keyPart(raw json.RawMessage) string {
 	case len(raw) > 0 && raw[0] == '"':
 		var s string
 		if json.Unmarshal(raw, &s) == nil {
-			if c.Type == "uuid" {
+			if isUUIDType(c.Type) {
 				// uuids compare case-insensitively
 				return "s" + strings.ToLower(s)
 			}
@@ -213,4 +220,25 @@ func (c *Column) keyPart(raw json.RawMessage) string {
 		}
 	}
 	return "r" + string(raw)
+}
+
+// isUUID accepts the canonical 8-4-4-4-12 hexadecimal form, in either case.
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -9,6 +9,8 @@ import (
 	"math/rand"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -21,14 +23,20 @@ import (
 	"github.com/hypersync/hypersync/shapes"
 )
 
-// instance is one hypersync handler with its own pool, as a separate Caddy
-// instance would have.
-func newInstance(t *testing.T, dsn string) *httptest.Server {
+func openDB(t *testing.T, dsn string) *shapes.Database {
 	t.Helper()
 	db, err := shapes.Open(dsn, shapes.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = db.Destruct() })
+	return db
+}
+
+// newInstance is one hypersync handler on db. Two instances on two pools
+// of one PostgreSQL database stand for two Caddy instances.
+func newInstance(t *testing.T, db *shapes.Database) *httptest.Server {
+	t.Helper()
 	store, err := shapes.NewStore(db, []shapes.ShapeConfig{{Key: "todos", KeyFields: []string{"todoId"}, Fields: []string{"title", "done", "deleted"}}}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -37,15 +45,14 @@ func newInstance(t *testing.T, dsn string) *httptest.Server {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.Serve(w, r, r.Header.Get("X-Test-User"))
 	}))
-	t.Cleanup(func() { srv.Close(); _ = db.Destruct() })
+	t.Cleanup(srv.Close)
 	return srv
 }
 
 // convergence runs pushers and pullers of one user against two instances
-// on one database for dur, then checks that every puller has seen the final
-// version of every row. It returns the number of rows checked and missed.
-func convergence(t *testing.T, dsn string, dur time.Duration) (rows, misses int) {
-	a, b := newInstance(t, dsn), newInstance(t, dsn)
+// for dur, then checks that every puller has seen the final version of
+// every row. It returns the number of rows checked and missed.
+func convergence(t *testing.T, a, b *httptest.Server, final func() (map[string]string, error), dur time.Duration) (rows, misses int) {
 	instances := []*httptest.Server{a, b}
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 32}}
 	ctx, cancel := context.WithTimeout(context.Background(), dur)
@@ -167,12 +174,7 @@ func convergence(t *testing.T, dsn string, dur time.Duration) (rows, misses int)
 	}
 
 	// The database's final state, read directly.
-	conn, err := pgxConnect(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.close()
-	final, err := conn.titles()
+	want, err := final()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +182,7 @@ func convergence(t *testing.T, dsn string, dur time.Duration) (rows, misses int)
 		if err := pull(v, instances[i%2]); err != nil {
 			t.Fatal(err)
 		}
-		for id, title := range final {
+		for id, title := range want {
 			rows++
 			if v.rows[id] != title {
 				misses++
@@ -191,16 +193,29 @@ func convergence(t *testing.T, dsn string, dur time.Duration) (rows, misses int)
 }
 
 func TestPullCompletenessUnderConcurrency(t *testing.T) {
-	dsn := pgtest.NewDatabase(t)
-	pgtest.Exec(t, dsn, seedTable)
-	rows, misses := convergence(t, dsn, 4*time.Second)
-	t.Logf("%d row versions checked across pullers, %d missed", rows, misses)
-	if rows < 1000 {
-		t.Fatalf("only %d rows checked: the test did too little to mean anything", rows)
+	check := func(t *testing.T, a, b *httptest.Server, final func() (map[string]string, error)) {
+		rows, misses := convergence(t, a, b, final, 4*time.Second)
+		t.Logf("%d row versions checked across pullers, %d missed", rows, misses)
+		if rows < 1000 {
+			t.Fatalf("only %d rows checked: the test did too little to mean anything", rows)
+		}
+		if misses != 0 {
+			t.Fatalf("pullers missed %d of %d final row versions", misses, rows)
+		}
 	}
-	if misses != 0 {
-		t.Fatalf("pullers missed %d of %d final row versions", misses, rows)
-	}
+	t.Run("postgres, two instances with their own pools", func(t *testing.T) {
+		dsn := pgtest.NewDatabase(t)
+		pgtest.Exec(t, dsn, seedTable)
+		check(t, newInstance(t, openDB(t, dsn)), newInstance(t, openDB(t, dsn)), pgTitles(dsn))
+	})
+	t.Run("sqlite, two handlers in one process", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "sync.db")
+		db := openDB(t, "sqlite:"+path)
+		if err := sqliteExec(path, strings.ReplaceAll(seedTable, "DEFAULT NOW()", "")); err != nil {
+			t.Fatal(err)
+		}
+		check(t, newInstance(t, db), newInstance(t, db), sqliteTitles(path))
+	})
 }
 
 // The same test against the reference's scheme (stamp = now() of the push
@@ -212,7 +227,7 @@ func TestConcurrencyCheckCatchesNaiveStamps(t *testing.T) {
 	for attempt := 1; attempt <= 3; attempt++ {
 		dsn := pgtest.NewDatabase(t)
 		pgtest.Exec(t, dsn, seedTable)
-		rows, misses := convergence(t, dsn, 4*time.Second)
+		rows, misses := convergence(t, newInstance(t, openDB(t, dsn)), newInstance(t, openDB(t, dsn)), pgTitles(dsn), 4*time.Second)
 		t.Logf("attempt %d: naive stamps: %d of %d final row versions missed", attempt, misses, rows)
 		if misses > 0 {
 			return
@@ -229,7 +244,7 @@ deleted BOOLEAN NOT NULL DEFAULT false,
 userId TEXT NOT NULL,
 updatedAt TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
 lastSyncAt TIMESTAMP WITH TIME ZONE DEFAULT NOW()
-); CREATE INDEX ON todos (userId, lastSyncAt)`
+); CREATE INDEX todos_sync ON todos (userId, lastSyncAt)`
 
 func payloadOf(s string) map[string]json.RawMessage {
 	var p map[string]json.RawMessage

@@ -2,7 +2,9 @@ package shapes
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
+	"path/filepath"
 	"fmt"
 	"strings"
 	"testing"
@@ -27,7 +29,35 @@ func backends() []backendCase {
 			pgtest.Exec(t, dsn, ddl...)
 			return dsn
 		}},
+		{name: "sqlite", open: func(t *testing.T, ddl ...string) string {
+			path := filepath.Join(t.TempDir(), "test.db")
+			db, err := sql.Open("sqlite", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			for _, stmt := range ddl {
+				if _, err := db.Exec(sqliteDDL(stmt)); err != nil {
+					t.Fatalf("sqlite: %s: %v", sqliteDDL(stmt), err)
+				}
+			}
+			return "sqlite:" + path
+		}},
 	}
+}
+
+// sqliteDDL rewrites the PostgreSQL DDL of these tests into SQLite's, so
+// each test states its table once. SQLite has no schemas: CREATE SCHEMA
+// becomes ATTACH of an in-memory database, which is what a schema is there.
+func sqliteDDL(ddl string) string {
+	r := strings.NewReplacer(
+		"DEFAULT NOW()", "DEFAULT CURRENT_TIMESTAMP",
+		"timestamptz", "TIMESTAMP",
+		"jsonb", "JSON",
+		"text[]", "TEXT_ARRAY",
+		"double precision", "DOUBLE",
+	)
+	return r.Replace(ddl)
 }
 
 // forEachBackend runs f as a subtest on every database.

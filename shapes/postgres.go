@@ -204,13 +204,17 @@ var pgCreateTypes = map[string]string{
 }
 
 func (p *postgres) createTable(ctx context.Context, cfg ShapeConfig) error {
-	_, err := p.pool.Exec(ctx, CreateTableSQL(cfg, pgCreateTypes, "timestamptz"))
-	return pgError(err)
+	for _, stmt := range CreateTableSQL(cfg, pgCreateTypes, "timestamptz") {
+		if _, err := p.pool.Exec(ctx, stmt); err != nil {
+			return pgError(err)
+		}
+	}
+	return nil
 }
 
 // CreateTableSQL renders the CREATE TABLE and CREATE INDEX statements for a
 // create_table shape, mapping portable field types through types.
-func CreateTableSQL(cfg ShapeConfig, types map[string]string, stampType string) string {
+func CreateTableSQL(cfg ShapeConfig, types map[string]string, stampType string) []string {
 	cfg = cfg.WithDefaults()
 	schema, table, _ := SplitTableName(cfg.Table)
 	var b strings.Builder
@@ -237,11 +241,11 @@ func CreateTableSQL(cfg ShapeConfig, types map[string]string, stampType string) 
 	for i, k := range cfg.KeyFields {
 		keys[i] = quoteIdent(k)
 	}
-	fmt.Fprintf(&b, "\tPRIMARY KEY (%s)\n);\n", strings.Join(keys, ", "))
-	fmt.Fprintf(&b, "CREATE INDEX IF NOT EXISTS %s ON %s (%s, %s);\n",
+	fmt.Fprintf(&b, "\tPRIMARY KEY (%s)\n)", strings.Join(keys, ", "))
+	index := fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (%s, %s)",
 		quoteIdent(table+"_"+cfg.UserColumn+"_"+cfg.SyncedAtColumn+"_idx"), quoteTable(schema, table),
 		quoteIdent(cfg.UserColumn), quoteIdent(cfg.SyncedAtColumn))
-	return b.String()
+	return []string{b.String(), index}
 }
 
 // upsertSQL builds the statement that writes one group: rows of one shape

@@ -216,8 +216,18 @@ type Options struct {
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
-// Open opens a pool for dsn without connecting: postgres:// and
-// postgresql:// select PostgreSQL.
+// CheckDSN reports whether dsn names a database kind hypersync supports.
+func CheckDSN(dsn string) error {
+	for _, scheme := range []string{"postgres://", "postgresql://", "sqlite:"} {
+		if strings.HasPrefix(dsn, scheme) {
+			return nil
+		}
+	}
+	return fmt.Errorf("unsupported database %q: use postgres://…, postgresql://… or sqlite:<path>", redactDSN(dsn))
+}
+
+// Open opens a pool for dsn without connecting. postgres:// and
+// postgresql:// select PostgreSQL; sqlite:<path> selects an SQLite file.
 func Open(dsn string, opts Options) (*Database, error) {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
@@ -225,8 +235,10 @@ func Open(dsn string, opts Options) (*Database, error) {
 	switch {
 	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
 		return openPostgres(dsn, opts)
+	case strings.HasPrefix(dsn, "sqlite:"):
+		return openSQLite(dsn, opts)
 	}
-	return nil, fmt.Errorf("unsupported database %q: use a postgres:// or postgresql:// DSN", redactDSN(dsn))
+	return nil, CheckDSN(dsn)
 }
 
 // IndexSQL returns the statement that creates the index pulls need.

@@ -3,6 +3,7 @@ package shapes
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -14,36 +15,42 @@ func TestSchemaCheck(t *testing.T) {
 		ddl     string
 		shape   ShapeConfig
 		wantErr string // substring; empty means the check passes
+		pgOnly  string // why the case cannot exist on SQLite
 	}{
-		{"seed README table with folded column names", seedDDL, todosShape, ""},
-		{"fields default to every non-bookkeeping column", seedDDL, ShapeConfig{Key: "todos", KeyFields: []string{"todoId"}}, ""},
+		{"seed README table with folded column names", seedDDL, todosShape, "", ""},
+		{"fields default to every non-bookkeeping column", seedDDL, ShapeConfig{Key: "todos", KeyFields: []string{"todoId"}}, "", ""},
 		{"missing table", seedDDL, ShapeConfig{Key: "notes", KeyFields: []string{"id"}},
-			`shape "notes", table notes: table does not exist`},
+			`shape "notes", table notes: table does not exist`, ""},
 		{"field without a column", seedDDL, ShapeConfig{Key: "todos", KeyFields: []string{"todoId"}, Fields: []string{"title", "colour"}},
-			`shape "todos", table public.todos, column colour: no column for field "colour"`},
+			`column colour: no column for field "colour"`, ""},
 		{"key that is not unique", seedDDL, ShapeConfig{Key: "todos", KeyFields: []string{"title"}},
-			`column title: the key columns are not the table's primary key or a unique constraint`},
+			`column title: the key columns are not the table's primary key or a unique constraint`, ""},
 		{"missing user column", `CREATE TABLE t (id text PRIMARY KEY, owner text, updatedAt timestamptz, lastSyncAt timestamptz)`,
-			ShapeConfig{Key: "t", KeyFields: []string{"id"}}, `column userId: no column for user_column "userId"`},
+			ShapeConfig{Key: "t", KeyFields: []string{"id"}}, `column userId: no column for user_column "userId"`, ""},
 		{"user column named explicitly", `CREATE TABLE t (id text PRIMARY KEY, owner text, updatedAt timestamptz, lastSyncAt timestamptz)`,
-			ShapeConfig{Key: "t", KeyFields: []string{"id"}, UserColumn: "owner"}, ""},
+			ShapeConfig{Key: "t", KeyFields: []string{"id"}, UserColumn: "owner"}, "", ""},
 		{"updated_at that is not a timestamp", `CREATE TABLE t (id text PRIMARY KEY, userId text, updatedAt text, lastSyncAt timestamptz)`,
-			ShapeConfig{Key: "t", KeyFields: []string{"id"}}, `column updatedat: updated_at_column must be a timestamp, but its type is text`},
+			ShapeConfig{Key: "t", KeyFields: []string{"id"}}, `updated_at_column must be a timestamp, but its type is`, ""},
 		{"synced_at missing", `CREATE TABLE t (id text PRIMARY KEY, userId text, updatedAt timestamptz)`,
-			ShapeConfig{Key: "t", KeyFields: []string{"id"}}, `no column for synced_at_column "lastSyncAt"`},
+			ShapeConfig{Key: "t", KeyFields: []string{"id"}}, `no column for synced_at_column "lastSyncAt"`, ""},
 		{"field matching two columns by case", `CREATE TABLE t (id text PRIMARY KEY, "Title" text, "TITLE" text, userId text, updatedAt timestamptz, lastSyncAt timestamptz)`,
-			ShapeConfig{Key: "t", KeyFields: []string{"id"}, Fields: []string{"title"}}, `matches several columns when case is ignored`},
+			ShapeConfig{Key: "t", KeyFields: []string{"id"}, Fields: []string{"title"}}, `matches several columns when case is ignored`,
+			"SQLite column names are case-insensitive: such a table cannot exist"},
 		{"schema-qualified table", `CREATE SCHEMA app; CREATE TABLE app.todos (id text PRIMARY KEY, title text, userId text, updatedAt timestamptz, lastSyncAt timestamptz)`,
-			ShapeConfig{Key: "todos", Table: "app.todos", KeyFields: []string{"id"}}, ""},
+			ShapeConfig{Key: "todos", Table: "app.todos", KeyFields: []string{"id"}}, "",
+			"SQLite has no schemas"},
 		{"composite key on a unique constraint", `CREATE TABLE t (list text, pos int, title text, userId text, updatedAt timestamptz, lastSyncAt timestamptz, UNIQUE (pos, list))`,
-			ShapeConfig{Key: "t", KeyFields: []string{"list", "pos"}}, ""},
-		{"partial unique index is not a key", `CREATE TABLE t (id text, userId text, updatedAt timestamptz, lastSyncAt timestamptz); CREATE UNIQUE INDEX ON t (id) WHERE id <> ''`,
-			ShapeConfig{Key: "t", KeyFields: []string{"id"}}, `not the table's primary key or a unique constraint`},
+			ShapeConfig{Key: "t", KeyFields: []string{"list", "pos"}}, "", ""},
+		{"partial unique index is not a key", `CREATE TABLE t (id text, userId text, updatedAt timestamptz, lastSyncAt timestamptz); CREATE UNIQUE INDEX t_id ON t (id) WHERE id <> ''`,
+			ShapeConfig{Key: "t", KeyFields: []string{"id"}}, `not the table's primary key or a unique constraint`, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, b := range backends() {
 				t.Run(b.name, func(t *testing.T) {
+					if b.name != "postgres" && tc.pgOnly != "" {
+						t.Skip(tc.pgOnly)
+					}
 					dsn := b.open(t, tc.ddl)
 					db, err := Open(dsn, Options{})
 					if err != nil {
@@ -65,6 +72,9 @@ func TestSchemaCheck(t *testing.T) {
 					if tc.wantErr != "" && !errors.As(err, &se) {
 						t.Fatalf("error %v is not a *SchemaError", err)
 					}
+					if tc.wantErr != "" && !strings.HasPrefix(err.Error(), fmt.Sprintf("shape %q, table ", tc.shape.Key)) {
+						t.Fatalf("error %q does not start by naming the shape and table", err)
+					}
 				})
 			}
 		})
@@ -83,7 +93,7 @@ func TestSyncIndexDetection(t *testing.T) {
 		if !shapes[0].SyncIndex {
 			t.Fatal("the (userId, lastSyncAt) index was not found")
 		}
-		if got := f.db.IndexSQL(shapes[0]); !strings.Contains(got, `("userid", "lastsyncat")`) {
+		if got := strings.ToLower(f.db.IndexSQL(shapes[0])); !strings.Contains(got, `("userid", "lastsyncat")`) {
 			t.Fatalf("IndexSQL = %s", got)
 		}
 	})
