@@ -3,10 +3,10 @@ package hypersync
 import (
 	"database/sql"
 	"encoding/json"
-	"path/filepath"
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
