@@ -21,7 +21,8 @@ ensure_go() {
 	go mod download
 }
 
-# The Go tests start their own throwaway cluster from initdb and pg_ctl.
+# The Go tests and the browser suite start throwaway clusters with initdb
+# and pg_ctl from the system's PostgreSQL server binaries.
 ensure_postgres() {
 	if [ -n "${HYPERSYNC_TEST_DSN:-}" ]; then return; fi
 	if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then return; fi
@@ -29,3 +30,21 @@ ensure_postgres() {
 	apt_install postgresql
 }
 
+ensure_node() {
+	if command -v node >/dev/null && command -v npm >/dev/null; then return; fi
+	step "installing Node.js and npm"
+	apt_install nodejs npm
+}
+
+# The browser suite drives Debian's Chromium; it never downloads a browser.
+ensure_chromium() {
+	if [ -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ]; then return; fi
+	step "installing Chromium"
+	apt_install chromium
+}
+
+# build_demo installs the demo's npm packages and bundles it into
+# examples/todo/dist.
+build_demo() {
+	(cd examples/todo && npm ci --no-audit --no-fund --loglevel=error && npm run build)
+}

@@ -1,0 +1,207 @@
+// The demo app in headless Chromium, on the real @jaaahn/hyper-sync 1.0.0
+// client, against Caddy + hypersync on SQLite and on PostgreSQL.
+import { describe, test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { startCaddy, startPostgres, launchBrowser, Device, unique, ensureOutputDir } from "./harness.js";
+
+const stores = [
+  { name: "sqlite", database: async () => ({ url: undefined, stop() {} }) },
+  { name: "postgres", database: async () => { const pg = await startPostgres(); return { url: pg.dsn, stop: pg.stop }; } },
+];
+
+for (const store of stores) {
+  describe(`demo on ${store.name}`, { concurrency: false }, () => {
+    let db, caddy, browser;
+    const devices = [];
+
+    before(async () => {
+      db = await store.database();
+      caddy = await startCaddy({ databaseUrl: db.url });
+      browser = await launchBrowser();
+    });
+    after(async () => {
+      await browser?.close();
+      await caddy?.stop();
+      await db?.stop();
+    });
+
+    const open = async (user, name) => {
+      const d = await Device.open(browser, caddy.baseURL, user, name);
+      devices.push(d);
+      return d;
+    };
+
+    // scenario runs one test with fresh devices, and on failure prints what
+    // the browsers logged and every /sync request with its status.
+    const scenario = (name, fn) => test(name, { timeout: 90_000 }, async () => {
+      devices.length = 0;
+      try {
+        await fn();
+      } catch (err) {
+        console.error(`\n--- ${store.name}: "${name}" failed; browser console and /sync requests:`);
+        for (const d of devices) console.error(d.log.join("\n") || `[${d.name}] (nothing logged)`);
+        console.error(`--- Caddy log (last lines):\n${caddy.log.join("").split("\n").slice(-30).join("\n")}`);
+        throw err;
+      } finally {
+        for (const d of devices) await d.close();
+      }
+    });
+
+    scenario("two devices of one user: what A writes, B receives", async () => {
+      const a = await open("alice", "A"), b = await open("alice", "B");
+      const title = unique("buy milk");
+      await a.addTodo(title);
+      await a.syncNow();
+      assert.equal(await a.pending(), 0, "A's change is still queued after a sync");
+      await b.syncNow();
+      assert.ok((await b.titles()).includes(title), `B does not show "${title}"`);
+    });
+
+    scenario("last write wins: the later edit wins everywhere", async () => {
+      const a = await open("alice", "A"), b = await open("alice", "B");
+      const title = unique("shared");
+      await a.addTodo(title);
+      await a.syncNow();
+      await b.syncNow();
+      await a.rename(title, `${title} by A`);
+      await new Promise((r) => setTimeout(r, 20));
+      await b.rename(title, `${title} by B`);
+      for (let i = 0; i < 2; i++) {
+        await a.syncNow();
+        await b.syncNow();
+      }
+      for (const d of [a, b]) {
+        const titles = await d.titles();
+        assert.ok(titles.includes(`${title} by B`), `${d.name} shows ${JSON.stringify(titles.filter((t) => t.startsWith(title)))}`);
+        assert.ok(!titles.includes(`${title} by A`), `${d.name} still shows A's older edit`);
+      }
+    });
+
+    scenario("offline queue: writes made offline arrive after reconnecting", async () => {
+      const a = await open("alice", "A"), b = await open("alice", "B");
+      const title = unique("written offline");
+      await a.setOffline(true);
+      await a.addTodo(title);
+      await a.syncNow();
+      assert.equal(await a.pending(), 1, "the offline change should wait in A's queue");
+      await b.syncNow();
+      assert.ok(!(await b.titles()).includes(title), "B received a change A never sent");
+      await a.setOffline(false);
+      await a.syncNow();
+      assert.equal(await a.pending(), 0);
+      await b.syncNow();
+      assert.ok((await b.titles()).includes(title), `B does not show "${title}"`);
+    });
+
+    scenario("late upload: an old updatedAt pushed after B pulled still reaches B", async () => {
+      const a = await open("alice", "A"), b = await open("alice", "B");
+      const late = unique("old offline edit");
+      await a.setOffline(true);
+      await a.addTodo(late); // updatedAt is now, and B is about to pull past it
+      await new Promise((r) => setTimeout(r, 50));
+      await b.addTodo(unique("B meanwhile"));
+      await b.syncNow(); // B's lastPull moves past A's updatedAt
+      await a.setOffline(false);
+      await a.syncNow();
+      await b.syncNow();
+      assert.ok((await b.titles()).includes(late), `B missed the late upload "${late}"`);
+    });
+
+    scenario("user isolation: bob sees nothing of alice's, and cannot write it", async () => {
+      const a = await open("alice", "A");
+      const title = unique("alice only");
+      await a.addTodo(title);
+      await a.syncNow();
+      const key = await a.todo(title).getAttribute("data-todo-id");
+      const bob = await open("bob", "bob");
+      const bobTitles = await bob.titles();
+      assert.ok(!bobTitles.some((t) => t.startsWith("alice only")), `bob sees alice's rows: ${bobTitles}`);
+
+      const crafted = (userId) => bob.page.evaluate(async ({ key, userId }) => {
+        const r = await fetch("/sync/push", {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ changes: [{ changeId: crypto.randomUUID(), shapeKey: "todos", pushed: 0, userId,
+            updatedAt: new Date(Date.now() + 60_000).toISOString(), payload: { todoId: key, title: "pwned by bob", done: true, deleted: false } }] }),
+        });
+        return { status: r.status, body: await r.json() };
+      }, { key, userId });
+      for (const userId of ["alice", "bob"]) {
+        const res = await crafted(userId);
+        assert.equal(res.status, 201);
+        assert.deepEqual(res.body.acceptedChanges, [], `bob's push as ${userId} was accepted`);
+        assert.equal(res.body.rejectedChanges[0]?.error, "user-mismatch");
+      }
+      const b = await open("alice", "A2");
+      const titles = await b.titles();
+      assert.ok(titles.includes(title) && !titles.includes("pwned by bob"), `alice's row changed: ${titles}`);
+    });
+
+    scenario("tombstones propagate", async () => {
+      const a = await open("alice", "A"), b = await open("alice", "B");
+      const title = unique("doomed");
+      await a.addTodo(title);
+      await a.syncNow();
+      await b.syncNow();
+      assert.ok((await b.titles()).includes(title));
+      const key = await a.todo(title).getAttribute("data-todo-id");
+      await a.remove(title);
+      await a.syncNow();
+      await b.syncNow();
+      assert.ok(!(await b.titles()).includes(title), "B still shows the deleted todo");
+      // The server kept the row, marked deleted: sync never hard-deletes.
+      const pulled = await a.page.evaluate(async () => (await fetch("/sync/pull/")).json());
+      const row = pulled.changes.find((c) => c.payload.todoId === key);
+      assert.equal(row?.payload.deleted, true, "the server row is not a tombstone");
+    });
+
+    scenario("unauthenticated /sync/pull gets 401 with a Basic challenge", async () => {
+      const r = await fetch(`${caddy.baseURL}/sync/pull/`);
+      assert.equal(r.status, 401);
+      assert.match(r.headers.get("www-authenticate") ?? "", /^Basic/);
+    });
+
+    scenario("partial payload: {todoId, done} flips done and keeps the title", async () => {
+      const a = await open("alice", "A"), b = await open("alice", "B");
+      const title = unique("partial");
+      await a.addTodo(title);
+      await a.syncNow();
+      await b.syncNow();
+      await a.toggle(title);
+      await a.syncNow();
+      const key = await a.todo(title).getAttribute("data-todo-id");
+      const sent = a.pushes.flatMap((p) => p.changes).filter((c) => c.payload.todoId === key);
+      assert.ok(sent.some((c) => Object.keys(c.payload).sort().join() === "done,todoId" && c.payload.done === true),
+        `the toggle was not sent as a partial payload: ${JSON.stringify(sent)}`);
+      await b.syncNow();
+      assert.equal(await b.todo(title).locator("input[type=checkbox]").isChecked(), true, "B does not show it done");
+      assert.ok((await b.titles()).includes(title), "the title was lost");
+    });
+
+    scenario("a second shape (lists) syncs alongside todos", async () => {
+      const a = await open("alice", "A"), b = await open("alice", "B");
+      const name = unique("Groceries");
+      await a.page.fill("#new-list", name);
+      await a.page.click("#add-list button");
+      await a.syncNow();
+      await b.syncNow();
+      assert.ok((await b.page.locator("#lists li").allTextContents()).includes(name), "B does not show the list");
+    });
+
+    scenario("a screenshot of the demo after a sync", async () => {
+      // bob, whom the other scenarios leave with no todos of his own
+      const a = await open("bob", "bob");
+      await a.page.setViewportSize({ width: 900, height: 600 });
+      for (const t of ["Write the README", "Ship hypersync", "Try it offline"]) await a.addTodo(t);
+      await a.toggle("Ship hypersync");
+      await a.page.fill("#new-list", "Launch week");
+      await a.page.click("#add-list button");
+      await a.syncNow();
+      const file = join(ensureOutputDir(), `demo-${store.name}.png`);
+      await a.page.screenshot({ path: file, fullPage: true });
+      console.log(`screenshot: ${file}`);
+      assert.equal(await a.pending(), 0);
+    });
+  });
+}

@@ -1,0 +1,166 @@
+// The hypersync todo demo: a plain-JS app on the real @jaaahn/hyper-sync
+// client, used exactly as that package's README shows. Local data lives in
+// Dexie (IndexedDB); the client queues changes and syncs them through
+// Caddy's /sync endpoint.
+import Dexie from "dexie";
+import { configureSync, useShape } from "@jaaahn/hyper-sync/web";
+
+const db = new Dexie("hypersync-todo-demo");
+db.version(1).stores({
+  todos: "&todoId, userId, updatedAt",
+  lists: "&listId, userId, updatedAt",
+});
+
+const sync = configureSync({ serverEndpoint: "/sync", syncInterval: 30_000 });
+let userId = null;
+
+// Last-write-wins on the device too: a pulled change replaces the local row
+// only when it is at least as new. Payloads may be partial, so merge.
+function upsertInto(table, keyField) {
+  return async (payload, changeUserId, updatedAt) => {
+    const existing = await table.get(payload[keyField]);
+    if (existing && new Date(existing.updatedAt) > new Date(updatedAt)) return;
+    await table.put({ ...existing, ...payload, userId: changeUserId, updatedAt: new Date(updatedAt) });
+    scheduleRender();
+  };
+}
+
+const todos = useShape({ shapeKey: "todos", syncEngine: sync, upsertRemoteChangeFn: upsertInto(db.todos, "todoId") });
+const lists = useShape({ shapeKey: "lists", syncEngine: sync, upsertRemoteChangeFn: upsertInto(db.lists, "listId") });
+
+// A local edit: write it locally at once, then queue the (possibly partial)
+// change for the server.
+async function change(shape, table, keyField, fields) {
+  const updatedAt = new Date();
+  const existing = await table.get(fields[keyField]);
+  await table.put({ ...existing, ...fields, userId, updatedAt });
+  scheduleRender();
+  await shape.pushChange(fields, userId, updatedAt);
+  renderStatus();
+}
+
+const newId = () => crypto.randomUUID();
+const addTodo = (title) => change(todos, db.todos, "todoId", { todoId: newId(), title, done: false, deleted: false });
+// Toggling sends only the field that changed: hypersync applies partial payloads.
+const setDone = (todoId, done) => change(todos, db.todos, "todoId", { todoId, done });
+const rename = (todoId, title) => change(todos, db.todos, "todoId", { todoId, title });
+// Deleting is a tombstone: sync never hard-deletes.
+const remove = (todoId) => change(todos, db.todos, "todoId", { todoId, deleted: true });
+const addList = (name) => change(lists, db.lists, "listId", { listId: newId(), name, deleted: false });
+
+const $ = (id) => document.getElementById(id);
+let renderQueued = false;
+function scheduleRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  queueMicrotask(() => { renderQueued = false; render(); });
+}
+
+async function render() {
+  const rows = (await db.todos.where("userId").equals(userId ?? "").toArray())
+    .filter((t) => !t.deleted)
+    .sort((a, b) => String(a.title).localeCompare(String(b.title)));
+  const ul = $("todos");
+  ul.replaceChildren(...rows.map(todoItem));
+  const ls = (await db.lists.where("userId").equals(userId ?? "").toArray()).filter((l) => !l.deleted);
+  $("lists").replaceChildren(...ls.sort((a, b) => String(a.name).localeCompare(String(b.name))).map((l) => {
+    const li = document.createElement("li");
+    li.className = "list";
+    li.textContent = l.name;
+    return li;
+  }));
+  renderStatus();
+}
+
+function todoItem(t) {
+  const li = document.createElement("li");
+  li.className = t.done ? "todo done" : "todo";
+  li.dataset.todoId = t.todoId;
+  const box = document.createElement("input");
+  box.type = "checkbox";
+  box.checked = !!t.done;
+  box.setAttribute("aria-label", "done");
+  box.addEventListener("change", () => setDone(t.todoId, box.checked));
+  const title = document.createElement("span");
+  title.className = "title";
+  title.textContent = t.title;
+  title.title = "Double-click to edit";
+  title.addEventListener("dblclick", () => {
+    const input = document.createElement("input");
+    input.className = "edit";
+    input.value = t.title;
+    const done = () => {
+      const v = input.value.trim();
+      if (v && v !== t.title) rename(t.todoId, v); else scheduleRender();
+    };
+    input.addEventListener("keydown", (e) => { if (e.key === "Enter") input.blur(); if (e.key === "Escape") { input.value = t.title; input.blur(); } });
+    input.addEventListener("blur", done, { once: true });
+    title.replaceWith(input);
+    input.focus();
+  });
+  const del = document.createElement("button");
+  del.className = "ghost delete";
+  del.type = "button";
+  del.textContent = "✕";
+  del.setAttribute("aria-label", "delete");
+  del.addEventListener("click", () => remove(t.todoId));
+  li.append(box, title, del);
+  return li;
+}
+
+let lastSync = null;
+let syncs = 0;
+let syncError = null;
+async function renderStatus() {
+  const pending = userId == null ? 0
+    : await sync.getChangesQueue().where("[pushed+userId]").equals([0, userId]).count();
+  const el = $("status");
+  const when = lastSync ? lastSync.toLocaleTimeString() : "never";
+  el.textContent = syncError ? `Sync failed: ${syncError} · ${pending} pending`
+    : `Last sync: ${when} · ${pending} pending`;
+  el.dataset.pending = String(pending);
+}
+
+// "Sync now" runs the client's own sync: push, then pull.
+async function syncNow() {
+  const el = $("status");
+  el.dataset.state = "syncing";
+  try {
+    await sync.sync();
+    lastSync = new Date();
+    syncError = null;
+    el.dataset.state = "idle";
+  } catch (e) {
+    syncError = e?.response ? `HTTP ${e.response.status}` : String(e?.message ?? e);
+    el.dataset.state = "error";
+  }
+  syncs++;
+  el.dataset.syncs = String(syncs);
+  await render();
+}
+
+async function main() {
+  // The user is whoever Caddy authenticated: the page asks the server.
+  const who = await (await fetch("/whoami")).json();
+  userId = who.userId;
+  sync.setUserId(userId);
+  $("user").textContent = `Signed in as ${userId}`;
+  $("add-todo").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const title = $("new-title").value.trim();
+    if (title) addTodo(title);
+    $("new-title").value = "";
+  });
+  $("add-list").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const name = $("new-list").value.trim();
+    if (name) addList(name);
+    $("new-list").value = "";
+  });
+  $("sync-now").addEventListener("click", syncNow);
+  $("status").dataset.state = "idle";
+  await render();
+  await syncNow();
+}
+
+main();
