@@ -36,6 +36,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_batch <n>                   # most changes in one push; default 1000
 //		max_body <size>                 # largest request body; default 16MB
 //		timeout <duration>              # database time per request; default 10s
+//		max_concurrent_pushes <n>       # pushes working on the database at once; default 8
+//		max_concurrent_pulls <n>        # pulls working on the database at once; default 8
 //		shape <shapeKey> {              # repeatable
 //			table <name>                # default: the shapeKey; may be schema.table
 //			key <field>...              # required: the primary key or a unique constraint
@@ -76,15 +78,17 @@ func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("user_id %q is not a placeholder such as {http.auth.user.id}", h.UserID)
 			}
 		case "max_batch":
-			var v string
-			if !d.Args(&v) || d.NextArg() {
-				return d.ArgErr()
+			if err := positiveInt(d, &h.MaxBatch); err != nil {
+				return err
 			}
-			n, err := strconv.Atoi(v)
-			if err != nil || n <= 0 {
-				return d.Errf("max_batch %q is not a positive whole number", v)
+		case "max_concurrent_pushes":
+			if err := positiveInt(d, &h.MaxConcurrentPushes); err != nil {
+				return err
 			}
-			h.MaxBatch = n
+		case "max_concurrent_pulls":
+			if err := positiveInt(d, &h.MaxConcurrentPulls); err != nil {
+				return err
+			}
 		case "max_body":
 			var v string
 			if !d.Args(&v) || d.NextArg() {
@@ -123,6 +127,21 @@ func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if len(h.Shapes) == 0 {
 		return fmt.Errorf("hypersync needs at least one shape block, at %s:%d", file, line)
 	}
+	return nil
+}
+
+// positiveInt reads the option's one argument as a whole number above 0.
+func positiveInt(d *caddyfile.Dispenser, dst *int) error {
+	opt := d.Val()
+	var v string
+	if !d.Args(&v) || d.NextArg() {
+		return d.ArgErr()
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		return d.Errf("%s %q is not a positive whole number", opt, v)
+	}
+	*dst = n
 	return nil
 }
 

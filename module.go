@@ -62,6 +62,14 @@ type HyperSync struct {
 	// 503. Default: 10s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
+	// How many pushes may work on the database at once; more wait up to a
+	// second, then get 503 with Retry-After. Default: 8.
+	MaxConcurrentPushes int `json:"max_concurrent_pushes,omitempty"`
+
+	// How many pulls may work on the database at once, separately from
+	// pushes, so that a flood of pulls cannot starve pushes. Default: 8.
+	MaxConcurrentPulls int `json:"max_concurrent_pulls,omitempty"`
+
 	// The shapes served: each maps a shapeKey onto a table.
 	Shapes []shapes.ShapeConfig `json:"shapes,omitempty"`
 
@@ -117,8 +125,10 @@ func (h *HyperSync) Provision(ctx caddy.Context) error {
 		Store:    store,
 		Logger:   h.logger,
 		MaxBatch: h.MaxBatch,
-		MaxBody:  h.MaxBody,
-		Timeout:  time.Duration(h.Timeout),
+		MaxBody:   h.MaxBody,
+		Timeout:   time.Duration(h.Timeout),
+		MaxPushes: h.MaxConcurrentPushes,
+		MaxPulls:  h.MaxConcurrentPulls,
 	}
 	if h.handler.Timeout == 0 {
 		h.handler.Timeout = handler.DefaultTimeout
@@ -158,6 +168,9 @@ func (h *HyperSync) Validate() error {
 	}
 	if h.Timeout < 0 {
 		return fmt.Errorf("timeout must be positive")
+	}
+	if h.MaxConcurrentPushes < 0 || h.MaxConcurrentPulls < 0 {
+		return fmt.Errorf("max_concurrent_pushes and max_concurrent_pulls must be positive")
 	}
 	return nil
 }

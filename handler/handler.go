@@ -14,6 +14,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -24,10 +25,12 @@ import (
 
 // Defaults for the Handler's limits.
 const (
-	DefaultMaxBatch  = 1000
-	DefaultMaxBody   = 16 << 20
-	DefaultTimeout   = 10 * time.Second
-	DefaultMaxFuture = 24 * time.Hour
+	DefaultMaxBatch       = 1000
+	DefaultMaxBody        = 16 << 20
+	DefaultTimeout        = 10 * time.Second
+	DefaultMaxFuture      = 24 * time.Hour
+	DefaultMaxConcurrency = 8
+	DefaultQueueWait      = time.Second
 )
 
 // Handler serves push and pull for one store.
@@ -45,6 +48,61 @@ type Handler struct {
 	MaxFuture time.Duration
 	// Now is the clock for MaxFuture; time.Now when nil.
 	Now func() time.Time
+	// MaxPushes and MaxPulls bound how many pushes and how many pulls
+	// work on the database at once. The two budgets are separate, so a
+	// flood of pulls cannot starve pushes, nor the reverse.
+	MaxPushes, MaxPulls int
+	// QueueWait is how long a request waits for a free slot before it is
+	// answered 503 with Retry-After.
+	QueueWait time.Duration
+
+	slotsOnce            sync.Once
+	pushSlots, pullSlots chan struct{}
+}
+
+// acquire takes a slot of the given budget, waiting at most QueueWait. It
+// returns the release function, or nil when the budget stayed full.
+func (h *Handler) acquire(ctx context.Context, push bool) func() {
+	h.slotsOnce.Do(func() {
+		h.pushSlots = make(chan struct{}, orDefault(h.MaxPushes, DefaultMaxConcurrency))
+		h.pullSlots = make(chan struct{}, orDefault(h.MaxPulls, DefaultMaxConcurrency))
+	})
+	slots := h.pullSlots
+	if push {
+		slots = h.pushSlots
+	}
+	release := func() { <-slots }
+	select {
+	case slots <- struct{}{}:
+		return release
+	default:
+	}
+	wait := h.QueueWait
+	if wait <= 0 {
+		wait = DefaultQueueWait
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case slots <- struct{}{}:
+		return release
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+func orDefault(n, def int) int {
+	if n > 0 {
+		return n
+	}
+	return def
+}
+
+func writeOverloaded(w http.ResponseWriter, op string) {
+	w.Header().Set("Retry-After", "1")
+	writeJSON(w, http.StatusServiceUnavailable, errorBody{Status: "error", Error: "overloaded",
+		Message: "too many " + op + "es at once on this server; try again shortly"})
 }
 
 // Serve answers one request for the authenticated user; user is empty when
@@ -159,6 +217,12 @@ func (h *Handler) pull(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		}
 		since = t
 	}
+	release := h.acquire(ctx, false)
+	if release == nil {
+		writeOverloaded(w, "pull")
+		return
+	}
+	defer release()
 	out := &pullWriter{w: w}
 	buf := bufio.NewWriterSize(out, 32<<10)
 	w.Header().Set("Content-Type", "application/json")

@@ -67,8 +67,15 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		}
 		return
 	}
+	release := h.acquire(ctx, true)
+	if release == nil {
+		writeOverloaded(w, "push")
+		return
+	}
 	// Changes rejected here reach the store marked, and it skips them.
-	if _, err := h.Store.Push(ctx, user, changes, results); err != nil {
+	_, err = h.Store.Push(ctx, user, changes, results)
+	release()
+	if err != nil {
 		h.storeError(w, r, ctx, "push", err)
 		return
 	}

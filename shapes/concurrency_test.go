@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/hypersync/hypersync/handler"
 	"github.com/hypersync/hypersync/internal/pgtest"
@@ -41,7 +42,7 @@ func newInstance(t *testing.T, db *shapes.Database) *httptest.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &handler.Handler{Store: store, Logger: zap.NewNop(), Timeout: 30 * time.Second}
+	h := &handler.Handler{Store: store, Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), Timeout: 30 * time.Second}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.Serve(w, r, r.Header.Get("X-Test-User"))
 	}))
@@ -102,10 +103,10 @@ func convergence(t *testing.T, a, b *httptest.Server, final func() (map[string]s
 					fail("push: %v", err)
 					return
 				}
-				io.Copy(io.Discard, resp.Body)
+				answer, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
 				if resp.StatusCode != 201 {
-					fail("push answered %d", resp.StatusCode)
+					fail("push answered %d: %s", resp.StatusCode, answer)
 					return
 				}
 			}
@@ -133,7 +134,8 @@ func convergence(t *testing.T, a, b *httptest.Server, final func() (map[string]s
 			SyncedAt string
 		}
 		if resp.StatusCode != 200 {
-			return fmt.Errorf("pull answered %d", resp.StatusCode)
+			answer, _ := io.ReadAll(resp.Body)
+			return fmt.Errorf("pull answered %d: %s", resp.StatusCode, answer)
 		}
 		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
 			return err

@@ -67,6 +67,10 @@ func openPostgres(dsn string, opts Options) (*Database, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parsing the PostgreSQL DSN %s: %w", redactDSN(dsn), err)
 	}
+	if !strings.Contains(dsn, "pool_max_conns") {
+		// room for the handler's default push and pull budgets (8 + 8)
+		cfg.MaxConns = 20
+	}
 	cfg.ConnConfig.RuntimeParams["timezone"] = "UTC"
 	if cfg.ConnConfig.RuntimeParams["application_name"] == "" {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "hypersync"
