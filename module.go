@@ -122,9 +122,9 @@ func (h *HyperSync) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.handler = &handler.Handler{
-		Store:    store,
-		Logger:   h.logger,
-		MaxBatch: h.MaxBatch,
+		Store:     store,
+		Logger:    h.logger,
+		MaxBatch:  h.MaxBatch,
 		MaxBody:   h.MaxBody,
 		Timeout:   time.Duration(h.Timeout),
 		MaxPushes: h.MaxConcurrentPushes,

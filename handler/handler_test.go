@@ -198,9 +198,6 @@ func TestWireCompatibility(t *testing.T) {
 	})
 }
 
-
-
-
 func TestDatabaseUnreachableIs503(t *testing.T) {
 	// Nothing listens on port 1.
 	e := newEnvOn(t, "postgres://postgres@127.0.0.1:1/none?sslmode=disable&connect_timeout=2", nil)
