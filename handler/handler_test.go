@@ -34,6 +34,7 @@ lastSyncAt TIMESTAMP WITH TIME ZONE DEFAULT NOW()
 type env struct {
 	t   *testing.T
 	srv *httptest.Server
+	h   *handler.Handler
 	dsn string
 }
 
@@ -90,7 +91,7 @@ func newEnvOn(t *testing.T, dsn string, configure func(*handler.Handler)) *env {
 		h.Serve(w, r, r.Header.Get("X-Test-User"))
 	}))
 	t.Cleanup(func() { srv.Close(); _ = db.Destruct() })
-	return &env{t: t, srv: srv, dsn: dsn}
+	return &env{t: t, srv: srv, h: h, dsn: dsn}
 }
 
 type answer struct {

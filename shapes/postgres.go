@@ -98,14 +98,33 @@ func (db *Database) Pool() *pgxpool.Pool {
 }
 
 func (p *postgres) ensureCursors(ctx context.Context) error {
-	_, err := p.pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS "`+CursorTable+`" (
+	return p.ddl(ctx, `CREATE TABLE IF NOT EXISTS "`+CursorTable+`" (
 		user_id text PRIMARY KEY,
 		stamp timestamptz NOT NULL)`)
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "42P07") {
-		return nil // created concurrently by another instance
+}
+
+// pgDDLLock is the advisory lock that serialises hypersync's own DDL.
+const pgDDLLock = 0x6879_7065_7273_796e // "hypersyn"
+
+// ddl runs CREATE … IF NOT EXISTS statements in one transaction, under an
+// advisory lock. Without it, instances starting together against a fresh
+// database race: CREATE TABLE IF NOT EXISTS checks before it inserts into
+// the catalog, and the loser fails with a duplicate type or key.
+func (p *postgres) ddl(ctx context.Context, stmts ...string) error {
+	tx, err := p.pool.Begin(ctx)
+	if err != nil {
+		return pgError(err)
 	}
-	return pgError(err)
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(pgDDLLock)); err != nil {
+		return pgError(err)
+	}
+	for _, stmt := range stmts {
+		if _, err := tx.Exec(ctx, stmt); err != nil {
+			return pgError(err)
+		}
+	}
+	return pgError(tx.Commit(ctx))
 }
 
 func (p *postgres) inspect(ctx context.Context, schema, table string) (*TableInfo, error) {
@@ -208,12 +227,7 @@ var pgCreateTypes = map[string]string{
 }
 
 func (p *postgres) createTable(ctx context.Context, cfg ShapeConfig) error {
-	for _, stmt := range CreateTableSQL(cfg, pgCreateTypes, "timestamptz") {
-		if _, err := p.pool.Exec(ctx, stmt); err != nil {
-			return pgError(err)
-		}
-	}
-	return nil
+	return p.ddl(ctx, CreateTableSQL(cfg, pgCreateTypes, "timestamptz")...)
 }
 
 // CreateTableSQL renders the CREATE TABLE and CREATE INDEX statements for a
