@@ -271,75 +271,140 @@ func CreateTableSQL(cfg ShapeConfig, types map[string]string, stampType string) 
 // name, $2 the user. It returns, per input row, its position in $1, whether
 // it was applied, and whether the row belongs to another user.
 //
-// Existing rows are updated and missing ones inserted by two parts of one
-// statement, rather than by INSERT … ON CONFLICT DO UPDATE: PostgreSQL
-// checks NOT NULL on the proposed insert before it looks for a conflict,
-// so a partial payload for an existing row would fail there. Both parts
-// read the snapshot taken before the statement, so a row is either updated
-// or inserted, never both. An insert that loses a race with another user's
-// insert of the same key does nothing and is reported as that user's row.
+// When the group carries every NOT NULL column that has no default, it is
+// one INSERT … ON CONFLICT DO UPDATE, which finds existing rows through the
+// key's unique index, as a hand-written upsert would. Otherwise an insert
+// could fail on a missing column before PostgreSQL looks for the conflict,
+// so existing rows are updated and missing ones inserted by two parts of
+// one statement (upsertSplitSQL).
 func (p *postgres) upsertSQL(sh *Shape, mask string) string {
 	if s, ok := sh.sql.Load(mask); ok {
 		return s.(string)
 	}
-	table := quoteTable(sh.Schema, sh.Table)
-	user, upd, synced := quoteIdent(sh.User.Name), quoteIdent(sh.UpdatedAt.Name), quoteIdent(sh.SyncedAt.Name)
-	var cols, sets, keyCols, keyMatch, keyJoinIns, keyJoinCur, returning []string
+	var s string
+	if sh.insertable(mask) {
+		s = upsertConflictSQL(sh, mask)
+	} else {
+		s = upsertSplitSQL(sh, mask)
+	}
+	sh.sql.Store(mask, s)
+	return s
+}
+
+// upsertParts are the pieces both statement forms are built from.
+type upsertParts struct {
+	table, user, upd, synced string
+	lead                     string // the column leading the key's unique index
+	cols, keyCols, dataCols  []string // quoted names of the columns present
+}
+
+func partsOf(sh *Shape, mask string) upsertParts {
+	u := upsertParts{table: quoteTable(sh.Schema, sh.Table), user: quoteIdent(sh.User.Name),
+		upd: quoteIdent(sh.UpdatedAt.Name), synced: quoteIdent(sh.SyncedAt.Name), lead: quoteIdent(sh.KeyLead.Name)}
 	for i, c := range sh.cols {
 		if mask[i] != '1' {
 			continue
 		}
 		q := quoteIdent(c.Name)
-		cols = append(cols, q)
+		u.cols = append(u.cols, q)
 		if i < len(sh.Keys) {
-			keyCols = append(keyCols, q)
-			keyMatch = append(keyMatch, "t."+q+" = input."+q)
-			keyJoinIns = append(keyJoinIns, "ins."+q+" = input."+q)
-			keyJoinCur = append(keyJoinCur, "cur."+q+" = input."+q)
-			returning = append(returning, "t."+q)
+			u.keyCols = append(u.keyCols, q)
 		} else {
-			sets = append(sets, q+" = input."+q)
+			u.dataCols = append(u.dataCols, q)
 		}
 	}
-	sets = append(sets, upd+" = input."+upd, synced+" = stamp.stamp")
-	insertCols := append(append([]string{}, cols...), user, upd)
-	selectCols := make([]string, len(insertCols))
-	for i, c := range insertCols {
-		selectCols[i] = "input." + c
+	return u
+}
+
+func prefixed(prefix string, names []string) []string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = prefix + n
 	}
-	orderBy := make([]string, len(keyCols))
-	for i, c := range keyCols {
-		orderBy[i] = "input." + c
+	return out
+}
+
+func matching(a, b string, names []string) string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = a + n + " = " + b + n
 	}
-	s := fmt.Sprintf(`WITH input AS MATERIALIZED (
+	return strings.Join(out, " AND ")
+}
+
+const pgInputCTE = `WITH input AS MATERIALIZED (
 	SELECT i.ord, r.* FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS i(doc, ord)
 	CROSS JOIN LATERAL jsonb_populate_record(NULL::%[1]s, i.doc) AS r
 ), stamp AS (
-	SELECT stamp FROM "`+CursorTable+`" WHERE user_id = $2
-), upd AS (
+	SELECT stamp FROM "` + CursorTable + `" WHERE user_id = $2
+)`
+
+func upsertConflictSQL(sh *Shape, mask string) string {
+	u := partsOf(sh, mask)
+	insertCols := append(append([]string{}, u.cols...), u.user, u.upd)
+	sets := make([]string, 0, len(u.dataCols)+2)
+	for _, c := range append(append([]string{}, u.dataCols...), u.upd, u.synced) {
+		sets = append(sets, c+" = EXCLUDED."+c)
+	}
+	// The owner of a row that was not applied is looked up per row, through
+	// the key's index, and only for those rows.
+	return fmt.Sprintf(pgInputCTE+`, up AS (
+	INSERT INTO %[1]s AS t (%[2]s, %[3]s)
+	SELECT %[4]s, stamp.stamp FROM input, stamp ORDER BY %[5]s
+	ON CONFLICT (%[6]s) DO UPDATE SET %[7]s
+	WHERE t.%[8]s = EXCLUDED.%[8]s AND (t.%[9]s IS NULL OR EXCLUDED.%[9]s > t.%[9]s)
+	RETURNING %[10]s
+)
+SELECT input.ord::int4, up.%[11]s IS NOT NULL,
+	up.%[11]s IS NULL AND (SELECT cur.%[8]s FROM %[1]s AS cur WHERE %[12]s) IS DISTINCT FROM input.%[8]s
+FROM input LEFT JOIN up ON %[13]s`,
+		u.table, strings.Join(insertCols, ", "), u.synced, strings.Join(prefixed("input.", insertCols), ", "),
+		strings.Join(prefixed("input.", u.keyCols), ", "), strings.Join(u.keyCols, ", "), strings.Join(sets, ", "),
+		u.user, u.upd, strings.Join(prefixed("t.", u.keyCols), ", "), u.keyCols[0],
+		matching("cur.", "input.", u.keyCols), matching("up.", "input.", u.keyCols))
+}
+
+// upsertSplitSQL updates the user's existing rows and inserts missing ones,
+// in two parts of one statement. Both read the snapshot taken before the
+// statement, so a row is either updated or inserted, never both. An insert
+// that loses a race with another user's insert of the same key does nothing,
+// and is reported as that user's row.
+//
+// Every read of the table is narrowed by "lead = ANY(the batch's keys)",
+// which the key's index serves. Left to a join, the planner may scan the
+// whole table, and a cached plan keeps doing so as the table grows.
+func upsertSplitSQL(sh *Shape, mask string) string {
+	u := partsOf(sh, mask)
+	sets := make([]string, 0, len(u.dataCols)+2)
+	for _, c := range u.dataCols {
+		sets = append(sets, c+" = input."+c)
+	}
+	sets = append(sets, u.upd+" = input."+u.upd, u.synced+" = stamp.stamp")
+	insertCols := append(append([]string{}, u.cols...), u.user, u.upd)
+	return fmt.Sprintf(pgInputCTE+`, upd AS (
 	UPDATE %[1]s AS t SET %[2]s
 	FROM input, stamp
-	WHERE %[3]s AND t.%[4]s = input.%[4]s AND (t.%[5]s IS NULL OR input.%[5]s > t.%[5]s)
+	WHERE t.%[15]s = ANY (ARRAY(SELECT input.%[15]s FROM input)) AND %[3]s
+		AND t.%[4]s = input.%[4]s AND (t.%[5]s IS NULL OR input.%[5]s > t.%[5]s)
 	RETURNING input.ord
 ), ins AS (
 	INSERT INTO %[1]s AS t (%[6]s, %[7]s)
 	SELECT %[8]s, stamp.stamp FROM input, stamp
-	WHERE NOT EXISTS (SELECT FROM %[1]s AS t WHERE %[3]s)
+	WHERE NOT EXISTS (SELECT FROM %[1]s AS t WHERE t.%[15]s = ANY (ARRAY(SELECT input.%[15]s FROM input)) AND %[3]s)
 	ORDER BY %[9]s
 	ON CONFLICT (%[10]s) DO NOTHING
 	RETURNING %[11]s
 )
-SELECT input.ord::int4, upd.ord IS NOT NULL OR ins.%[12]s IS NOT NULL, cur.%[4]s IS DISTINCT FROM input.%[4]s
+SELECT input.ord::int4, upd.ord IS NOT NULL OR ins.%[12]s IS NOT NULL,
+	upd.ord IS NULL AND ins.%[12]s IS NULL AND (SELECT cur.%[4]s FROM %[1]s AS cur WHERE %[13]s) IS DISTINCT FROM input.%[4]s
 FROM input
 LEFT JOIN upd ON upd.ord = input.ord
-LEFT JOIN ins ON %[13]s
-LEFT JOIN %[1]s AS cur ON %[14]s`,
-		table, strings.Join(sets, ", "), strings.Join(keyMatch, " AND "), user, upd,
-		strings.Join(insertCols, ", "), synced, strings.Join(selectCols, ", "),
-		strings.Join(orderBy, ", "), strings.Join(keyCols, ", "), strings.Join(returning, ", "),
-		keyCols[0], strings.Join(keyJoinIns, " AND "), strings.Join(keyJoinCur, " AND "))
-	sh.sql.Store(mask, s)
-	return s
+LEFT JOIN ins ON %[14]s`,
+		u.table, strings.Join(sets, ", "), matching("t.", "input.", u.keyCols), u.user, u.upd,
+		strings.Join(insertCols, ", "), u.synced, strings.Join(prefixed("input.", insertCols), ", "),
+		strings.Join(prefixed("input.", u.keyCols), ", "), strings.Join(u.keyCols, ", "),
+		strings.Join(prefixed("t.", u.keyCols), ", "), u.keyCols[0],
+		matching("cur.", "input.", u.keyCols), matching("ins.", "input.", u.keyCols), u.lead)
 }
 
 // groupDoc encodes rows as the JSON array upsertSQL reads.

@@ -43,6 +43,9 @@ type Shape struct {
 	User, UpdatedAt, SyncedAt Column
 	// SyncIndex reports whether an index leads with (user, synced_at).
 	SyncIndex bool
+	// KeyLead is the key column that leads the key's unique index: a
+	// condition on it can always use that index.
+	KeyLead Column
 
 	cols    []Column       // Keys then Fields
 	byField map[string]int // payload field name -> index into cols
@@ -53,6 +56,17 @@ type Shape struct {
 
 // QuotedKey returns the shape key as a JSON string.
 func (s *Shape) QuotedKey() []byte { return s.quoted }
+
+// insertable reports whether a row carrying the columns of mask can be
+// inserted: it has every NOT NULL column that has no default.
+func (s *Shape) insertable(mask string) bool {
+	for i, c := range s.cols {
+		if c.NotNull && !s.hasDef[i] && mask[i] != '1' {
+			return false
+		}
+	}
+	return true
+}
 
 // QualifiedName returns schema.table for messages.
 func (s *Shape) QualifiedName() string {
@@ -164,8 +178,14 @@ func resolveShape(cfg ShapeConfig, info *TableInfo) (*Shape, error) {
 	for i, k := range s.Keys {
 		keyCols[i] = k.Name
 	}
-	if !hasColumnSet(info.Unique, keyCols) {
+	unique := findColumnSet(info.Unique, keyCols)
+	if unique == nil {
 		return nil, fail(strings.Join(keyCols, ", "), "the key columns are not the table's primary key or a unique constraint")
+	}
+	for _, k := range s.Keys {
+		if k.Name == unique[0] {
+			s.KeyLead = k
+		}
 	}
 
 	if len(cfg.Fields) > 0 {
@@ -204,7 +224,9 @@ func resolveShape(cfg ShapeConfig, info *TableInfo) (*Shape, error) {
 	return s, nil
 }
 
-func hasColumnSet(sets [][]string, want []string) bool {
+// findColumnSet returns the set that holds exactly the columns of want, in
+// any order, or nil.
+func findColumnSet(sets [][]string, want []string) []string {
 	w := append([]string{}, want...)
 	sort.Strings(w)
 	for _, set := range sets {
@@ -221,8 +243,8 @@ func hasColumnSet(sets [][]string, want []string) bool {
 			}
 		}
 		if same {
-			return true
+			return set
 		}
 	}
-	return false
+	return nil
 }

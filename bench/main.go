@@ -1,0 +1,622 @@
+// Command bench measures hypersync against PostgreSQL itself, in one run
+// on one machine:
+//
+//	go run ./bench            # from the repository root
+//
+// It starts a throwaway PostgreSQL cluster and a real Caddy (built from
+// this repository) with basic_auth and hypersync on loopback. It then does
+// the same work through Caddy, with the @jaaahn/hyper-sync 1.0.0 wire
+// format, and directly with pgx, and prints a table of absolute figures
+// and their ratios. Each figure is the median of -runs runs.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/hypersync/hypersync/internal/pgtest"
+)
+
+var (
+	runs       = flag.Int("runs", 3, "runs of each measurement; the median is reported")
+	pushTotal  = flag.Int("push", 60000, "changes pushed per push measurement")
+	batchSize  = flag.Int("batch", 300, "changes per push request (the client's pushBatchSize)")
+	pullRows   = flag.Int("pull", 100000, "rows in the full-pull measurement")
+	bigRows    = flag.Int("big", 1000000, "rows in the memory measurement (0 skips it)")
+	smallOther = flag.Int("others", 1000000, "rows of other users around the small pull (0 skips it)")
+	caddyBin   = flag.String("caddy", "", "a Caddy with hypersync; built from ./cmd/caddy when empty")
+	profile    = flag.String("profile", "", "save Caddy's CPU profile during the first 1-user push to this file")
+	dsnFlag    = flag.String("dsn", "", "an existing PostgreSQL database to use (it must be empty); a throwaway cluster when empty")
+)
+
+const ddl = `CREATE TABLE todos (
+todoId TEXT NOT NULL PRIMARY KEY,
+title TEXT NOT NULL,
+done BOOLEAN NOT NULL DEFAULT false,
+deleted BOOLEAN NOT NULL DEFAULT false,
+userId TEXT NOT NULL,
+updatedAt TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+lastSyncAt TIMESTAMP WITH TIME ZONE DEFAULT NOW()
+);
+CREATE INDEX todos_sync ON todos (userId, lastSyncAt)`
+
+func main() {
+	flag.Parse()
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type result struct {
+	name   string
+	caddy  float64
+	direct float64
+	unit   string
+	target string
+	better string // "higher" or "lower"
+}
+
+func run() error {
+	ctx := context.Background()
+	dsn := *dsnFlag
+	if dsn == "" {
+		c, err := pgtest.StartCluster()
+		if err != nil {
+			return err
+		}
+		defer c.Destroy()
+		dsn = c.DSN
+	}
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(ctx, ddl); err != nil {
+		return fmt.Errorf("creating the table: %w", err)
+	}
+
+	bin := *caddyBin
+	if bin == "" {
+		dir, err := os.MkdirTemp("", "hypersync-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		bin = filepath.Join(dir, "caddy")
+		fmt.Fprintln(os.Stderr, "building Caddy with hypersync…")
+		build := exec.Command("go", "build", "-o", bin, "./cmd/caddy")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			return fmt.Errorf("building caddy: %w", err)
+		}
+	}
+	users := []string{"u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7", "big", "small", "mem"}
+	srv, err := startCaddy(bin, dsn, users)
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+
+	var results []result
+	// push, 1 user and 8 users
+	for _, n := range []int{1, 8} {
+		var viaCaddy, direct []float64
+		for r := 0; r < *runs; r++ {
+			prefix := fmt.Sprintf("p%d-%d-", n, r)
+			var profiled chan error
+			if *profile != "" && n == 1 && r == 0 {
+				profiled = make(chan error, 1)
+				go func() { profiled <- srv.cpuProfile(*profile, 3) }()
+				time.Sleep(100 * time.Millisecond)
+			}
+			rate, err := measurePush(n, srv.preparePush, prefix+"c")
+			if profiled != nil {
+				if err := <-profiled; err != nil {
+					return err
+				}
+			}
+			if err != nil {
+				return err
+			}
+			viaCaddy = append(viaCaddy, rate)
+			rate, err = measurePush(n, func(user string, batch []change) (func() error, error) {
+				return prepareDirectPush(ctx, pool, user, batch), nil
+			}, prefix+"d")
+			if err != nil {
+				return err
+			}
+			direct = append(direct, rate)
+		}
+		results = append(results, result{name: fmt.Sprintf("push, %d user(s), batches of %d", n, *batchSize), caddy: median(viaCaddy), direct: median(direct),
+			unit: "changes/s", target: "≥ 0.6×", better: "higher"})
+	}
+
+	// full pull of pullRows rows
+	if err := seedRows(ctx, pool, "big", "b", *pullRows); err != nil {
+		return err
+	}
+	var viaCaddy, direct []float64
+	var size int64
+	for r := 0; r < *runs; r++ {
+		start := time.Now()
+		n, err := srv.pullBytes("big", "1970-01-01T00:00:00.000Z", "")
+		if err != nil {
+			return err
+		}
+		viaCaddy = append(viaCaddy, float64(time.Since(start).Milliseconds()))
+		size = n
+		start = time.Now()
+		if err := directPull(ctx, pool, "big"); err != nil {
+			return err
+		}
+		direct = append(direct, float64(time.Since(start).Milliseconds()))
+	}
+	results = append(results, result{name: fmt.Sprintf("full pull of %d rows (%.1f MB JSON)", *pullRows, float64(size)/1e6), caddy: median(viaCaddy), direct: median(direct),
+		unit: "ms", target: "≤ 1.2×", better: "lower"})
+
+	// compression
+	var enc []string
+	for _, e := range []string{"gzip", "zstd"} {
+		n, err := srv.pullBytes("big", "1970-01-01T00:00:00.000Z", e)
+		if err != nil {
+			return err
+		}
+		enc = append(enc, fmt.Sprintf("%s %.1f MB (%.0f%% saved)", e, float64(n)/1e6, 100*(1-float64(n)/float64(size))))
+	}
+
+	// small pull among many rows of other users
+	var p50 float64
+	if *smallOther > 0 {
+		if err := seedRows(ctx, pool, "", "o", *smallOther); err != nil {
+			return err
+		}
+		since := time.Now().UTC().Add(-time.Second)
+		batch := make([]change, 100)
+		for i := range batch {
+			batch[i] = newChange("small", fmt.Sprintf("s%d", i))
+		}
+		time.Sleep(10 * time.Millisecond)
+		if err := srv.push("small", batch); err != nil {
+			return err
+		}
+		var lat []float64
+		for i := 0; i < 200; i++ {
+			start := time.Now()
+			if _, err := srv.pullBytes("small", since.Format("2006-01-02T15:04:05.000Z"), ""); err != nil {
+				return err
+			}
+			lat = append(lat, float64(time.Since(start).Microseconds())/1000)
+		}
+		p50 = median(lat)
+	}
+
+	// memory during a 1M-row pull
+	var heapRise, rssRise float64
+	if *bigRows > 0 {
+		if err := seedRows(ctx, pool, "mem", "m", *bigRows); err != nil {
+			return err
+		}
+		heapRise, rssRise, err = srv.measurePullMemory("mem")
+		if err != nil {
+			return err
+		}
+	}
+
+	report(results, p50, heapRise, rssRise, enc)
+	return nil
+}
+
+func report(results []result, p50, heapRise, rssRise float64, enc []string) {
+	host, _ := os.Hostname()
+	fmt.Printf("\nhypersync benchmark — %s, %d CPUs, median of %d runs\n\n", host, runtime.NumCPU(), *runs)
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "work\tthrough Caddy\tdirect pgx\tratio\ttarget\tmet")
+	for _, r := range results {
+		ratio := r.caddy / r.direct
+		met := (r.better == "higher" && ratio >= 0.6) || (r.better == "lower" && ratio <= 1.2)
+		fmt.Fprintf(w, "%s\t%.0f %s\t%.0f %s\t%.2f×\t%s\t%v\n", r.name, r.caddy, r.unit, r.direct, r.unit, ratio, r.target, yes(met))
+	}
+	if p50 > 0 {
+		fmt.Fprintf(w, "pull of 100 new rows among %d of other users, p50\t%.2f ms\t\t\t< 5 ms\t%v\n", *smallOther, p50, yes(p50 < 5))
+	}
+	if *bigRows > 0 {
+		fmt.Fprintf(w, "Caddy's peak heap rise during a pull of %d rows\t%.1f MB (RSS %.1f MB)\t\t\t≤ 64 MB\t%v\n", *bigRows, heapRise, rssRise, yes(heapRise <= 64))
+	}
+	w.Flush()
+	if len(enc) > 0 {
+		fmt.Printf("\nthe %d-row pull with `encode zstd gzip`: %s\n", *pullRows, strings.Join(enc, ", "))
+	}
+}
+
+func yes(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "NO"
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64{}, xs...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+type change struct {
+	ID        string         `json:"changeId"`
+	ShapeKey  string         `json:"shapeKey"`
+	Pushed    int            `json:"pushed"`
+	UserID    string         `json:"userId"`
+	UpdatedAt time.Time      `json:"updatedAt"`
+	Payload   map[string]any `json:"payload"`
+}
+
+var changeSeq struct {
+	sync.Mutex
+	n int
+}
+
+func newChange(user, key string) change {
+	changeSeq.Lock()
+	changeSeq.n++
+	n := changeSeq.n
+	changeSeq.Unlock()
+	return change{ID: fmt.Sprintf("c%d", n), ShapeKey: "todos", UserID: user, UpdatedAt: time.Now().UTC().Truncate(time.Millisecond),
+		Payload: map[string]any{"todoId": key, "title": "Buy milk and bread for the week " + strconv.Itoa(n), "done": n%2 == 0, "deleted": false}}
+}
+
+// measurePush pushes *pushTotal changes as users concurrent clients, each
+// sending batches of *batchSize, and returns changes per second. Each batch
+// is prepared (for Caddy: encoded as the client would) before the clock
+// starts, so that only the server's work is timed.
+func measurePush(users int, push func(user string, batch []change) (func() error, error), prefix string) (float64, error) {
+	per := *pushTotal / users
+	batches := make([][][]change, users)
+	for u := 0; u < users; u++ {
+		user := fmt.Sprintf("u%d", u)
+		for i := 0; i < per; i += *batchSize {
+			var b []change
+			for j := i; j < i+*batchSize && j < per; j++ {
+				b = append(b, newChange(user, fmt.Sprintf("%s%d-%d", prefix, u, j)))
+			}
+			batches[u] = append(batches[u], b)
+		}
+	}
+	sends := make([][]func() error, users)
+	for u := range batches {
+		for _, b := range batches[u] {
+			send, err := push(fmt.Sprintf("u%d", u), b)
+			if err != nil {
+				return 0, err
+			}
+			sends[u] = append(sends[u], send)
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, users)
+	start := time.Now()
+	for u := 0; u < users; u++ {
+		wg.Add(1)
+		go func(u int) {
+			defer wg.Done()
+			for _, send := range sends[u] {
+				if err := send(); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}(u)
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, err
+	}
+	return float64(per*users) / time.Since(start).Seconds(), nil
+}
+
+// prepareDirectPush is the reference: one unnest upsert per batch, stamped
+// with now(), as an application would write it by hand with pgx.
+func prepareDirectPush(ctx context.Context, pool *pgxpool.Pool, user string, batch []change) func() error {
+	ids := make([]string, len(batch))
+	titles := make([]string, len(batch))
+	done := make([]bool, len(batch))
+	deleted := make([]bool, len(batch))
+	upd := make([]time.Time, len(batch))
+	for i, c := range batch {
+		ids[i], titles[i] = c.Payload["todoId"].(string), c.Payload["title"].(string)
+		done[i], deleted[i], upd[i] = c.Payload["done"].(bool), c.Payload["deleted"].(bool), c.UpdatedAt
+	}
+	return func() error {
+		_, err := pool.Exec(ctx, `INSERT INTO todos (todoId, title, done, deleted, userId, updatedAt, lastSyncAt)
+		SELECT i, t, d, x, $6, u, now() FROM unnest($1::text[], $2::text[], $3::bool[], $4::bool[], $5::timestamptz[]) AS v(i, t, d, x, u)
+		ON CONFLICT (todoId) DO UPDATE SET title = EXCLUDED.title, done = EXCLUDED.done, deleted = EXCLUDED.deleted,
+			updatedAt = EXCLUDED.updatedAt, lastSyncAt = now()
+		WHERE EXCLUDED.updatedAt > todos.updatedAt AND todos.userId = EXCLUDED.userId`, ids, titles, done, deleted, upd, user)
+		return err
+	}
+}
+
+// directPull is the reference: the rows of a user queried and scanned
+// with pgx, and encoded as the pull answer with encoding/json.
+func directPull(ctx context.Context, pool *pgxpool.Pool, user string) error {
+	rows, err := pool.Query(ctx, `SELECT todoId, title, done, deleted, userId, updatedAt FROM todos
+		WHERE userId = $1 AND lastSyncAt > $2 AND lastSyncAt <= now() ORDER BY lastSyncAt`, user, time.Unix(0, 0))
+	if err != nil {
+		return err
+	}
+	type payload struct {
+		TodoID  string `json:"todoId"`
+		Title   string `json:"title"`
+		Done    bool   `json:"done"`
+		Deleted bool   `json:"deleted"`
+	}
+	type out struct {
+		ShapeKey  string    `json:"shapeKey"`
+		Payload   payload   `json:"payload"`
+		UserID    string    `json:"userId"`
+		UpdatedAt time.Time `json:"updatedAt"`
+	}
+	var changes []out
+	for rows.Next() {
+		var o out
+		if err := rows.Scan(&o.Payload.TodoID, &o.Payload.Title, &o.Payload.Done, &o.Payload.Deleted, &o.UserID, &o.UpdatedAt); err != nil {
+			return err
+		}
+		o.ShapeKey = "todos"
+		changes = append(changes, o)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	return json.NewEncoder(io.Discard).Encode(map[string]any{"changes": changes, "syncedAt": time.Now()})
+}
+
+// seedRows inserts n rows for user straight into the table, stamped in
+// the past, and moves the user's cursor past them, as pushes would have.
+// With user empty, the rows belong to n/10 other users.
+func seedRows(ctx context.Context, pool *pgxpool.Pool, user, prefix string, n int) error {
+	_, err := pool.Exec(ctx, `INSERT INTO todos (todoId, title, done, deleted, userId, updatedAt, lastSyncAt)
+		SELECT $2 || g, 'Buy milk and bread for the week ' || g, g % 2 = 0, false,
+			CASE WHEN $1::text = '' THEN 'other' || (g % 1000) ELSE $1::text END,
+			now() - interval '1 hour', now() - interval '1 hour' + g * interval '1 microsecond'
+		FROM generate_series(1, $3::int) AS g`, user, prefix, n)
+	if err != nil {
+		return fmt.Errorf("seeding rows: %w", err)
+	}
+	if user != "" {
+		_, err = pool.Exec(ctx, `INSERT INTO hypersync_cursors (user_id, stamp) VALUES ($1, date_trunc('milliseconds', clock_timestamp()))
+			ON CONFLICT (user_id) DO UPDATE SET stamp = greatest(EXCLUDED.stamp, hypersync_cursors.stamp)`, user)
+	}
+	_, _ = pool.Exec(ctx, `VACUUM ANALYZE todos`)
+	return err
+}
+
+type caddyServer struct {
+	cmd    *exec.Cmd
+	base   string
+	admin  string
+	client *http.Client
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func startCaddy(bin, dsn string, users []string) (*caddyServer, error) {
+	hash, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	if err != nil {
+		return nil, err
+	}
+	var accounts strings.Builder
+	for _, u := range users {
+		fmt.Fprintf(&accounts, "\t\t\t%s %s\n", u, hash)
+	}
+	port, admin := freePort(), freePort()
+	cfg := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	metrics
+}
+http://127.0.0.1:%d {
+	handle /sync/* {
+		encode zstd gzip
+		basic_auth {
+%s		}
+		hypersync {
+			database %s
+			max_concurrent_pushes 16
+			max_concurrent_pulls 16
+			timeout 120s
+			shape todos {
+				key todoId
+				fields title done deleted
+			}
+		}
+	}
+}`, admin, port, accounts.String(), dsn)
+	dir, err := os.MkdirTemp("", "hypersync-bench-caddy-")
+	if err != nil {
+		return nil, err
+	}
+	file := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "run", "--config", file)
+	cmd.Dir = dir
+	logf, _ := os.Create(filepath.Join(dir, "caddy.log"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	s := &caddyServer{cmd: cmd, base: fmt.Sprintf("http://127.0.0.1:%d", port), admin: fmt.Sprintf("http://127.0.0.1:%d", admin),
+		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}}
+	for i := 0; ; i++ {
+		if _, err := s.pullBytes("u0", "", ""); err == nil {
+			return s, nil
+		}
+		if i > 100 {
+			log, _ := os.ReadFile(filepath.Join(dir, "caddy.log"))
+			return nil, fmt.Errorf("caddy did not start:\n%s", log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (s *caddyServer) stop() {
+	_ = s.cmd.Process.Signal(os.Interrupt)
+	_ = s.cmd.Wait()
+}
+
+func (s *caddyServer) push(user string, batch []change) error {
+	send, err := s.preparePush(user, batch)
+	if err != nil {
+		return err
+	}
+	return send()
+}
+
+// preparePush encodes a batch as the client sends it, and returns the
+// function that sends it.
+func (s *caddyServer) preparePush(user string, batch []change) (func() error, error) {
+	body, err := json.Marshal(map[string]any{"changes": batch})
+	if err != nil {
+		return nil, err
+	}
+	return func() error { return s.send(user, body) }, nil
+}
+
+func (s *caddyServer) send(user string, body []byte) error {
+	req, _ := http.NewRequest("POST", s.base+"/sync/push", bytes.NewReader(body))
+	req.SetBasicAuth(user, "pw")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	answer, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 201 || !bytes.Contains(answer, []byte(`"rejectedChanges":[]`)) {
+		return fmt.Errorf("push answered %d: %.300s", resp.StatusCode, answer)
+	}
+	return nil
+}
+
+// pullBytes pulls and returns the size of the answer as sent.
+func (s *caddyServer) pullBytes(user, lastPull, encoding string) (int64, error) {
+	url := s.base + "/sync/pull/"
+	if lastPull != "" {
+		url += "?lastPull=" + lastPull
+	}
+	req, _ := http.NewRequest("GET", url, nil)
+	req.SetBasicAuth(user, "pw")
+	if encoding != "" {
+		req.Header.Set("Accept-Encoding", encoding)
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != 200 {
+		return 0, fmt.Errorf("pull answered %d", resp.StatusCode)
+	}
+	return n, err
+}
+
+// measurePullMemory samples Caddy's heap (go_memstats_heap_inuse_bytes on
+// the admin /metrics) and resident set while one big pull streams, and
+// returns their rises over the idle baseline, in MB.
+func (s *caddyServer) measurePullMemory(user string) (heapMB, rssMB float64, err error) {
+	heap := func() float64 {
+		resp, err := s.client.Get(s.admin + "/metrics")
+		if err != nil {
+			return 0
+		}
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "go_memstats_heap_inuse_bytes "); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				return f
+			}
+		}
+		return 0
+	}
+	rss := func() float64 {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				f, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
+				return f * 1024
+			}
+		}
+		return 0
+	}
+	baseHeap, baseRSS := heap(), rss()
+	var peakHeap, peakRSS float64
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if h := heap(); h > peakHeap {
+				peakHeap = h
+			}
+			if r := rss(); r > peakRSS {
+				peakRSS = r
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	_, err = s.pullBytes(user, "1970-01-01T00:00:00.000Z", "")
+	close(done)
+	return (peakHeap - baseHeap) / 1e6, (peakRSS - baseRSS) / 1e6, err
+}
+
+// cpuProfile saves a CPU profile of Caddy, taken through its admin API.
+func (s *caddyServer) cpuProfile(file string, seconds int) error {
+	resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", s.admin, seconds))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
+}
