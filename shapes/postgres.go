@@ -294,7 +294,7 @@ func (p *postgres) upsertSQL(sh *Shape, mask string) string {
 // upsertParts are the pieces both statement forms are built from.
 type upsertParts struct {
 	table, user, upd, synced string
-	lead                     string // the column leading the key's unique index
+	lead                     string   // the column leading the key's unique index
 	cols, keyCols, dataCols  []string // quoted names of the columns present
 }
 
