@@ -100,13 +100,60 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	}
 }
 
-// wireChange is one change as the client sends it.
-type wireChange struct {
-	ChangeID  json.RawMessage `json:"changeId"`
-	ShapeKey  json.RawMessage `json:"shapeKey"`
-	UserID    json.RawMessage `json:"userId"`
-	UpdatedAt json.RawMessage `json:"updatedAt"`
-	Payload   json.RawMessage `json:"payload"`
+// typedChange is one change as the client sends it. A nil field was null
+// or missing; invalid is set when the change could not take this form.
+type typedChange struct {
+	ChangeID  *string                    `json:"changeId"`
+	ShapeKey  *string                    `json:"shapeKey"`
+	UserID    *string                    `json:"userId"`
+	UpdatedAt *string                    `json:"updatedAt"`
+	Payload   map[string]json.RawMessage `json:"payload"`
+
+	invalid  string // why the change is not a change at all
+	badField string // a field of the wrong type: changeId, shapeKey, userId, updatedAt or payload
+}
+
+// retype decodes one change field by field, noting the first field of the
+// wrong type, so that the change can be rejected with the right code.
+func retype(item json.RawMessage) *typedChange {
+	tc := &typedChange{}
+	item = bytes.TrimSpace(item)
+	if len(item) == 0 || item[0] != '{' {
+		tc.invalid = "a change must be a JSON object"
+		return tc
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(item, &fields); err != nil {
+		tc.invalid = err.Error()
+		return tc
+	}
+	str := func(name string, dst **string) {
+		raw := bytes.TrimSpace(fields[name])
+		if len(raw) == 0 || raw[0] == 'n' {
+			return
+		}
+		var s string
+		if raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
+			if tc.badField == "" {
+				tc.badField = name
+			}
+			return
+		}
+		*dst = &s
+	}
+	str("changeId", &tc.ChangeID)
+	str("shapeKey", &tc.ShapeKey)
+	str("userId", &tc.UserID)
+	str("updatedAt", &tc.UpdatedAt)
+	if p := bytes.TrimSpace(fields["payload"]); len(p) > 0 && p[0] != 'n' {
+		if p[0] != '{' || json.Unmarshal(p, &tc.Payload) != nil {
+			tc.Payload = nil
+			if tc.badField == "" {
+				tc.badField = "payload"
+			}
+		}
+	}
+	return tc
 }
 
 // decodePush reads and checks a push body. Problems with the request as a
@@ -136,23 +183,38 @@ func (h *Handler) decodePush(w http.ResponseWriter, r *http.Request, user string
 	if !utf8.Valid(body) {
 		return nil, nil, badRequest("invalid-json", "the request body is not valid UTF-8")
 	}
-	var envelope struct {
-		Changes json.RawMessage `json:"changes"`
-	}
-	if err := json.Unmarshal(body, &envelope); err != nil {
-		return nil, nil, badRequest("invalid-json", "the request body is not a JSON object: %v", err)
-	}
-	raw := bytes.TrimSpace(envelope.Changes)
-	if len(raw) == 0 || raw[0] != '[' {
-		return nil, nil, badRequest("invalid-request", `the body must be {"changes":[...]}`)
-	}
-	var items []json.RawMessage
-	if err := json.Unmarshal(raw, &items); err != nil {
-		return nil, nil, badRequest("invalid-json", "changes: %v", err)
-	}
 	maxBatch := h.MaxBatch
 	if maxBatch <= 0 {
 		maxBatch = DefaultMaxBatch
+	}
+	// Fast path: a well-typed body decodes in one pass. Any change of the
+	// wrong shape sends the whole body down the slow path, which finds
+	// which change is wrong and rejects it alone.
+	var typed struct {
+		Changes *[]*typedChange `json:"changes"`
+	}
+	var items []*typedChange
+	if err := json.Unmarshal(body, &typed); err == nil && typed.Changes != nil {
+		items = *typed.Changes
+	} else {
+		var envelope struct {
+			Changes json.RawMessage `json:"changes"`
+		}
+		if err := json.Unmarshal(body, &envelope); err != nil {
+			return nil, nil, badRequest("invalid-json", "the request body is not a JSON object: %v", err)
+		}
+		raw := bytes.TrimSpace(envelope.Changes)
+		if len(raw) == 0 || raw[0] != '[' {
+			return nil, nil, badRequest("invalid-request", `the body must be {"changes":[...]}`)
+		}
+		var raws []json.RawMessage
+		if err := json.Unmarshal(raw, &raws); err != nil {
+			return nil, nil, badRequest("invalid-json", "changes: %v", err)
+		}
+		items = make([]*typedChange, len(raws))
+		for i, r := range raws {
+			items[i] = retype(r)
+		}
 	}
 	if len(items) > maxBatch {
 		return nil, nil, &requestError{http.StatusRequestEntityTooLarge, "batch-too-large", fmt.Sprintf("a push may carry at most %d changes (max_batch); this one has %d", maxBatch, len(items))}
@@ -191,33 +253,31 @@ var epoch = time.Unix(0, 0)
 
 // decodeChange checks one change's envelope. It returns a rejection code
 // and message when the change cannot be processed.
-func decodeChange(item json.RawMessage, user string, latest time.Time) (ch shapes.Change, code, msg string) {
-	item = bytes.TrimSpace(item)
-	if len(item) == 0 || item[0] != '{' {
+func decodeChange(tc *typedChange, user string, latest time.Time) (ch shapes.Change, code, msg string) {
+	if tc == nil {
 		return ch, CodeInvalidChange, "a change must be a JSON object"
 	}
-	var wc wireChange
-	if err := json.Unmarshal(item, &wc); err != nil {
-		return ch, CodeInvalidChange, err.Error()
+	if tc.invalid != "" {
+		return ch, CodeInvalidChange, tc.invalid
 	}
-	if !decodeString(wc.ChangeID, &ch.ID) || ch.ID == "" {
+	if tc.ChangeID == nil || *tc.ChangeID == "" || tc.badField == "changeId" {
 		return ch, CodeInvalidChange, "changeId must be a non-empty string"
 	}
-	if !decodeString(wc.ShapeKey, &ch.Shape) || ch.Shape == "" {
+	ch.ID = *tc.ChangeID
+	if tc.ShapeKey == nil || *tc.ShapeKey == "" || tc.badField == "shapeKey" {
 		return ch, CodeInvalidChange, "shapeKey must be a non-empty string"
 	}
-	var changeUser string
-	if !decodeString(wc.UserID, &changeUser) {
+	ch.Shape = *tc.ShapeKey
+	if tc.UserID == nil || tc.badField == "userId" {
 		return ch, CodeInvalidChange, "userId must be a string"
 	}
-	if changeUser != user {
+	if *tc.UserID != user {
 		return ch, shapes.CodeUserMismatch, "userId is not the authenticated user"
 	}
-	var updated string
-	if !decodeString(wc.UpdatedAt, &updated) {
+	if tc.UpdatedAt == nil || tc.badField == "updatedAt" {
 		return ch, CodeInvalidUpdatedAt, "updatedAt must be an RFC 3339 timestamp string"
 	}
-	t, err := shapes.ParseTime(updated)
+	t, err := shapes.ParseTime(*tc.UpdatedAt)
 	if err != nil {
 		return ch, CodeInvalidUpdatedAt, "updatedAt must be an RFC 3339 timestamp"
 	}
@@ -228,22 +288,11 @@ func decodeChange(item json.RawMessage, user string, latest time.Time) (ch shape
 		return ch, CodeInvalidUpdatedAt, "updatedAt is too far in the future; is the device's clock right?"
 	}
 	ch.UpdatedAt = t
-	p := bytes.TrimSpace(wc.Payload)
-	if len(p) == 0 || p[0] != '{' {
+	if tc.Payload == nil || tc.badField == "payload" {
 		return ch, shapes.CodeInvalidPayload, "payload must be a JSON object"
 	}
-	if err := json.Unmarshal(p, &ch.Payload); err != nil {
-		return ch, shapes.CodeInvalidPayload, err.Error()
-	}
+	ch.Payload = tc.Payload
 	return ch, "", ""
-}
-
-func decodeString(raw json.RawMessage, dst *string) bool {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || raw[0] != '"' {
-		return false
-	}
-	return json.Unmarshal(raw, dst) == nil
 }
 
 func validUTF8(s string) bool { return utf8.ValidString(s) }

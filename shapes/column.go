@@ -48,6 +48,8 @@ type Column struct {
 	// Bits bounds KindInt values (16, 32 or 64).
 	Bits    int
 	NotNull bool
+
+	quoted []byte // Name as a JSON string
 }
 
 // checkValue reports why raw, a JSON value, cannot be stored in the column,
@@ -204,6 +206,13 @@ func hasEscapedNUL(raw []byte) bool {
 // naming the same row within one push are recognised as such.
 func (c *Column) keyPart(raw json.RawMessage) string {
 	raw = bytes.TrimSpace(raw)
+	if len(raw) >= 2 && raw[0] == '"' && bytes.IndexByte(raw, '\\') < 0 {
+		// a string without escapes: its text is what lies between the quotes
+		if isUUIDType(c.Type) {
+			return "s" + strings.ToLower(string(raw[1:len(raw)-1]))
+		}
+		return "s" + string(raw[1:len(raw)-1])
+	}
 	switch {
 	case len(raw) > 0 && raw[0] == '"':
 		var s string

@@ -409,6 +409,7 @@ LEFT JOIN ins ON %[14]s`,
 
 // groupDoc encodes rows as the JSON array upsertSQL reads.
 func groupDoc(buf []byte, user string, rows []*row) []byte {
+	quotedUser, _ := json.Marshal(user)
 	buf = append(buf, '[')
 	for n, r := range rows {
 		if n > 0 {
@@ -420,26 +421,21 @@ func groupDoc(buf []byte, user string, rows []*row) []byte {
 			if v == nil {
 				continue
 			}
-			buf = appendJSONString(buf, sh.cols[i].Name)
+			buf = append(buf, sh.cols[i].quoted...)
 			buf = append(buf, ':')
 			buf = append(buf, v...)
 			buf = append(buf, ',')
 		}
-		buf = appendJSONString(buf, sh.User.Name)
+		buf = append(buf, sh.User.quoted...)
 		buf = append(buf, ':')
-		buf = appendJSONString(buf, user)
+		buf = append(buf, quotedUser...)
 		buf = append(buf, ',')
-		buf = appendJSONString(buf, sh.UpdatedAt.Name)
+		buf = append(buf, sh.UpdatedAt.quoted...)
 		buf = append(buf, ':', '"')
 		buf = r.updatedAt.UTC().AppendFormat(buf, time.RFC3339Nano)
 		buf = append(buf, '"', '}')
 	}
 	return append(buf, ']')
-}
-
-func appendJSONString(buf []byte, s string) []byte {
-	b, _ := json.Marshal(s)
-	return append(buf, b...)
 }
 
 func (p *postgres) push(ctx context.Context, user string, rows []*row, results []Result) (time.Time, error) {

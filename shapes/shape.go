@@ -211,6 +211,14 @@ func resolveShape(cfg ShapeConfig, info *TableInfo) (*Shape, error) {
 		}
 	}
 
+	for _, c := range []*Column{&s.User, &s.UpdatedAt, &s.SyncedAt} {
+		c.quoted, _ = json.Marshal(c.Name)
+	}
+	for _, list := range [][]Column{s.Keys, s.Fields} {
+		for i := range list {
+			list[i].quoted, _ = json.Marshal(list[i].Name)
+		}
+	}
 	s.cols = append(append([]Column{}, s.Keys...), s.Fields...)
 	s.byField = make(map[string]int, len(s.cols))
 	for i, c := range s.cols {
