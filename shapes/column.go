@@ -44,6 +44,8 @@ type Column struct {
 	Name string
 	// Type is the database's name for the column type, for messages.
 	Type string
+	// Cast is the type a value is cast to on its way in (PostgreSQL).
+	Cast string
 	Kind Kind
 	// Bits bounds KindInt values (16, 32 or 64).
 	Bits    int
@@ -250,4 +252,63 @@ func isUUID(s string) bool {
 		}
 	}
 	return true
+}
+
+// goValue converts a checked JSON value into a Go value of the column's
+// kind: nil, bool, int64, float64, json.Number (numeric), time.Time, or a
+// string (text, and JSON or arrays as compact JSON text).
+func (c *Column) goValue(raw json.RawMessage) (any, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || raw[0] == 'n' {
+		return nil, nil
+	}
+	switch c.Kind {
+	case KindBool:
+		return raw[0] == 't', nil
+	case KindInt:
+		return strconv.ParseInt(string(raw), 10, 64)
+	case KindFloat:
+		return strconv.ParseFloat(string(raw), 64)
+	case KindNumeric:
+		return json.Number(raw), nil
+	case KindTimestamp:
+		s, err := jsonString(raw)
+		if err != nil {
+			return nil, err
+		}
+		return ParseTime(s)
+	case KindJSON, KindArray:
+		var b bytes.Buffer
+		if err := json.Compact(&b, raw); err != nil {
+			return nil, err
+		}
+		return b.String(), nil
+	}
+	if raw[0] == '"' {
+		s, err := jsonString(raw)
+		if isUUIDType(c.Type) {
+			s = strings.ToLower(s)
+		}
+		return s, err
+	}
+	if c.Kind == KindText {
+		return nil, fmt.Errorf("field %q: not a string", c.Field)
+	}
+	// KindOther: a non-string value goes in as its JSON text
+	var b bytes.Buffer
+	if err := json.Compact(&b, raw); err != nil {
+		return nil, err
+	}
+	return b.String(), nil
+}
+
+// jsonString decodes a JSON string, without the decoder when it has no
+// escapes.
+func jsonString(raw []byte) (string, error) {
+	if len(raw) >= 2 && raw[0] == '"' && raw[len(raw)-1] == '"' && bytes.IndexByte(raw, '\\') < 0 {
+		return string(raw[1 : len(raw)-1]), nil
+	}
+	var s string
+	err := json.Unmarshal(raw, &s)
+	return s, err
 }

@@ -140,7 +140,7 @@ func (p *postgres) inspect(ctx context.Context, schema, table string) (*TableInf
 	if err != nil {
 		return nil, pgError(err)
 	}
-	rows, err := p.pool.Query(ctx, `SELECT a.attname, format_type(a.atttypid, a.atttypmod), b.typname, b.typcategory,
+	rows, err := p.pool.Query(ctx, `SELECT a.attname, format_type(a.atttypid, a.atttypmod), format_type(a.atttypid, NULL), b.typname, b.typcategory,
 			a.attnotnull, a.atthasdef OR a.attidentity <> '', a.attgenerated <> ''
 		FROM pg_attribute a
 		JOIN pg_type t ON t.oid = a.atttypid
@@ -154,7 +154,7 @@ func (p *postgres) inspect(ctx context.Context, schema, table string) (*TableInf
 		var c ColumnInfo
 		var typname, category string
 		var generated bool
-		if err := rows.Scan(&c.Name, &c.Type, &typname, &category, &c.NotNull, &c.HasDefault, &generated); err != nil {
+		if err := rows.Scan(&c.Name, &c.Type, &c.Cast, &typname, &category, &c.NotNull, &c.HasDefault, &generated); err != nil {
 			rows.Close()
 			return nil, pgError(err)
 		}
@@ -267,9 +267,9 @@ func CreateTableSQL(cfg ShapeConfig, types map[string]string, stampType string) 
 }
 
 // upsertSQL builds the statement that writes one group: rows of one shape
-// carrying the same columns. $1 is a JSON array of objects keyed by column
-// name, $2 the user. It returns, per input row, its position in $1, whether
-// it was applied, and whether the row belongs to another user.
+// carrying the same columns (arguments: groupArgs). It returns one row per
+// change that was not applied: its position in the group, and whether the
+// stored row belongs to another user (else it was stale).
 //
 // When the group carries every NOT NULL column that has no default, it is
 // one INSERT … ON CONFLICT DO UPDATE, which finds existing rows through the
@@ -332,12 +332,122 @@ func matching(a, b string, names []string) string {
 	return strings.Join(out, " AND ")
 }
 
-const pgInputCTE = `WITH input AS MATERIALIZED (
-	SELECT i.ord, r.* FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS i(doc, ord)
-	CROSS JOIN LATERAL jsonb_populate_record(NULL::%[1]s, i.doc) AS r
+// pgInput is the head of both statement forms: the CTE input, one row per
+// change with the columns of mask, from one typed array per column ($2 on,
+// sent in pgx's binary format, see groupArgs), and the CTE stamp. $1 is the
+// user.
+func pgInput(sh *Shape, mask string) string {
+	var arrays, names, exprs []string
+	n := 2
+	for i, c := range sh.cols {
+		if mask[i] != '1' {
+			continue
+		}
+		v := fmt.Sprintf("c%d", i)
+		arrays = append(arrays, fmt.Sprintf("$%d::%s", n, pgArrayType(c.Kind)))
+		names = append(names, v)
+		exprs = append(exprs, pgCastExpr(c, "v."+v)+" AS "+quoteIdent(c.Name))
+		n++
+	}
+	arrays = append(arrays, fmt.Sprintf("$%d::timestamptz[]", n))
+	names = append(names, "upd")
+	exprs = append(exprs, "v.upd::"+sh.UpdatedAt.Cast+" AS "+quoteIdent(sh.UpdatedAt.Name), "$1::text AS "+quoteIdent(sh.User.Name))
+	return fmt.Sprintf(`WITH input AS MATERIALIZED (
+	SELECT v.ord, %s
+	FROM unnest(%s) WITH ORDINALITY AS v(%s, ord)
 ), stamp AS (
-	SELECT stamp FROM "` + CursorTable + `" WHERE user_id = $2
-)`
+	SELECT stamp FROM "`+CursorTable+`" WHERE user_id = $1
+)`, strings.Join(exprs, ", "), strings.Join(arrays, ", "), strings.Join(names, ", "))
+}
+
+// pgArrayType is the array a column's values travel in.
+func pgArrayType(k Kind) string {
+	switch k {
+	case KindBool:
+		return "bool[]"
+	case KindInt:
+		return "int8[]"
+	case KindFloat:
+		return "float8[]"
+	case KindTimestamp:
+		return "timestamptz[]"
+	}
+	return "text[]"
+}
+
+// pgCastExpr turns an array element into the column's type. JSON arrays
+// become PostgreSQL arrays element by element.
+func pgCastExpr(c Column, v string) string {
+	if c.Kind == KindArray {
+		return "CASE WHEN " + v + " IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(" + v + "::jsonb))::" + c.Cast + " END"
+	}
+	return v + "::" + c.Cast
+}
+
+// groupArgs are the arguments of a group's statement: the user, one typed
+// array per present column, and the updatedAt array.
+func groupArgs(user string, g group) ([]any, error) {
+	sh := g.shape
+	args := []any{user}
+	for i, c := range sh.cols {
+		if g.mask[i] != '1' {
+			continue
+		}
+		var arr any
+		switch c.Kind {
+		case KindBool:
+			arr = make([]*bool, len(g.rows))
+		case KindInt:
+			arr = make([]*int64, len(g.rows))
+		case KindFloat:
+			arr = make([]*float64, len(g.rows))
+		case KindTimestamp:
+			arr = make([]*time.Time, len(g.rows))
+		default:
+			arr = make([]*string, len(g.rows))
+		}
+		for j, r := range g.rows {
+			v, err := sh.cols[i].goValue(r.vals[i])
+			if err != nil {
+				return nil, fmt.Errorf("field %q: %w", c.Field, err)
+			}
+			if v == nil {
+				continue
+			}
+			switch a := arr.(type) {
+			case []*bool:
+				b := v.(bool)
+				a[j] = &b
+			case []*int64:
+				n := v.(int64)
+				a[j] = &n
+			case []*float64:
+				f := v.(float64)
+				a[j] = &f
+			case []*time.Time:
+				t := v.(time.Time)
+				a[j] = &t
+			case []*string:
+				var str string
+				switch v := v.(type) {
+				case string:
+					str = v
+				case json.Number:
+					str = v.String()
+				default:
+					return nil, fmt.Errorf("field %q: unexpected %T", c.Field, v)
+				}
+				a[j] = &str
+			}
+		}
+		args = append(args, arr)
+	}
+	upd := make([]time.Time, len(g.rows))
+	for j, r := range g.rows {
+		upd[j] = r.updatedAt
+	}
+	return append(args, upd), nil
+}
 
 func upsertConflictSQL(sh *Shape, mask string) string {
 	u := partsOf(sh, mask)
@@ -348,16 +458,15 @@ func upsertConflictSQL(sh *Shape, mask string) string {
 	}
 	// The owner of a row that was not applied is looked up per row, through
 	// the key's index, and only for those rows.
-	return fmt.Sprintf(pgInputCTE+`, up AS (
+	return pgInput(sh, mask) + fmt.Sprintf(`, up AS (
 	INSERT INTO %[1]s AS t (%[2]s, %[3]s)
 	SELECT %[4]s, stamp.stamp FROM input, stamp ORDER BY %[5]s
 	ON CONFLICT (%[6]s) DO UPDATE SET %[7]s
 	WHERE t.%[8]s = EXCLUDED.%[8]s AND (t.%[9]s IS NULL OR EXCLUDED.%[9]s > t.%[9]s)
 	RETURNING %[10]s
 )
-SELECT input.ord::int4, up.%[11]s IS NOT NULL,
-	up.%[11]s IS NULL AND (SELECT cur.%[8]s FROM %[1]s AS cur WHERE %[12]s) IS DISTINCT FROM input.%[8]s
-FROM input LEFT JOIN up ON %[13]s`,
+SELECT input.ord::int4, (SELECT cur.%[8]s FROM %[1]s AS cur WHERE %[12]s) IS DISTINCT FROM input.%[8]s
+FROM input WHERE NOT EXISTS (SELECT FROM up WHERE %[13]s)`,
 		u.table, strings.Join(insertCols, ", "), u.synced, strings.Join(prefixed("input.", insertCols), ", "),
 		strings.Join(prefixed("input.", u.keyCols), ", "), strings.Join(u.keyCols, ", "), strings.Join(sets, ", "),
 		u.user, u.upd, strings.Join(prefixed("t.", u.keyCols), ", "), u.keyCols[0],
@@ -381,7 +490,7 @@ func upsertSplitSQL(sh *Shape, mask string) string {
 	}
 	sets = append(sets, u.upd+" = input."+u.upd, u.synced+" = stamp.stamp")
 	insertCols := append(append([]string{}, u.cols...), u.user, u.upd)
-	return fmt.Sprintf(pgInputCTE+`, upd AS (
+	return pgInput(sh, mask) + fmt.Sprintf(`, upd AS (
 	UPDATE %[1]s AS t SET %[2]s
 	FROM input, stamp
 	WHERE t.%[15]s = ANY (ARRAY(SELECT input.%[15]s FROM input)) AND %[3]s
@@ -395,47 +504,14 @@ func upsertSplitSQL(sh *Shape, mask string) string {
 	ON CONFLICT (%[10]s) DO NOTHING
 	RETURNING %[11]s
 )
-SELECT input.ord::int4, upd.ord IS NOT NULL OR ins.%[12]s IS NOT NULL,
-	upd.ord IS NULL AND ins.%[12]s IS NULL AND (SELECT cur.%[4]s FROM %[1]s AS cur WHERE %[13]s) IS DISTINCT FROM input.%[4]s
+SELECT input.ord::int4, (SELECT cur.%[4]s FROM %[1]s AS cur WHERE %[13]s) IS DISTINCT FROM input.%[4]s
 FROM input
-LEFT JOIN upd ON upd.ord = input.ord
-LEFT JOIN ins ON %[14]s`,
+WHERE NOT EXISTS (SELECT FROM upd WHERE upd.ord = input.ord) AND NOT EXISTS (SELECT FROM ins WHERE %[14]s)`,
 		u.table, strings.Join(sets, ", "), matching("t.", "input.", u.keyCols), u.user, u.upd,
 		strings.Join(insertCols, ", "), u.synced, strings.Join(prefixed("input.", insertCols), ", "),
 		strings.Join(prefixed("input.", u.keyCols), ", "), strings.Join(u.keyCols, ", "),
 		strings.Join(prefixed("t.", u.keyCols), ", "), u.keyCols[0],
 		matching("cur.", "input.", u.keyCols), matching("ins.", "input.", u.keyCols), u.lead)
-}
-
-// groupDoc encodes rows as the JSON array upsertSQL reads.
-func groupDoc(buf []byte, user string, rows []*row) []byte {
-	quotedUser, _ := json.Marshal(user)
-	buf = append(buf, '[')
-	for n, r := range rows {
-		if n > 0 {
-			buf = append(buf, ',')
-		}
-		buf = append(buf, '{')
-		sh := r.shape
-		for i, v := range r.vals {
-			if v == nil {
-				continue
-			}
-			buf = append(buf, sh.cols[i].quoted...)
-			buf = append(buf, ':')
-			buf = append(buf, v...)
-			buf = append(buf, ',')
-		}
-		buf = append(buf, sh.User.quoted...)
-		buf = append(buf, ':')
-		buf = append(buf, quotedUser...)
-		buf = append(buf, ',')
-		buf = append(buf, sh.UpdatedAt.quoted...)
-		buf = append(buf, ':', '"')
-		buf = r.updatedAt.UTC().AppendFormat(buf, time.RFC3339Nano)
-		buf = append(buf, '"', '}')
-	}
-	return append(buf, ']')
 }
 
 func (p *postgres) push(ctx context.Context, user string, rows []*row, results []Result) (time.Time, error) {
@@ -473,7 +549,11 @@ func (p *postgres) pushBatch(ctx context.Context, user string, rows []*row, resu
 		b.Queue(pgStampSQL, user)
 	}
 	for _, g := range groups {
-		b.Queue(p.upsertSQL(g.shape, g.mask), groupDoc(nil, user, g.rows), user)
+		args, err := groupArgs(user, g)
+		if err != nil {
+			return time.Time{}, err
+		}
+		b.Queue(p.upsertSQL(g.shape, g.mask), args...)
 	}
 	br := p.pool.SendBatch(ctx, b)
 	var stamp time.Time
@@ -500,19 +580,19 @@ func readOutcomes(q interface {
 		return err
 	}
 	defer rows.Close()
+	for _, r := range g.rows {
+		results[r.idx] = Result{Outcome: Applied}
+	}
 	for rows.Next() {
 		var ord int32
-		var applied, foreign bool
-		if err := rows.Scan(&ord, &applied, &foreign); err != nil {
+		var foreign bool
+		if err := rows.Scan(&ord, &foreign); err != nil {
 			return err
 		}
 		r := g.rows[ord-1]
-		switch {
-		case applied:
-			results[r.idx] = Result{Outcome: Applied}
-		case foreign:
+		if foreign {
 			results[r.idx] = rejected(CodeUserMismatch, "the row with this key belongs to another user")
-		default:
+		} else {
 			results[r.idx] = Result{Outcome: Stale}
 		}
 	}
@@ -540,7 +620,11 @@ func (p *postgres) pushOneByOne(ctx context.Context, user string, rows []*row, r
 				return time.Time{}, pgError(err)
 			}
 			err = readOutcomes(queryFunc(func() (pgx.Rows, error) {
-				return sp.Query(ctx, p.upsertSQL(g.shape, g.mask), groupDoc(nil, user, one.rows), user)
+				args, err := groupArgs(user, one)
+				if err != nil {
+					return nil, err
+				}
+				return sp.Query(ctx, p.upsertSQL(g.shape, g.mask), args...)
 			}), one, results)
 			if err == nil {
 				err = sp.Commit(ctx)

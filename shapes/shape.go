@@ -22,8 +22,11 @@ type TableInfo struct {
 
 // ColumnInfo describes one column of a table.
 type ColumnInfo struct {
-	Name       string
-	Type       string
+	Name string
+	Type string
+	// Cast is the type to cast a value to on its way in, without length or
+	// precision, which the assignment to the column then enforces.
+	Cast       string
 	Kind       Kind
 	Bits       int
 	NotNull    bool
@@ -142,7 +145,7 @@ func resolveShape(cfg ShapeConfig, info *TableInfo) (*Shape, error) {
 			return Column{}, nil, fail(ci.Name, "%s %q maps to the same column as %s", role, field, other)
 		}
 		used[ci.Name] = fmt.Sprintf("%q", field)
-		return Column{Field: field, Name: ci.Name, Type: ci.Type, Kind: ci.Kind, Bits: ci.Bits, NotNull: ci.NotNull}, ci, nil
+		return Column{Field: field, Name: ci.Name, Type: ci.Type, Cast: ci.Cast, Kind: ci.Kind, Bits: ci.Bits, NotNull: ci.NotNull}, ci, nil
 	}
 
 	var err error

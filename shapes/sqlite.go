@@ -1,7 +1,6 @@
 package shapes
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -10,7 +9,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -224,59 +222,23 @@ func (s *sqliteDB) createTable(ctx context.Context, cfg ShapeConfig) error {
 	return nil
 }
 
-// sqliteValue converts a checked JSON value into what SQLite stores.
+// sqliteValue converts a checked JSON value into what SQLite stores:
+// timestamps as fixed-width UTC text, numerics as numbers, JSON as text.
 func sqliteValue(c *Column, raw json.RawMessage) (any, error) {
-	if len(raw) == 0 || raw[0] == 'n' {
-		return nil, nil
+	v, err := c.goValue(raw)
+	if err != nil {
+		return nil, err
 	}
-	switch c.Kind {
-	case KindBool:
-		return raw[0] == 't', nil
-	case KindInt:
-		return strconv.ParseInt(string(raw), 10, 64)
-	case KindFloat:
-		return strconv.ParseFloat(string(raw), 64)
-	case KindNumeric:
-		if n, err := strconv.ParseInt(string(raw), 10, 64); err == nil {
+	switch v := v.(type) {
+	case time.Time:
+		return v.UTC().Format(sqliteStampLayout), nil
+	case json.Number:
+		if n, err := v.Int64(); err == nil {
 			return n, nil
 		}
-		return strconv.ParseFloat(string(raw), 64)
-	case KindTimestamp:
-		var str string
-		if err := json.Unmarshal(raw, &str); err != nil {
-			return nil, err
-		}
-		t, err := ParseTime(str)
-		if err != nil {
-			return nil, err
-		}
-		return t.UTC().Format(sqliteStampLayout), nil
-	case KindJSON, KindArray:
-		return compact(raw)
+		return v.Float64()
 	}
-	if raw[0] == '"' {
-		var str string
-		err := json.Unmarshal(raw, &str)
-		if isUUIDType(c.Type) {
-			str = strings.ToLower(str)
-		}
-		return str, err
-	}
-	if raw[0] == '{' || raw[0] == '[' {
-		return compact(raw)
-	}
-	if raw[0] == 't' || raw[0] == 'f' {
-		return raw[0] == 't', nil
-	}
-	return json.Number(raw).String(), nil
-}
-
-func compact(raw json.RawMessage) (string, error) {
-	var b bytes.Buffer
-	if err := json.Compact(&b, raw); err != nil {
-		return "", err
-	}
-	return b.String(), nil
+	return v, nil
 }
 
 var errOneByOne = errors.New("a change failed: redo the push one change at a time")
