@@ -12,7 +12,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +33,8 @@ const (
 	DefaultMaxFuture      = 24 * time.Hour
 	DefaultMaxConcurrency = 8
 	DefaultQueueWait      = time.Second
+	// MaxPullLimit bounds the limit a paged pull may ask for.
+	MaxPullLimit = 100000
 )
 
 // Handler serves push and pull for one store.
@@ -217,6 +221,17 @@ func (h *Handler) pull(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		}
 		since = t
 	}
+	// limit is hypersync's extension for resumable initial syncs; the
+	// 1.0.0 client never sends it and gets the whole answer.
+	limit := 0
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 || n > MaxPullLimit {
+			writeError(w, http.StatusBadRequest, "invalid-limit", fmt.Sprintf("limit must be a whole number from 1 to %d", MaxPullLimit))
+			return
+		}
+		limit = n
+	}
 	release := h.acquire(ctx, false)
 	if release == nil {
 		writeOverloaded(w, "pull")
@@ -230,7 +245,7 @@ func (h *Handler) pull(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	quotedUser, _ := json.Marshal(user)
 	buf.WriteString(`{"changes":[`)
 	n := 0
-	cursor, err := h.Store.Pull(ctx, user, since, func(row shapes.PulledRow) error {
+	res, err := h.Store.Pull(ctx, user, since, limit, func(row shapes.PulledRow) error {
 		if n > 0 {
 			buf.WriteByte(',')
 		}
@@ -263,14 +278,22 @@ func (h *Handler) pull(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		return
 	}
 	buf.WriteString(`],"syncedAt":"`)
-	buf.Write(shapes.AppendTime(nil, cursor))
-	buf.WriteString(`"}`)
+	buf.Write(shapes.AppendTime(nil, res.Cursor))
+	buf.WriteByte('"')
+	if limit > 0 {
+		if res.HasMore {
+			buf.WriteString(`,"hasMore":true`)
+		} else {
+			buf.WriteString(`,"hasMore":false`)
+		}
+	}
+	buf.WriteByte('}')
 	if err := buf.Flush(); err != nil {
 		h.Logger.Debug("writing pull answer", zap.Error(err))
 	}
 	if c := h.Logger.Check(zapcore.DebugLevel, "pull"); c != nil {
 		c.Write(zap.String("user", user), zap.Time("last_pull", since), zap.Int("rows", n),
-			zap.Time("synced_at", cursor), zap.Duration("duration", time.Since(start)))
+			zap.Time("synced_at", res.Cursor), zap.Duration("duration", time.Since(start)))
 	}
 }
 

@@ -182,6 +182,9 @@ func TestWireCompatibility(t *testing.T) {
 		if p["todoId"] != "t1" || p["title"] != "Write docs" || p["done"] != false || p["description"] != "README task" {
 			t.Fatalf("payload = %v, want the app's field names (todoId, not todoid)", p)
 		}
+		if _, extra := body["hasMore"]; extra {
+			t.Fatal("a pull without limit answers hasMore, which the 1.0.0 client does not know")
+		}
 		synced, err := time.Parse(time.RFC3339Nano, body["syncedAt"].(string))
 		if err != nil || !strings.HasSuffix(body["syncedAt"].(string), "Z") || len(body["syncedAt"].(string)) != len("2026-11-25T10:00:05.123Z") {
 			t.Fatalf("syncedAt = %v, want RFC 3339 UTC with milliseconds", body["syncedAt"])

@@ -81,6 +81,8 @@ func hostileCases() []hostileCase {
 		{name: "no user", user: "-", body: valid, status: 401, code: "unauthenticated"},
 		{name: "pull without a user", method: "GET", path: "/sync/pull", user: "-", status: 401, code: "unauthenticated"},
 		{name: "lastPull unparsable", method: "GET", path: "/sync/pull?lastPull=yesterday", status: 400, code: "invalid-last-pull"},
+		{name: "limit that is not a number", method: "GET", path: "/sync/pull?limit=many", status: 400, code: "invalid-limit"},
+		{name: "limit of zero", method: "GET", path: "/sync/pull?limit=0", status: 400, code: "invalid-limit"},
 		{name: "lastPull in the future", method: "GET", path: "/sync/pull?lastPull=2999-01-01T00:00:00.000Z", status: 200,
 			check: func(t *testing.T, e *env, answer string) {
 				if n := len(decode(t, answer)["changes"].([]any)); n != 0 {
@@ -158,6 +160,13 @@ func hostileCases() []hostileCase {
 			check: func(t *testing.T, e *env, _ string) {
 				if got := rowsOf(t, e, "alice")["float"]["score"]; got != 0.30000000000000004 {
 					t.Fatalf("score = %v", got)
+				}
+			}},
+		{name: "a paged pull says whether more is waiting", method: "GET", path: "/sync/pull?limit=1", status: 200,
+			check: func(t *testing.T, e *env, answer string) {
+				body := decode(t, answer)
+				if more, ok := body["hasMore"].(bool); !ok || !more || len(body["changes"].([]any)) == 0 {
+					t.Fatalf("paged pull: %.300s, want a page and hasMore true", answer)
 				}
 			}},
 	}

@@ -122,7 +122,7 @@ type pulled struct {
 func (f *fixture) pull(user string, since time.Time) ([]pulled, time.Time) {
 	f.t.Helper()
 	var out []pulled
-	cursor, err := f.store.Pull(context.Background(), user, since, func(r PulledRow) error {
+	res, err := f.store.Pull(context.Background(), user, since, 0, func(r PulledRow) error {
 		p := pulled{Shape: r.Shape.Config.Key, UpdatedAt: string(r.UpdatedAt)}
 		dec := json.NewDecoder(strings.NewReader(string(r.Payload)))
 		dec.UseNumber()
@@ -135,7 +135,7 @@ func (f *fixture) pull(user string, since time.Time) ([]pulled, time.Time) {
 	if err != nil {
 		f.t.Fatalf("pull: %v", err)
 	}
-	return out, cursor
+	return out, res.Cursor
 }
 
 // pullAll pulls everything and returns the rows by key field value.
@@ -185,3 +185,5 @@ func wantOutcomes(t *testing.T, got []Result, want string) {
 }
 
 func jsonReader(raw []byte) *strings.Reader { return strings.NewReader(string(raw)) }
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

@@ -651,18 +651,38 @@ func (f queryFunc) Query() (pgx.Rows, error) { return f() }
 // shape's rows stamped in ($2, cursor], in one snapshot. Each result row is
 // (shape index, payload JSON, updatedAt); the row with index -1 carries the
 // cursor in its third column.
-func (p *postgres) pullSQL(shapes []*Shape) string {
+//
+// With a limit ($3), the page ends at the stamp of the limit-th row in
+// stamp order, and holds every row up to that stamp; the -1 row's second
+// column says whether rows are left beyond it.
+func (p *postgres) pullSQL(shapes []*Shape, limited bool) string {
 	// The statement is cached on the first shape: masks never spell "pull".
+	key := "pull"
+	if limited {
+		key = "pull-limited"
+	}
 	if len(shapes) > 0 && !naiveStamps {
-		if s, ok := shapes[0].sql.Load("pull"); ok {
+		if s, ok := shapes[0].sql.Load(key); ok {
 			return s.(string)
 		}
 	}
 	var b strings.Builder
-	if naiveStamps {
+	switch {
+	case naiveStamps:
 		b.WriteString(`WITH c AS (SELECT now() AS stamp WHERE $1::text IS NOT NULL)
 SELECT -1, NULL::text, to_char((SELECT stamp FROM c) AT TIME ZONE 'UTC', ` + pgTimeFormat + `)`)
-	} else {
+	case limited:
+		var stamps []string
+		for _, sh := range shapes {
+			synced := quoteIdent(sh.SyncedAt.Name)
+			stamps = append(stamps, fmt.Sprintf(`SELECT t.%s AS s FROM %s AS t, last WHERE t.%s = $1 AND t.%s > $2 AND t.%s <= last.stamp`,
+				synced, quoteTable(sh.Schema, sh.Table), quoteIdent(sh.User.Name), synced, synced))
+		}
+		b.WriteString(`WITH last AS (SELECT stamp FROM "` + CursorTable + `" WHERE user_id = $1),
+c AS (SELECT coalesce((SELECT s FROM (` + strings.Join(stamps, " UNION ALL ") + `) AS page ORDER BY s OFFSET $3::int - 1 LIMIT 1),
+	(SELECT stamp FROM last)) AS stamp)
+SELECT -1, ((SELECT stamp FROM c) < (SELECT stamp FROM last))::text, to_char((SELECT stamp FROM c) AT TIME ZONE 'UTC', ` + pgTimeFormat + `)`)
+	default:
 		b.WriteString(`WITH c AS (SELECT stamp FROM "` + CursorTable + `" WHERE user_id = $1)
 SELECT -1, NULL::text, to_char((SELECT stamp FROM c) AT TIME ZONE 'UTC', ` + pgTimeFormat + `)`)
 	}
@@ -676,7 +696,7 @@ FROM %s AS t, c WHERE t.%s = $1 AND t.%s > $2 AND t.%s <= c.stamp`,
 	}
 	s := b.String()
 	if len(shapes) > 0 {
-		shapes[0].sql.Store("pull", s)
+		shapes[0].sql.Store(key, s)
 	}
 	return s
 }
@@ -722,35 +742,40 @@ func quoteLiteral(s string) string {
 
 var textFormats = pgx.QueryResultFormats{pgx.TextFormatCode, pgx.TextFormatCode, pgx.TextFormatCode}
 
-func (p *postgres) pull(ctx context.Context, user string, since time.Time, shapes []*Shape, emit func(PulledRow) error) (time.Time, error) {
-	rows, err := p.pool.Query(ctx, p.pullSQL(shapes), textFormats, user, since)
+func (p *postgres) pull(ctx context.Context, user string, since time.Time, limit int, shapes []*Shape, emit func(PulledRow) error) (PullResult, error) {
+	args := []any{textFormats, user, since}
+	if limit > 0 {
+		args = append(args, limit)
+	}
+	rows, err := p.pool.Query(ctx, p.pullSQL(shapes, limit > 0), args...)
 	if err != nil {
-		return time.Time{}, pgError(err)
+		return PullResult{}, pgError(err)
 	}
 	defer rows.Close()
-	cursor := time.Unix(0, 0).UTC()
+	res := PullResult{Cursor: time.Unix(0, 0).UTC()}
 	for rows.Next() {
 		raw := rows.RawValues()
 		idx, err := strconv.Atoi(string(raw[0]))
 		if err != nil {
-			return time.Time{}, fmt.Errorf("pull: bad shape index %q", raw[0])
+			return PullResult{}, fmt.Errorf("pull: bad shape index %q", raw[0])
 		}
 		if idx < 0 {
+			res.HasMore = string(raw[1]) == "true"
 			if raw[2] != nil {
-				if cursor, err = ParseTime(string(raw[2])); err != nil {
-					return time.Time{}, fmt.Errorf("pull: bad cursor %q: %w", raw[2], err)
+				if res.Cursor, err = ParseTime(string(raw[2])); err != nil {
+					return PullResult{}, fmt.Errorf("pull: bad cursor %q: %w", raw[2], err)
 				}
 			}
 			continue
 		}
 		if err := emit(PulledRow{Shape: shapes[idx], Payload: raw[1], UpdatedAt: raw[2]}); err != nil {
-			return time.Time{}, err
+			return PullResult{}, err
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return time.Time{}, pgError(err)
+		return PullResult{}, pgError(err)
 	}
-	return cursor, nil
+	return res, nil
 }
 
 // pgError marks errors that mean the database cannot be used right now

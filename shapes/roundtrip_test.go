@@ -43,7 +43,7 @@ func TestPushAndPullRoundTrips(t *testing.T) {
 	}
 	pull := func() int64 {
 		before := turns()
-		if _, err := store.Pull(ctx, "alice", time.Unix(0, 0), func(shapes.PulledRow) error { return nil }); err != nil {
+		if _, err := store.Pull(ctx, "alice", time.Unix(0, 0), 0, func(shapes.PulledRow) error { return nil }); err != nil {
 			t.Fatal(err)
 		}
 		return turns() - before

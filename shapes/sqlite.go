@@ -368,36 +368,58 @@ func (s *sqliteDB) apply(ctx context.Context, tx *sql.Tx, user string, r *row, s
 	return Result{Outcome: Applied}, nil
 }
 
-func (s *sqliteDB) pull(ctx context.Context, user string, since time.Time, shapes []*Shape, emit func(PulledRow) error) (time.Time, error) {
-	cursor := time.Unix(0, 0).UTC()
+func (s *sqliteDB) pull(ctx context.Context, user string, since time.Time, limit int, shapes []*Shape, emit func(PulledRow) error) (PullResult, error) {
+	res := PullResult{Cursor: time.Unix(0, 0).UTC()}
 	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
-		return time.Time{}, sqliteError(err)
+		return res, sqliteError(err)
 	}
 	defer tx.Rollback()
 	var stamp string
 	err = tx.QueryRowContext(ctx, `SELECT stamp FROM "`+CursorTable+`" WHERE user_id = ?`, user).Scan(&stamp)
 	if errors.Is(err, sql.ErrNoRows) {
-		return cursor, nil // the user never pushed: nothing to pull
+		return res, nil // the user never pushed: nothing to pull
 	}
 	if err != nil {
-		return time.Time{}, sqliteError(err)
-	}
-	if cursor, err = time.Parse(sqliteStampLayout, stamp); err != nil {
-		return time.Time{}, fmt.Errorf("sqlite: bad cursor %q: %w", stamp, err)
+		return res, sqliteError(err)
 	}
 	sinceText := since.UTC().Format(sqliteStampLayout)
+	if limit > 0 {
+		// The page ends at the stamp of the limit-th row, and holds every
+		// row of that stamp.
+		var parts []string
+		var args []any
+		for _, sh := range shapes {
+			synced := quoteIdent(sh.SyncedAt.Name)
+			// CAST: the driver would turn a TIMESTAMP column into a time.Time
+			parts = append(parts, fmt.Sprintf(`SELECT CAST(%s AS TEXT) AS s FROM %s WHERE %s = ? AND %s > ? AND %s <= ?`,
+				synced, quoteTable(sh.Schema, sh.Table), quoteIdent(sh.User.Name), synced, synced))
+			args = append(args, user, sinceText, stamp)
+		}
+		var end string
+		err := tx.QueryRowContext(ctx, `SELECT s FROM (`+strings.Join(parts, " UNION ALL ")+`) ORDER BY s LIMIT 1 OFFSET ?`,
+			append(args, limit-1)...).Scan(&end)
+		switch {
+		case err == nil && end < stamp:
+			stamp, res.HasMore = end, true
+		case err != nil && !errors.Is(err, sql.ErrNoRows):
+			return res, sqliteError(err)
+		}
+	}
+	if res.Cursor, err = time.Parse(sqliteStampLayout, stamp); err != nil {
+		return res, fmt.Errorf("sqlite: bad cursor %q: %w", stamp, err)
+	}
 	for _, sh := range shapes {
 		rows, err := tx.QueryContext(ctx, sqlitePullSQL(sh), user, sinceText, stamp)
 		if err != nil {
-			return time.Time{}, sqliteError(err)
+			return res, sqliteError(err)
 		}
 		for rows.Next() {
 			var payload []byte
 			var upd sql.NullString
 			if err := rows.Scan(&payload, &upd); err != nil {
 				rows.Close()
-				return time.Time{}, sqliteError(err)
+				return res, sqliteError(err)
 			}
 			row := PulledRow{Shape: sh, Payload: payload}
 			if upd.Valid {
@@ -405,16 +427,16 @@ func (s *sqliteDB) pull(ctx context.Context, user string, since time.Time, shape
 			}
 			if err := emit(row); err != nil {
 				rows.Close()
-				return time.Time{}, err
+				return res, err
 			}
 		}
 		err = rows.Err()
 		rows.Close()
 		if err != nil {
-			return time.Time{}, sqliteError(err)
+			return res, sqliteError(err)
 		}
 	}
-	return cursor, nil
+	return res, nil
 }
 
 func sqlitePullSQL(sh *Shape) string {

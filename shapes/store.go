@@ -46,8 +46,10 @@ type dialect interface {
 	// returns the sync stamp it wrote.
 	push(ctx context.Context, user string, rows []*row, results []Result) (time.Time, error)
 	// pull streams user's rows of every shape stamped in (since, cursor]
-	// and returns the cursor.
-	pull(ctx context.Context, user string, since time.Time, shapes []*Shape, emit func(PulledRow) error) (time.Time, error)
+	// and returns the cursor. With limit > 0, the cursor is the stamp of
+	// about the limit-th row, so that a page holds every row of its last
+	// stamp.
+	pull(ctx context.Context, user string, since time.Time, limit int, shapes []*Shape, emit func(PulledRow) error) (PullResult, error)
 	// ping checks that the database answers.
 	ping(ctx context.Context) error
 	close()
@@ -176,13 +178,23 @@ func (s *Store) Push(ctx context.Context, user string, changes []Change, results
 	return s.db.d.push(ctx, user, rows, results)
 }
 
-// Pull streams the user's rows written after since, and returns the
-// cursor the client should send as its next lastPull.
-func (s *Store) Pull(ctx context.Context, user string, since time.Time, emit func(PulledRow) error) (time.Time, error) {
+// PullResult ends a pull.
+type PullResult struct {
+	// Cursor is what the client sends as its next lastPull.
+	Cursor time.Time
+	// HasMore reports, for a pull with a limit, that rows stamped after
+	// Cursor are waiting.
+	HasMore bool
+}
+
+// Pull streams the user's rows written after since. With limit > 0 it
+// stops after about limit rows: it may send more, but never splits the rows
+// that one push stamped alike, so a page boundary never skips a row.
+func (s *Store) Pull(ctx context.Context, user string, since time.Time, limit int, emit func(PulledRow) error) (PullResult, error) {
 	if _, err := s.resolved(ctx); err != nil {
-		return time.Time{}, err
+		return PullResult{}, err
 	}
-	return s.db.d.pull(ctx, user, since, s.order, emit)
+	return s.db.d.pull(ctx, user, since, limit, s.order, emit)
 }
 
 // Database is a connection pool to one database. It is safe to share

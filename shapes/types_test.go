@@ -21,7 +21,7 @@ func TestTypesRoundTrip(t *testing.T) {
 			"d":1.5,"ts":"2026-01-02T03:04:05.678+02:00","u":"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
 			"j":{"nested":[1,"two",{"three":null}]},"tags":["a","b,c"]}`)), "applied")
 		var raw json.RawMessage
-		_, err := f.store.Pull(t.Context(), "alice", at(0).AddDate(-100, 0, 0), func(r PulledRow) error {
+		_, err := f.store.Pull(t.Context(), "alice", at(0).AddDate(-100, 0, 0), 0, func(r PulledRow) error {
 			raw = append(raw[:0], r.Payload...)
 			return nil
 		})

@@ -1,0 +1,96 @@
+package shapes
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+)
+
+func TestPagedPull(t *testing.T) {
+	lists := ShapeConfig{Key: "lists", KeyFields: []string{"listId"}, Fields: []string{"name"}}
+	forEachBackend(t, func(t *testing.T, b backendCase) {
+		f := openStore(t, b.open(t, seedDDL, `CREATE TABLE lists (listId text PRIMARY KEY, name text, userId text NOT NULL, updatedAt timestamptz, lastSyncAt timestamptz)`), todosShape, lists)
+		// Five pushes of 3, 4, 1, 5 and 2 changes, over both shapes. Each
+		// push stamps its rows alike.
+		pushOf := map[string]int{}
+		n := 0
+		for p, size := range []int{3, 4, 1, 5, 2} {
+			var changes []Change
+			for i := 0; i < size; i++ {
+				n++
+				if n%3 == 0 {
+					changes = append(changes, change("lists", at(n), fmt.Sprintf(`{"listId":"l%d","name":"list"}`, n)))
+					pushOf[fmt.Sprintf("lists/l%d", n)] = p
+				} else {
+					changes = append(changes, change("todos", at(n), fmt.Sprintf(`{"todoId":"t%d","title":"todo"}`, n)))
+					pushOf[fmt.Sprintf("todos/t%d", n)] = p
+				}
+			}
+			f.push("alice", changes...)
+			time.Sleep(2 * time.Millisecond)
+		}
+		_, full := f.pull("alice", time.Unix(0, 0))
+
+		for _, limit := range []int{1, 2, 4, 100} {
+			t.Run(fmt.Sprintf("limit %d", limit), func(t *testing.T) {
+				seen := map[string]int{} // row -> page
+				since := time.Unix(0, 0)
+				pages := 0
+				for {
+					pages++
+					if pages > 50 {
+						t.Fatal("paging does not end")
+					}
+					var rows []string
+					res, err := f.store.Pull(context.Background(), "alice", since, limit, func(r PulledRow) error {
+						key := map[string]string{"todos": "todoId", "lists": "listId"}[r.Shape.Config.Key]
+						var p map[string]any
+						if err := jsonUnmarshal(r.Payload, &p); err != nil {
+							return err
+						}
+						rows = append(rows, r.Shape.Config.Key+"/"+p[key].(string))
+						return nil
+					})
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(rows) == 0 && res.HasMore {
+						t.Fatal("an empty page says more is coming")
+					}
+					for _, r := range rows {
+						if _, dup := seen[r]; dup {
+							t.Fatalf("row %s came twice", r)
+						}
+						seen[r] = pages
+					}
+					if !res.Cursor.After(since) && res.HasMore {
+						t.Fatalf("the cursor did not move: %v", res.Cursor)
+					}
+					since = res.Cursor
+					if !res.HasMore {
+						break
+					}
+				}
+				if len(seen) != n {
+					t.Fatalf("%d rows over %d pages, want %d", len(seen), pages, n)
+				}
+				if !since.Equal(full) {
+					t.Fatalf("the last page ends at %v, the full pull at %v", since, full)
+				}
+				// one push, one page
+				pageOfPush := map[int]int{}
+				for r, page := range seen {
+					p := pushOf[r]
+					if prev, ok := pageOfPush[p]; ok && prev != page {
+						t.Fatalf("push %d was split across pages %d and %d", p, prev, page)
+					}
+					pageOfPush[p] = page
+				}
+				if limit == 1 && pages != 5 {
+					t.Fatalf("limit 1 took %d pages, want one per push (5)", pages)
+				}
+			})
+		}
+	})
+}
