@@ -38,6 +38,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		timeout <duration>              # database time per request; default 10s
 //		max_concurrent_pushes <n>       # pushes working on the database at once; default 8
 //		max_concurrent_pulls <n>        # pulls working on the database at once; default 8
+//		metrics off                     # no hypersync_* Prometheus metrics
 //		shape <shapeKey> {              # repeatable
 //			table <name>                # default: the shapeKey; may be schema.table
 //			key <field>...              # required: the primary key or a unique constraint
@@ -109,6 +110,19 @@ func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("timeout %q is not a positive duration such as 10s", v)
 			}
 			h.Timeout = caddy.Duration(dur)
+		case "metrics":
+			var v string
+			if !d.Args(&v) || d.NextArg() {
+				return d.ArgErr()
+			}
+			switch v {
+			case "off":
+				h.DisableMetrics = true
+			case "on":
+				h.DisableMetrics = false
+			default:
+				return d.Errf("metrics takes on or off, not %q", v)
+			}
 		case "shape":
 			s, err := unmarshalShape(d)
 			if err != nil {

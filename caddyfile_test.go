@@ -44,6 +44,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				timeout 3s
 				max_concurrent_pushes 4
 				max_concurrent_pulls 12
+				metrics off
 				shape items {
 					table app.list_items
 					key listId pos
@@ -60,7 +61,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 					field pinned boolean
 				}
 			}`,
-			want: &HyperSync{Database: "postgres://u:p@db/app", UserID: "{http.request.header.X-User}", MaxBatch: 500, MaxBody: 2000000, Timeout: 3e9, MaxConcurrentPushes: 4, MaxConcurrentPulls: 12,
+			want: &HyperSync{Database: "postgres://u:p@db/app", UserID: "{http.request.header.X-User}", MaxBatch: 500, MaxBody: 2000000, Timeout: 3e9, MaxConcurrentPushes: 4, MaxConcurrentPulls: 12, DisableMetrics: true,
 				Shapes: []shapes.ShapeConfig{
 					{Key: "items", Table: "app.list_items", KeyFields: []string{"listId", "pos"}, Fields: []string{"label", "done"},
 						UserColumn: "owner", UpdatedAtColumn: "changed", SyncedAtColumn: "stamped"},
@@ -76,6 +77,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "user_id without a placeholder", input: "hypersync {\n user_id alice\n}", wantErr: `user_id "alice" is not a placeholder`, line: 2},
 		{name: "max_batch not a number", input: "hypersync {\n max_batch lots\n}", wantErr: `max_batch "lots" is not a positive whole number`, line: 2},
 		{name: "max_concurrent_pulls not a number", input: "hypersync {\n max_concurrent_pulls many\n}", wantErr: `max_concurrent_pulls "many" is not a positive whole number`, line: 2},
+		{name: "metrics neither on nor off", input: "hypersync {\n metrics maybe\n}", wantErr: `metrics takes on or off, not "maybe"`, line: 2},
 		{name: "max_batch zero", input: "hypersync {\n max_batch 0\n}", wantErr: `max_batch "0" is not a positive whole number`},
 		{name: "max_body not a size", input: "hypersync {\n max_body big\n}", wantErr: `max_body "big" is not a size`, line: 2},
 		{name: "timeout not a duration", input: "hypersync {\n timeout soon\n}", wantErr: `timeout "soon" is not a positive duration`, line: 2},

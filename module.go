@@ -70,6 +70,9 @@ type HyperSync struct {
 	// pushes, so that a flood of pulls cannot starve pushes. Default: 8.
 	MaxConcurrentPulls int `json:"max_concurrent_pulls,omitempty"`
 
+	// Turns off the Prometheus metrics (hypersync_*) of this handler.
+	DisableMetrics bool `json:"disable_metrics,omitempty"`
+
 	// The shapes served: each maps a shapeKey onto a table.
 	Shapes []shapes.ShapeConfig `json:"shapes,omitempty"`
 
@@ -109,8 +112,13 @@ func (h *HyperSync) Provision(ctx caddy.Context) error {
 		}
 	}
 	h.dsn = dsn
+	if !h.DisableMetrics {
+		if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+			return fmt.Errorf("registering metrics: %w", err)
+		}
+	}
 	val, _, err := databases.LoadOrNew(dsn, func() (caddy.Destructor, error) {
-		return shapes.Open(dsn, shapes.Options{Logger: h.logger})
+		return shapes.Open(dsn, shapes.Options{Logger: h.logger, LockWait: observeLockWait})
 	})
 	if err != nil {
 		return err
@@ -132,6 +140,16 @@ func (h *HyperSync) Provision(ctx caddy.Context) error {
 	}
 	if h.handler.Timeout == 0 {
 		h.handler.Timeout = handler.DefaultTimeout
+	}
+	if !h.DisableMetrics {
+		h.handler.Observer = promObserver{}
+	}
+	h.handler.RequestID = func(r *http.Request) string {
+		repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		if repl == nil {
+			return ""
+		}
+		return repl.ReplaceAll("{http.request.uuid}", "")
 	}
 
 	checkCtx, cancel := context.WithTimeout(ctx, 10*time.Second)

@@ -60,8 +60,56 @@ type Handler struct {
 	// answered 503 with Retry-After.
 	QueueWait time.Duration
 
+	// Observer, when set, is told what every request did.
+	Observer Observer
+	// RequestID, when set, names the request in warning and error logs.
+	RequestID func(*http.Request) string
+
 	slotsOnce            sync.Once
 	pushSlots, pullSlots chan struct{}
+}
+
+// Observer receives what requests did, for metrics. It must not block.
+type Observer interface {
+	// Request: one request of op ("push" or "pull") answered status.
+	Request(op string, status int, d time.Duration)
+	// Change: one pushed change of shape had outcome (applied, stale,
+	// superseded, or its rejection code).
+	Change(shape, outcome string)
+	// RowsPulled: a pull sent n rows of shape.
+	RowsPulled(shape string, n int)
+	// DatabaseTime: a request of op spent d in the store.
+	DatabaseTime(op string, d time.Duration)
+}
+
+// statusRecorder notes the status a request was answered with.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+// logger returns the handler's logger, naming the request when it can.
+func (h *Handler) logger(r *http.Request) *zap.Logger {
+	if h.RequestID != nil {
+		if id := h.RequestID(r); id != "" {
+			return h.Logger.With(zap.String("request_id", id))
+		}
+	}
+	return h.Logger
 }
 
 // acquire takes a slot of the given budget, waiting at most QueueWait. It
@@ -141,6 +189,12 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, user string) {
 		ctx, cancel = context.WithTimeout(ctx, h.Timeout)
 		defer cancel()
 	}
+	if h.Observer != nil {
+		rec := &statusRecorder{ResponseWriter: w}
+		w = rec
+		start := time.Now()
+		defer func() { h.Observer.Request(op, rec.status, time.Since(start)) }()
+	}
 	if op == "push" {
 		h.push(ctx, w, r, user)
 	} else {
@@ -199,13 +253,13 @@ func (h *Handler) storeError(w http.ResponseWriter, r *http.Request, ctx context
 		h.Logger.Debug("client gone", zap.String("op", op), zap.Error(err))
 		return
 	case errors.Is(err, shapes.ErrUnavailable) || ctx.Err() != nil:
-		h.Logger.Warn("database unavailable", zap.String("op", op), zap.Error(err))
+		h.logger(r).Warn("database unavailable", zap.String("op", op), zap.Error(err))
 		writeError(w, http.StatusServiceUnavailable, "database-unavailable", "the database cannot be reached; try again later")
 	case errors.As(err, &schemaErr):
-		h.Logger.Error("shape does not match its table", zap.String("op", op), zap.Error(err))
+		h.logger(r).Error("shape does not match its table", zap.String("op", op), zap.Error(err))
 		writeError(w, http.StatusInternalServerError, "schema-mismatch", err.Error())
 	default:
-		h.Logger.Error("sync failed", zap.String("op", op), zap.Error(err))
+		h.logger(r).Error("sync failed", zap.String("op", op), zap.Error(err))
 		writeError(w, http.StatusInternalServerError, "internal", "the server failed; see its log")
 	}
 }
@@ -245,11 +299,19 @@ func (h *Handler) pull(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	quotedUser, _ := json.Marshal(user)
 	buf.WriteString(`{"changes":[`)
 	n := 0
+	var perShape map[*shapes.Shape]int
+	if h.Observer != nil {
+		perShape = map[*shapes.Shape]int{}
+	}
+	dbStart := time.Now()
 	res, err := h.Store.Pull(ctx, user, since, limit, func(row shapes.PulledRow) error {
 		if n > 0 {
 			buf.WriteByte(',')
 		}
 		n++
+		if perShape != nil {
+			perShape[row.Shape]++
+		}
 		buf.WriteString(`{"shapeKey":`)
 		buf.Write(row.Shape.QuotedKey())
 		buf.WriteString(`,"payload":`)
@@ -271,11 +333,17 @@ func (h *Handler) pull(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		if out.started {
 			// Part of a 200 has left: break the connection, so that the
 			// client sees a failed sync instead of a truncated answer.
-			h.Logger.Warn("pull failed mid-answer", zap.Error(err))
+			h.logger(r).Warn("pull failed mid-answer", zap.Error(err))
 			panic(http.ErrAbortHandler)
 		}
 		h.storeError(w, r, ctx, "pull", err)
 		return
+	}
+	if h.Observer != nil {
+		h.Observer.DatabaseTime("pull", time.Since(dbStart))
+		for sh, k := range perShape {
+			h.Observer.RowsPulled(sh.Config.Key, k)
+		}
 	}
 	buf.WriteString(`],"syncedAt":"`)
 	buf.Write(shapes.AppendTime(nil, res.Cursor))

@@ -73,8 +73,12 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		return
 	}
 	// Changes rejected here reach the store marked, and it skips them.
+	dbStart := time.Now()
 	_, err = h.Store.Push(ctx, user, changes, results)
 	release()
+	if h.Observer != nil {
+		h.Observer.DatabaseTime("push", time.Since(dbStart))
+	}
 	if err != nil {
 		h.storeError(w, r, ctx, "push", err)
 		return
@@ -84,12 +88,23 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	for i, ch := range changes {
 		rr := results[i]
 		counts[rr.Outcome]++
+		if h.Observer != nil {
+			outcome := rr.Code
+			if outcome == "" {
+				outcome = rr.Outcome.String()
+			}
+			shape := ch.Shape
+			if !h.Store.Known(shape) {
+				shape = "(unknown)" // a made-up shape key must not become a label
+			}
+			h.Observer.Change(shape, outcome)
+		}
 		if rr.Outcome.Accepted() {
 			resp.AcceptedChanges = append(resp.AcceptedChanges, ch.ID)
 			continue
 		}
 		resp.RejectedChanges = append(resp.RejectedChanges, Rejection{ChangeID: ch.ID, Index: i, Error: rr.Code, Message: rr.Message})
-		h.Logger.Warn("change rejected", zap.String("user", user), zap.String("change_id", ch.ID),
+		h.logger(r).Warn("change rejected", zap.String("user", user), zap.String("change_id", ch.ID),
 			zap.String("shape", ch.Shape), zap.String("code", rr.Code), zap.String("reason", rr.Message))
 	}
 	writeJSON(w, http.StatusCreated, resp)

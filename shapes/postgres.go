@@ -58,8 +58,9 @@ ON CONFLICT (user_id) DO UPDATE SET stamp = now() RETURNING stamp`
 const pgTimeFormat = `'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'`
 
 type postgres struct {
-	pool   *pgxpool.Pool
-	logger *zap.Logger
+	pool     *pgxpool.Pool
+	logger   *zap.Logger
+	lockWait func(time.Duration)
 }
 
 func openPostgres(dsn string, opts Options) (*Database, error) {
@@ -82,7 +83,7 @@ func openPostgres(dsn string, opts Options) (*Database, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating the PostgreSQL pool: %w", err)
 	}
-	return &Database{d: &postgres{pool: pool, logger: opts.Logger}, kind: "postgres", target: redactDSN(dsn)}, nil
+	return &Database{d: &postgres{pool: pool, logger: opts.Logger, lockWait: opts.LockWait}, kind: "postgres", target: redactDSN(dsn)}, nil
 }
 
 func (p *postgres) close() { p.pool.Close() }
@@ -555,11 +556,15 @@ func (p *postgres) pushBatch(ctx context.Context, user string, rows []*row, resu
 		}
 		b.Queue(p.upsertSQL(g.shape, g.mask), args...)
 	}
+	sent := time.Now()
 	br := p.pool.SendBatch(ctx, b)
 	var stamp time.Time
 	if err := br.QueryRow().Scan(&stamp); err != nil {
 		br.Close()
 		return time.Time{}, err
+	}
+	if p.lockWait != nil {
+		p.lockWait(time.Since(sent))
 	}
 	for _, g := range groups {
 		if err := readOutcomes(br, g, results); err != nil {

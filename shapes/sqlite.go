@@ -43,9 +43,10 @@ type sqliteDB struct {
 	path   string
 	w      *sql.DB // the writer: one connection
 	r      *sql.DB // readers
-	mu     sync.Mutex
-	now    func() time.Time
-	logger *zap.Logger
+	mu       sync.Mutex
+	now      func() time.Time
+	logger   *zap.Logger
+	lockWait func(time.Duration)
 }
 
 // DefaultSQLite is the database used when none is configured.
@@ -76,7 +77,7 @@ func openSQLite(dsn string, opts Options) (*Database, error) {
 		return nil, fmt.Errorf("sqlite: opening %s: %w", path, err)
 	}
 	r.SetMaxOpenConns(8)
-	d := &sqliteDB{path: path, w: w, r: r, now: time.Now, logger: opts.Logger}
+	d := &sqliteDB{path: path, w: w, r: r, now: time.Now, logger: opts.Logger, lockWait: opts.LockWait}
 	return &Database{d: d, kind: "sqlite", target: "sqlite:" + path}, nil
 }
 
@@ -244,8 +245,12 @@ func sqliteValue(c *Column, raw json.RawMessage) (any, error) {
 var errOneByOne = errors.New("a change failed: redo the push one change at a time")
 
 func (s *sqliteDB) push(ctx context.Context, user string, rows []*row, results []Result) (time.Time, error) {
+	waited := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.lockWait != nil {
+		s.lockWait(time.Since(waited))
+	}
 	stamp, err := s.pushTx(ctx, user, rows, results, true)
 	if errors.Is(err, errOneByOne) {
 		// As on PostgreSQL: the fast path folded changes together, so redo

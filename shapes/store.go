@@ -85,6 +85,16 @@ func NewStore(db *Database, cfgs []ShapeConfig, logger *zap.Logger) (*Store, err
 	return &Store{db: db, configs: cfgs, logger: logger}, nil
 }
 
+// Known reports whether key is a configured shape.
+func (s *Store) Known(key string) bool {
+	for _, c := range s.configs {
+		if c.Key == key {
+			return true
+		}
+	}
+	return false
+}
+
 // Database returns the database the store uses.
 func (s *Store) Database() *Database { return s.db }
 
@@ -223,6 +233,9 @@ func (db *Database) Destruct() error {
 // Options tune a Database.
 type Options struct {
 	Logger *zap.Logger
+	// LockWait, when set, is told how long each push waited for its
+	// user's sync stamp.
+	LockWait func(time.Duration)
 	// dial, when set, opens the database's network connections (tests
 	// count round trips with it).
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)

@@ -1,0 +1,145 @@
+package hypersync
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hypersync/hypersync/shapes"
+)
+
+// The collectors are created once and registered into every config's
+// registry, so that counters survive reloads and two hypersync handlers in
+// one config share them. No metric is labelled by user.
+var metrics struct {
+	once        sync.Once
+	requests    *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	changes     *prometheus.CounterVec
+	rowsPulled  *prometheus.CounterVec
+	dbDuration  *prometheus.HistogramVec
+	lockWait    prometheus.Histogram
+	pools       *poolCollector
+	collectors  []prometheus.Collector
+	initialized bool
+}
+
+func initMetrics() {
+	metrics.once.Do(func() {
+		const ns = "hypersync"
+		metrics.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "requests_total",
+			Help: "Sync requests by operation (push, pull) and HTTP status."}, []string{"op", "status"})
+		metrics.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "request_duration_seconds",
+			Help: "Time to answer a sync request, by operation.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"op"})
+		metrics.changes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "changes_total",
+			Help: "Pushed changes by shape and outcome: applied, stale, superseded, or the rejection code."}, []string{"shape", "outcome"})
+		metrics.rowsPulled = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "rows_pulled_total",
+			Help: "Rows sent by pulls, by shape."}, []string{"shape"})
+		metrics.dbDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "database_duration_seconds",
+			Help: "Time a request spent in the database, by operation.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"op"})
+		metrics.lockWait = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "lock_wait_seconds",
+			Help: "Time a push waited for its user's sync stamp (the per-user lock), including the round trip that takes it.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)})
+		metrics.pools = &poolCollector{
+			conns: prometheus.NewDesc(ns+"_pool_connections", "Database pool connections by state (acquired, idle, total).", []string{"database", "state"}, nil),
+			waits: prometheus.NewDesc(ns+"_pool_acquire_waits_total", "Acquires that had to wait for a free connection.", []string{"database"}, nil),
+		}
+		metrics.collectors = []prometheus.Collector{metrics.requests, metrics.duration, metrics.changes, metrics.rowsPulled,
+			metrics.dbDuration, metrics.lockWait, metrics.pools}
+		metrics.initialized = true
+	})
+}
+
+// registerMetrics registers the collectors into a config's registry.
+func registerMetrics(reg *prometheus.Registry) error {
+	initMetrics()
+	for _, c := range metrics.collectors {
+		if err := reg.Register(c); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// promObserver records what the handler reports.
+type promObserver struct{}
+
+func (promObserver) Request(op string, status int, d time.Duration) {
+	metrics.requests.WithLabelValues(op, statusText(status)).Inc()
+	metrics.duration.WithLabelValues(op).Observe(d.Seconds())
+}
+
+func (promObserver) Change(shape, outcome string) {
+	metrics.changes.WithLabelValues(shape, outcome).Inc()
+}
+
+func (promObserver) RowsPulled(shape string, n int) {
+	metrics.rowsPulled.WithLabelValues(shape).Add(float64(n))
+}
+
+func (promObserver) DatabaseTime(op string, d time.Duration) {
+	metrics.dbDuration.WithLabelValues(op).Observe(d.Seconds())
+}
+
+func observeLockWait(d time.Duration) {
+	if metrics.initialized {
+		metrics.lockWait.Observe(d.Seconds())
+	}
+}
+
+var statusTexts sync.Map // int -> string
+
+func statusText(code int) string {
+	if s, ok := statusTexts.Load(code); ok {
+		return s.(string)
+	}
+	s := itoa(code)
+	statusTexts.Store(code, s)
+	return s
+}
+
+func itoa(n int) string {
+	if n == 0 {
+		return "0"
+	}
+	var b [20]byte
+	i := len(b)
+	for n > 0 {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return string(b[i:])
+}
+
+// poolCollector reports the statistics of every open PostgreSQL pool at
+// scrape time.
+type poolCollector struct {
+	conns, waits *prometheus.Desc
+}
+
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.conns
+	ch <- c.waits
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	databases.Range(func(_, v any) bool {
+		db, ok := v.(*shapes.Database)
+		if !ok || db.Pool() == nil {
+			return true
+		}
+		st := db.Pool().Stat()
+		name := db.String()
+		ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(st.AcquiredConns()), name, "acquired")
+		ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(st.IdleConns()), name, "idle")
+		ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(st.TotalConns()), name, "total")
+		ch <- prometheus.MustNewConstMetric(c.waits, prometheus.CounterValue, float64(st.EmptyAcquireCount()), name)
+		return true
+	})
+}

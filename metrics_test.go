@@ -1,0 +1,107 @@
+package hypersync
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	"github.com/hypersync/hypersync/internal/pgtest"
+)
+
+// Two hypersync handlers in one config share the collectors, and after a
+// push and a pull the admin endpoint's /metrics shows them, with no user in
+// any label.
+func TestMetricsOnTheAdminEndpoint(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	pgtest.Exec(t, dsn, integrationDDL)
+	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{LoadRequestTimeout: 30 * time.Second, TestRequestTimeout: 30 * time.Second})
+	tester.InitServer(fmt.Sprintf(`{
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	skip_install_trust
+}
+http://localhost:9080 {
+	handle /sync/* {
+		hypersync {
+			database %[1]s
+			user_id {http.request.header.X-Test-User}
+			shape todos {
+				key todoId
+				fields title description done deleted
+			}
+		}
+	}
+	handle /other/* {
+		hypersync {
+			database %[1]s
+			user_id {http.request.header.X-Test-User}
+			shape lists {
+				key listId
+			}
+		}
+	}
+}`, dsn), "caddyfile")
+	do := func(method, path, body string) int {
+		req, _ := http.NewRequest(method, "http://localhost:9080"+path, strings.NewReader(body))
+		req.Header.Set("X-Test-User", "alice-metrics")
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := tester.Client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	now := time.Now()
+	if s := do("POST", "/sync/push", `{"changes":[`+itChange("m1", "alice-metrics", "m1", "x", now)+`,`+
+		strings.Replace(itChange("m2", "alice-metrics", "m2", "x", now), `"todos"`, `"made-up-shape"`, 1)+`]}`); s != 201 {
+		t.Fatalf("push: %d", s)
+	}
+	if s := do("GET", "/sync/pull/", ""); s != 200 {
+		t.Fatalf("pull: %d", s)
+	}
+	resp, err := http.Get("http://localhost:2999/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var ours []string
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, "hypersync_") {
+			ours = append(ours, line)
+		}
+	}
+	all := strings.Join(ours, "\n")
+	for _, want := range []string{
+		`hypersync_requests_total{op="push",status="201"} `,
+		`hypersync_requests_total{op="pull",status="200"} `,
+		`hypersync_changes_total{outcome="applied",shape="todos"} `,
+		`hypersync_changes_total{outcome="unknown-shape",shape="(unknown)"} `,
+		`hypersync_rows_pulled_total{shape="todos"} `,
+		`hypersync_request_duration_seconds_bucket{op="push",`,
+		`hypersync_database_duration_seconds_bucket{op="pull",`,
+		`hypersync_lock_wait_seconds_count `,
+		`hypersync_pool_connections{database=`,
+		`hypersync_pool_acquire_waits_total{database=`,
+	} {
+		if !strings.Contains(all, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if strings.Contains(all, "alice") || strings.Contains(all, "made-up-shape") {
+		t.Error("a metric label carries a user or a client-chosen shape key")
+	}
+	if t.Failed() {
+		t.Logf("hypersync metrics:\n%s", all)
+	}
+}
