@@ -40,7 +40,7 @@ func initMetrics() {
 		metrics.dbDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "database_duration_seconds",
 			Help: "Time a request spent in the database, by operation.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"op"})
 		metrics.lockWait = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "lock_wait_seconds",
-			Help: "Time a push waited for its user's sync stamp (the per-user lock), including the round trip that takes it.",
+			Help:    "Time a push waited for its user's sync stamp (the per-user lock), including the round trip that takes it.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)})
 		metrics.pools = &poolCollector{
 			conns: prometheus.NewDesc(ns+"_pool_connections", "Database pool connections by state (acquired, idle, total).", []string{"database", "state"}, nil),

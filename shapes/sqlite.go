@@ -40,9 +40,9 @@ func sqliteTime(col string) string {
 }
 
 type sqliteDB struct {
-	path   string
-	w      *sql.DB // the writer: one connection
-	r      *sql.DB // readers
+	path     string
+	w        *sql.DB // the writer: one connection
+	r        *sql.DB // readers
 	mu       sync.Mutex
 	now      func() time.Time
 	logger   *zap.Logger
