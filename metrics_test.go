@@ -1,6 +1,7 @@
 package hypersync
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -103,5 +104,28 @@ http://localhost:9080 {
 	}
 	if t.Failed() {
 		t.Logf("hypersync metrics:\n%s", all)
+	}
+
+	// The admin health route: the database answers; todos is ready, lists
+	// lacks its sync index, so the whole is degraded (503).
+	resp, err = http.Get("http://localhost:2999/hypersync/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h Health
+	err = json.NewDecoder(resp.Body).Decode(&h)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 503 || h.Status != "degraded" || len(h.Databases) != 1 || !h.Databases[0].Reachable || strings.Contains(h.Databases[0].Database, "password") {
+		t.Fatalf("health %d %+v", resp.StatusCode, h)
+	}
+	byShape := map[string]ShapeHealth{}
+	for _, s := range h.Shapes {
+		byShape[s.Shape] = s
+	}
+	if !byShape["todos"].OK || byShape["lists"].OK || len(byShape["lists"].Fix) != 1 || !strings.Contains(byShape["lists"].Fix[0], "CREATE INDEX") {
+		t.Fatalf("shape health %+v", h.Shapes)
 	}
 }

@@ -152,6 +152,8 @@ func (h *HyperSync) Provision(ctx caddy.Context) error {
 		return repl.ReplaceAll("{http.request.uuid}", "")
 	}
 
+	live.Store(h, struct{}{})
+
 	checkCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := store.Check(checkCtx); err != nil {
@@ -196,6 +198,7 @@ func (h *HyperSync) Validate() error {
 // Cleanup releases this config's hold on the database pool; the last
 // config to let go of a pool closes it.
 func (h *HyperSync) Cleanup() error {
+	live.Delete(h)
 	if h.db != nil {
 		_, err := databases.Delete(h.dsn)
 		return err

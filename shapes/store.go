@@ -268,7 +268,8 @@ func Open(dsn string, opts Options) (*Database, error) {
 
 // IndexSQL returns the statement that creates the index pulls need.
 func (db *Database) IndexSQL(sh *Shape) string {
-	return fmt.Sprintf("CREATE INDEX ON %s (%s, %s);", quoteTable(sh.Schema, sh.Table), quoteIdent(sh.User.Name), quoteIdent(sh.SyncedAt.Name))
+	return fmt.Sprintf("CREATE INDEX %s ON %s (%s, %s);", quoteIdent(sh.Table+"_"+sh.User.Name+"_"+sh.SyncedAt.Name+"_idx"),
+		quoteTable(sh.Schema, sh.Table), quoteIdent(sh.User.Name), quoteIdent(sh.SyncedAt.Name))
 }
 
 // quoteIdent quotes an identifier. PostgreSQL and SQLite quote alike.

@@ -1,0 +1,184 @@
+package hypersync
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+
+	"github.com/hypersync/hypersync/shapes"
+)
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "hypersync",
+		Usage: "check|schema --config <path> [--adapter <name>]",
+		Short: "Checks or prints the tables behind hypersync's shapes",
+		Long: `
+"check" loads the config, connects to each hypersync database and reports,
+per shape, what is right or wrong with its table, with the SQL that would fix
+it. It exits 0 only when everything is right.
+
+"schema" prints the CREATE TABLE and CREATE INDEX statements of every shape,
+using the field types of create_table, without touching any database.`,
+		CobraFunc: func(cmd *cobra.Command) {
+			for _, sub := range []struct {
+				name, short string
+				run         caddycmd.CommandFunc
+			}{
+				{"check", "Checks every shape against its table", cmdCheck},
+				{"schema", "Prints the DDL of every shape", cmdSchema},
+			} {
+				c := &cobra.Command{Use: sub.name + " --config <path> [--adapter <name>]", Short: sub.short,
+					RunE: caddycmd.WrapCommandFuncForCobra(sub.run)}
+				c.Flags().StringP("config", "c", "", "Configuration file (default: ./Caddyfile)")
+				c.Flags().StringP("adapter", "a", "", "Name of config adapter")
+				cmd.AddCommand(c)
+			}
+		},
+	})
+}
+
+// configuredHandlers loads a config and returns its hypersync handlers.
+func configuredHandlers(fl caddycmd.Flags) ([]*HyperSync, error) {
+	cfg, _, _, err := caddycmd.LoadConfig(fl.String("config"), fl.String("adapter"))
+	if err != nil {
+		return nil, err
+	}
+	if cfg == nil {
+		return nil, fmt.Errorf("no config found: use --config")
+	}
+	var doc any
+	if err := json.Unmarshal(cfg, &doc); err != nil {
+		return nil, err
+	}
+	var found []*HyperSync
+	var walk func(v any) error
+	walk = func(v any) error {
+		switch v := v.(type) {
+		case map[string]any:
+			if v["handler"] == "hypersync" {
+				b, _ := json.Marshal(v)
+				hs := new(HyperSync)
+				if err := json.Unmarshal(b, hs); err != nil {
+					return err
+				}
+				found = append(found, hs)
+				return nil
+			}
+			for _, x := range v {
+				if err := walk(x); err != nil {
+					return err
+				}
+			}
+		case []any:
+			for _, x := range v {
+				if err := walk(x); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	if err := walk(doc); err != nil {
+		return nil, err
+	}
+	if len(found) == 0 {
+		return nil, fmt.Errorf("the config has no hypersync handler")
+	}
+	return found, nil
+}
+
+func (h *HyperSync) resolvedDSN() (string, error) {
+	if h.Database == "" {
+		return shapes.DefaultSQLite, nil
+	}
+	dsn, err := caddy.NewReplacer().ReplaceOrErr(h.Database, true, true)
+	if err != nil {
+		return "", fmt.Errorf("database: %w", err)
+	}
+	return dsn, shapes.CheckDSN(dsn)
+}
+
+func cmdCheck(fl caddycmd.Flags) (int, error) {
+	handlers, err := configuredHandlers(fl)
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	bad := 0
+	for _, h := range handlers {
+		dsn, err := h.resolvedDSN()
+		if err != nil {
+			return caddy.ExitCodeFailedStartup, err
+		}
+		db, err := shapes.Open(dsn, shapes.Options{})
+		if err != nil {
+			return caddy.ExitCodeFailedStartup, err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		fmt.Printf("database %s\n", db)
+		if err := db.Ping(ctx); err != nil {
+			fmt.Printf("  ✗ cannot connect: %v\n", err)
+			bad++
+			cancel()
+			_ = db.Destruct()
+			continue
+		}
+		for _, cfg := range h.Shapes {
+			d, err := db.Diagnose(ctx, cfg)
+			switch {
+			case err != nil:
+				fmt.Printf("  ✗ shape %q: %v\n", cfg.Key, err)
+				bad++
+			case d.OK:
+				fmt.Printf("  ✓ shape %q: table %s is ready\n", d.Shape, d.Table)
+			default:
+				bad++
+				fmt.Printf("  ✗ shape %q: table %s\n", d.Shape, d.Table)
+				for _, p := range d.Problems {
+					fmt.Printf("      %s\n", p)
+				}
+				if len(d.Fix) > 0 {
+					fmt.Printf("    to fix it:\n")
+					for _, stmt := range d.Fix {
+						fmt.Printf("      %s;\n", strings.ReplaceAll(stmt, "\n", "\n      "))
+					}
+				}
+			}
+		}
+		cancel()
+		_ = db.Destruct()
+	}
+	if bad > 0 {
+		return caddy.ExitCodeFailedStartup, fmt.Errorf("%d problem(s) found", bad)
+	}
+	return caddy.ExitCodeSuccess, nil
+}
+
+func cmdSchema(fl caddycmd.Flags) (int, error) {
+	handlers, err := configuredHandlers(fl)
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	for _, h := range handlers {
+		kind := shapes.KindOf(h.Database)
+		if dsn, err := h.resolvedDSN(); err == nil {
+			kind = shapes.KindOf(dsn)
+		}
+		fmt.Printf("-- %s\n", kind)
+		for _, cfg := range h.Shapes {
+			fmt.Printf("-- shape %q\n", cfg.Key)
+			for _, stmt := range shapes.SchemaSQL(kind, cfg) {
+				fmt.Printf("%s;\n", stmt)
+			}
+		}
+		fmt.Println()
+	}
+	return caddy.ExitCodeSuccess, nil
+}
+
