@@ -181,4 +181,3 @@ func cmdSchema(fl caddycmd.Flags) (int, error) {
 	}
 	return caddy.ExitCodeSuccess, nil
 }
-
