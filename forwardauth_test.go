@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
-
 	"github.com/hypersync/hypersync/internal/pgtest"
 )
 
@@ -34,14 +32,7 @@ func TestForwardAuthCannotBeImpersonated(t *testing.T) {
 
 	dsn := pgtest.NewDatabase(t)
 	pgtest.Exec(t, dsn, integrationDDL)
-	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{LoadRequestTimeout: 30 * time.Second, TestRequestTimeout: 30 * time.Second})
-	tester.InitServer(fmt.Sprintf(`{
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	skip_install_trust
-}
-http://localhost:9080 {
+	tester := serveSites(t, nil, fmt.Sprintf(`http://localhost:9080 {
 	handle /sync/* {
 		forward_auth %s {
 			uri /verify
@@ -56,7 +47,7 @@ http://localhost:9080 {
 			}
 		}
 	}
-}`, strings.TrimPrefix(auth.URL, "http://"), dsn), "caddyfile")
+}`, strings.TrimPrefix(auth.URL, "http://"), dsn))
 
 	do := func(method, path, token, xUser, body string) (int, string) {
 		req, _ := http.NewRequest(method, "http://localhost:9080"+path, strings.NewReader(body))

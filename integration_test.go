@@ -43,13 +43,7 @@ func integrationCaddyfile(t *testing.T, extra string) string {
 		}
 		return string(h)
 	}
-	return fmt.Sprintf(`{
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	skip_install_trust
-}
-http://localhost:9080 {
+	return fmt.Sprintf(`http://localhost:9080 {
 	handle /sync/* {
 		basic_auth {
 			alice %s
@@ -121,8 +115,7 @@ func TestThroughCaddy(t *testing.T) {
 
 func throughCaddy(t *testing.T, dsn string) {
 	t.Setenv("HYPERSYNC_IT_DSN", dsn)
-	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{LoadRequestTimeout: 30 * time.Second, TestRequestTimeout: 30 * time.Second})
-	tester.InitServer(integrationCaddyfile(t, ""), "caddyfile")
+	tester := serveSites(t, nil, integrationCaddyfile(t, ""))
 	c := &itClient{t: t, tester: tester}
 	now := time.Now()
 
@@ -209,7 +202,7 @@ func throughCaddy(t *testing.T, dsn string) {
 			}(w)
 		}
 		time.Sleep(300 * time.Millisecond)
-		tester.InitServer(integrationCaddyfile(t, "max_batch 50\n\t\t\tshape lists {\n\t\t\t\tkey listId\n\t\t\t}"), "caddyfile")
+		serveSites(t, tester, integrationCaddyfile(t, "max_batch 50\n\t\t\tshape lists {\n\t\t\t\tkey listId\n\t\t\t}"))
 		time.Sleep(300 * time.Millisecond)
 		close(stop)
 		wg.Wait()

@@ -49,16 +49,7 @@ var (
 	dsnFlag    = flag.String("dsn", "", "an existing PostgreSQL database to use (it must be empty); a throwaway cluster when empty")
 )
 
-const ddl = `CREATE TABLE todos (
-todoId TEXT NOT NULL PRIMARY KEY,
-title TEXT NOT NULL,
-done BOOLEAN NOT NULL DEFAULT false,
-deleted BOOLEAN NOT NULL DEFAULT false,
-userId TEXT NOT NULL,
-updatedAt TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
-lastSyncAt TIMESTAMP WITH TIME ZONE DEFAULT NOW()
-);
-CREATE INDEX todos_sync ON todos (userId, lastSyncAt)`
+const ddl = pgtest.TodosDDL + ";\n" + pgtest.TodosIndex
 
 func main() {
 	flag.Parse()

@@ -238,15 +238,7 @@ func TestConcurrencyCheckCatchesNaiveStamps(t *testing.T) {
 	t.Fatal("the concurrency check found no missed rows with naive now() stamps: it cannot catch the checkpoint bug")
 }
 
-const seedTable = `CREATE TABLE todos (
-todoId TEXT NOT NULL PRIMARY KEY,
-title TEXT NOT NULL,
-done BOOLEAN NOT NULL DEFAULT false,
-deleted BOOLEAN NOT NULL DEFAULT false,
-userId TEXT NOT NULL,
-updatedAt TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
-lastSyncAt TIMESTAMP WITH TIME ZONE DEFAULT NOW()
-); CREATE INDEX todos_sync ON todos (userId, lastSyncAt)`
+const seedTable = pgtest.TodosDDL + ";\n" + pgtest.TodosIndex
 
 func payloadOf(s string) map[string]json.RawMessage {
 	var p map[string]json.RawMessage

@@ -33,7 +33,7 @@ func (db *Database) Diagnose(ctx context.Context, cfg ShapeConfig) (Diagnosis, e
 	if err != nil {
 		return d, err
 	}
-	types, stampType := db.createTypes()
+	types, stampType := db.d.createTypes()
 	if info == nil {
 		d.Problems = []string{fmt.Sprintf("table %s does not exist", cfg.Table)}
 		if len(cfg.Fields) == 0 {
@@ -95,21 +95,15 @@ func fixFor(cfg ShapeConfig, se *SchemaError, table string, types map[string]str
 	return nil
 }
 
-// createTypes returns the dialect's column types for create_table.
-func (db *Database) createTypes() (map[string]string, string) {
-	if db.kind == "sqlite" {
-		return sqliteCreateTypes, "TIMESTAMP"
-	}
-	return pgCreateTypes, "timestamptz"
-}
-
 // SchemaSQL renders the CREATE TABLE and CREATE INDEX statements of a shape
 // for a kind of database ("postgres" or "sqlite"), without a database.
 func SchemaSQL(kind string, cfg ShapeConfig) []string {
+	var d dialect = &postgres{}
 	if kind == "sqlite" {
-		return CreateTableSQL(cfg, sqliteCreateTypes, "TIMESTAMP")
+		d = &sqliteDB{}
 	}
-	return CreateTableSQL(cfg, pgCreateTypes, "timestamptz")
+	types, stampType := d.createTypes()
+	return CreateTableSQL(cfg, types, stampType)
 }
 
 // KindOf names the kind of database a DSN selects.

@@ -68,15 +68,7 @@ func forEachBackend(t *testing.T, f func(t *testing.T, b backendCase)) {
 }
 
 // seedDDL is the table of the HyperSync README, as written there.
-const seedDDL = `CREATE TABLE IF NOT EXISTS todos (
-todoId TEXT NOT NULL PRIMARY KEY,
-title TEXT NOT NULL,
-done BOOLEAN NOT NULL DEFAULT false,
-deleted BOOLEAN NOT NULL DEFAULT false,
-userId TEXT NOT NULL,
-updatedAt TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
-lastSyncAt TIMESTAMP WITH TIME ZONE DEFAULT NOW()
-)`
+const seedDDL = pgtest.TodosDDL
 
 var todosShape = ShapeConfig{Key: "todos", KeyFields: []string{"todoId"}, Fields: []string{"title", "done", "deleted"}}
 

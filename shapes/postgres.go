@@ -227,9 +227,7 @@ var pgCreateTypes = map[string]string{
 	"boolean": "boolean", "timestamp": "timestamptz", "json": "jsonb",
 }
 
-func (p *postgres) createTable(ctx context.Context, cfg ShapeConfig) error {
-	return p.ddl(ctx, CreateTableSQL(cfg, pgCreateTypes, "timestamptz")...)
-}
+func (*postgres) createTypes() (map[string]string, string) { return pgCreateTypes, "timestamptz" }
 
 // CreateTableSQL renders the CREATE TABLE and CREATE INDEX statements for a
 // create_table shape, mapping portable field types through types.

@@ -91,8 +91,7 @@ func (s *sqliteDB) ping(ctx context.Context) error {
 }
 
 func (s *sqliteDB) ensureCursors(ctx context.Context) error {
-	_, err := s.w.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS "`+CursorTable+`" (user_id TEXT PRIMARY KEY, stamp TEXT NOT NULL)`)
-	return sqliteError(err)
+	return s.ddl(ctx, `CREATE TABLE IF NOT EXISTS "`+CursorTable+`" (user_id TEXT PRIMARY KEY, stamp TEXT NOT NULL)`)
 }
 
 func (s *sqliteDB) inspect(ctx context.Context, schema, table string) (*TableInfo, error) {
@@ -214,8 +213,12 @@ var sqliteCreateTypes = map[string]string{
 	"boolean": "BOOLEAN", "timestamp": "TIMESTAMP", "json": "JSON",
 }
 
-func (s *sqliteDB) createTable(ctx context.Context, cfg ShapeConfig) error {
-	for _, stmt := range CreateTableSQL(cfg, sqliteCreateTypes, "TIMESTAMP") {
+func (*sqliteDB) createTypes() (map[string]string, string) { return sqliteCreateTypes, "TIMESTAMP" }
+
+// ddl runs statements one after another: the single writer connection
+// already keeps two of them from racing.
+func (s *sqliteDB) ddl(ctx context.Context, stmts ...string) error {
+	for _, stmt := range stmts {
 		if _, err := s.w.ExecContext(ctx, stmt); err != nil {
 			return sqliteError(err)
 		}

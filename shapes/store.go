@@ -38,8 +38,12 @@ type PulledRow struct {
 type dialect interface {
 	// inspect reads a table's columns and indexes; nil when it is missing.
 	inspect(ctx context.Context, schema, table string) (*TableInfo, error)
-	// createTable creates a shape's table, its index and the cursor table.
-	createTable(ctx context.Context, cfg ShapeConfig) error
+	// createTypes maps create_table's field types to column types, and
+	// gives the type of the bookkeeping timestamps.
+	createTypes() (types map[string]string, stampType string)
+	// ddl runs CREATE … IF NOT EXISTS statements, safely against other
+	// instances doing the same.
+	ddl(ctx context.Context, stmts ...string) error
 	// ensureCursors creates the cursor table when it is missing.
 	ensureCursors(ctx context.Context) error
 	// push writes the rows of one push for user, setting results. It
@@ -133,7 +137,8 @@ func (s *Store) resolved(ctx context.Context) (map[string]*Shape, error) {
 			return nil, fmt.Errorf("shape %q: reading table %s: %w", cfg.Key, cfg.Table, err)
 		}
 		if info == nil && cfg.CreateTable {
-			if err := d.createTable(ctx, cfg); err != nil {
+			types, stampType := d.createTypes()
+			if err := d.ddl(ctx, CreateTableSQL(cfg, types, stampType)...); err != nil {
 				return nil, fmt.Errorf("shape %q: creating table %s: %w", cfg.Key, cfg.Table, err)
 			}
 			s.logger.Info("created table", zap.String("shape", cfg.Key), zap.String("table", cfg.Table))

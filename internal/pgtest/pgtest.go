@@ -29,6 +29,22 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
+// TodosDDL is the table of the HyperSync README, exactly as written there.
+// Tests and the benchmark use it so that the README's own table is what
+// they prove things about.
+const TodosDDL = `CREATE TABLE IF NOT EXISTS todos (
+todoId TEXT NOT NULL PRIMARY KEY,
+title TEXT NOT NULL,
+done BOOLEAN NOT NULL DEFAULT false,
+deleted BOOLEAN NOT NULL DEFAULT false,
+userId TEXT NOT NULL,
+updatedAt TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+lastSyncAt TIMESTAMP WITH TIME ZONE DEFAULT NOW()
+)`
+
+// TodosIndex is the index the README recommends for pulls.
+const TodosIndex = `CREATE INDEX todos_sync ON todos (userId, lastSyncAt)`
+
 // EnvDSN names the variable that points the tests at an existing server.
 const EnvDSN = "HYPERSYNC_TEST_DSN"
 
