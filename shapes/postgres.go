@@ -73,6 +73,7 @@ func openPostgres(dsn string, opts Options) (*Database, error) {
 		cfg.MaxConns = 20
 	}
 	cfg.ConnConfig.RuntimeParams["timezone"] = "UTC"
+	cfg.ConnConfig.RuntimeParams["datestyle"] = "ISO, MDY" // the timestamp text appendPGTime reads
 	if cfg.ConnConfig.RuntimeParams["application_name"] == "" {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "hypersync"
 	}
@@ -689,12 +690,25 @@ SELECT -1, ((SELECT stamp FROM c) < (SELECT stamp FROM last))::text, to_char((SE
 		b.WriteString(`WITH c AS (SELECT stamp FROM "` + CursorTable + `" WHERE user_id = $1)
 SELECT -1, NULL::text, to_char((SELECT stamp FROM c) AT TIME ZONE 'UTC', ` + pgTimeFormat + `)`)
 	}
+	width := 0
+	for _, sh := range shapes {
+		width = max(width, len(sh.cols))
+	}
+	b.WriteString(strings.Repeat(", NULL::text", width))
 	for i, sh := range shapes {
+		cols := make([]string, width)
+		for j := range cols {
+			if j < len(sh.cols) {
+				cols[j] = pgTextExpr(sh.cols[j])
+			} else {
+				cols[j] = "NULL::text"
+			}
+		}
 		fmt.Fprintf(&b, `
 UNION ALL
-SELECT %d, (%s)::text, %s
+SELECT %d, NULL::text, t.%s::text, %s
 FROM %s AS t, c WHERE t.%s = $1 AND t.%s > $2 AND t.%s <= c.stamp`,
-			i, pgPayloadExpr(sh), pgTimeExpr(sh.UpdatedAt), quoteTable(sh.Schema, sh.Table),
+			i, quoteIdent(sh.UpdatedAt.Name), strings.Join(cols, ", "), quoteTable(sh.Schema, sh.Table),
 			quoteIdent(sh.User.Name), quoteIdent(sh.SyncedAt.Name), quoteIdent(sh.SyncedAt.Name))
 	}
 	s := b.String()
@@ -704,37 +718,100 @@ FROM %s AS t, c WHERE t.%s = $1 AND t.%s > $2 AND t.%s <= c.stamp`,
 	return s
 }
 
-// pgPayloadExpr renders a row's fields as a compact JSON object keyed by
-// field name: to_json per column, joined with the keys as constants.
-// json_build_object would add spaces around every separator and takes at
-// most 100 arguments.
-func pgPayloadExpr(sh *Shape) string {
-	parts := make([]string, 0, len(sh.cols)+1)
-	for i, c := range sh.cols {
-		prefix := ","
-		if i == 0 {
-			prefix = "{"
-		}
-		key, _ := json.Marshal(c.Field)
-		parts = append(parts, quoteLiteral(prefix+string(key)+":"), "COALESCE("+pgValueExpr(c)+", 'null')")
-	}
-	parts = append(parts, "'}'")
-	return strings.Join(parts, " || ")
-}
-
-func pgValueExpr(c Column) string {
-	if c.Kind == KindTimestamp {
-		return `'"' || ` + pgTimeExpr(c) + ` || '"'`
-	}
-	return "to_json(t." + quoteIdent(c.Name) + ")::text"
-}
-
-func pgTimeExpr(c Column) string {
+// pgTextExpr reads a column as text for the pull, which turns it into
+// JSON in Go (appendPGValue): building JSON inside PostgreSQL measured
+// three to four times slower than reading the plain columns.
+func pgTextExpr(c Column) string {
 	col := "t." + quoteIdent(c.Name)
-	if strings.Contains(c.Type, "with time zone") {
-		col += " AT TIME ZONE 'UTC'"
+	switch c.Kind {
+	case KindArray, KindOther:
+		return "to_json(" + col + ")::text" // JSON already
 	}
-	return "to_char(" + col + ", " + pgTimeFormat + ")"
+	return col + "::text"
+}
+
+// appendPGValue appends a column's text, as PostgreSQL sends it, as JSON.
+func appendPGValue(buf []byte, k Kind, v []byte) []byte {
+	if v == nil {
+		return append(buf, "null"...)
+	}
+	switch k {
+	case KindBool, KindInt, KindJSON, KindArray, KindOther:
+		return append(buf, v...) // true/false, digits, or JSON text
+	case KindFloat, KindNumeric:
+		if len(v) > 0 && (v[0] == 'N' || v[0] == 'I' || v[0] == '-' && len(v) > 1 && v[1] == 'I') {
+			return appendJSONString(buf, v) // NaN and Infinity are not JSON numbers
+		}
+		return append(buf, v...)
+	case KindTimestamp:
+		buf = append(buf, '"')
+		buf = appendPGTime(buf, v)
+		return append(buf, '"')
+	}
+	return appendJSONString(buf, v)
+}
+
+// appendPGTime rewrites a timestamp as PostgreSQL writes it in the UTC
+// session ("2026-11-25 10:00:00.123456+00") into the client's form
+// ("2026-11-25T10:00:00.123Z"), without parsing it into a time.
+func appendPGTime(buf []byte, v []byte) []byte {
+	if len(v) >= 19 && v[4] == '-' && v[7] == '-' && v[10] == ' ' && v[13] == ':' && v[16] == ':' {
+		rest := v[19:]
+		var frac [3]byte
+		frac[0], frac[1], frac[2] = '0', '0', '0'
+		if len(rest) > 0 && rest[0] == '.' {
+			rest = rest[1:]
+			n := 0
+			for n < len(rest) && rest[n] >= '0' && rest[n] <= '9' {
+				if n < 3 {
+					frac[n] = rest[n]
+				}
+				n++
+			}
+			rest = rest[n:]
+		}
+		if len(rest) == 0 || string(rest) == "+00" {
+			buf = append(buf, v[:10]...)
+			buf = append(buf, 'T')
+			buf = append(buf, v[11:19]...)
+			buf = append(buf, '.', frac[0], frac[1], frac[2], 'Z')
+			return buf
+		}
+	}
+	// anything else (infinity, BC dates, years past 9999) goes through time
+	if t, err := time.Parse("2006-01-02 15:04:05.999999999Z07", string(v)); err == nil {
+		return AppendTime(buf, t)
+	}
+	return append(buf, v...)
+}
+
+// appendJSONString appends s as a JSON string.
+func appendJSONString(buf []byte, s []byte) []byte {
+	const hex = "0123456789abcdef"
+	buf = append(buf, '"')
+	start := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' {
+			continue
+		}
+		buf = append(buf, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			buf = append(buf, '\\', c)
+		case '\n':
+			buf = append(buf, '\\', 'n')
+		case '\r':
+			buf = append(buf, '\\', 'r')
+		case '\t':
+			buf = append(buf, '\\', 't')
+		default:
+			buf = append(buf, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		}
+		start = i + 1
+	}
+	buf = append(buf, s[start:]...)
+	return append(buf, '"')
 }
 
 // quoteLiteral quotes a string constant. Field names come from the
@@ -743,7 +820,9 @@ func quoteLiteral(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
-var textFormats = pgx.QueryResultFormats{pgx.TextFormatCode, pgx.TextFormatCode, pgx.TextFormatCode}
+// textFormats asks for every column of the pull as text (pgx repeats the
+// last format for the remaining columns).
+var textFormats = pgx.QueryResultFormats{pgx.TextFormatCode}
 
 func (p *postgres) pull(ctx context.Context, user string, since time.Time, limit int, shapes []*Shape, emit func(PulledRow) error) (PullResult, error) {
 	args := []any{textFormats, user, since}
@@ -756,6 +835,7 @@ func (p *postgres) pull(ctx context.Context, user string, since time.Time, limit
 	}
 	defer rows.Close()
 	res := PullResult{Cursor: time.Unix(0, 0).UTC()}
+	var payload, upd []byte // reused for every row
 	for rows.Next() {
 		raw := rows.RawValues()
 		idx, err := strconv.Atoi(string(raw[0]))
@@ -771,7 +851,22 @@ func (p *postgres) pull(ctx context.Context, user string, since time.Time, limit
 			}
 			continue
 		}
-		if err := emit(PulledRow{Shape: shapes[idx], Payload: raw[1], UpdatedAt: raw[2]}); err != nil {
+		sh := shapes[idx]
+		payload = append(payload[:0], '{')
+		for j, c := range sh.cols {
+			if j > 0 {
+				payload = append(payload, ',')
+			}
+			payload = append(payload, sh.fieldKeys[j]...)
+			payload = appendPGValue(payload, c.Kind, raw[3+j])
+		}
+		payload = append(payload, '}')
+		row := PulledRow{Shape: sh, Payload: payload}
+		if raw[2] != nil {
+			upd = appendPGTime(upd[:0], raw[2])
+			row.UpdatedAt = upd
+		}
+		if err := emit(row); err != nil {
 			return PullResult{}, err
 		}
 	}

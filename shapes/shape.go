@@ -55,6 +55,8 @@ type Shape struct {
 	hasDef  []bool         // per col: the column has a default
 	sql     sync.Map       // generated statements, by column mask
 	quoted  []byte         // the shape key as a JSON string
+	// fieldKeys holds `"field":` per column, for writing payloads.
+	fieldKeys [][]byte
 }
 
 // QuotedKey returns the shape key as a JSON string.
@@ -223,6 +225,11 @@ func resolveShape(cfg ShapeConfig, info *TableInfo) (*Shape, error) {
 		}
 	}
 	s.cols = append(append([]Column{}, s.Keys...), s.Fields...)
+	s.fieldKeys = make([][]byte, len(s.cols))
+	for i, c := range s.cols {
+		k, _ := json.Marshal(c.Field)
+		s.fieldKeys[i] = append(k, ':')
+	}
 	s.byField = make(map[string]int, len(s.cols))
 	for i, c := range s.cols {
 		s.byField[c.Field] = i
