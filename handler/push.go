@@ -187,7 +187,7 @@ func (h *Handler) decodePush(w http.ResponseWriter, r *http.Request, user string
 	if maxBody <= 0 {
 		maxBody = DefaultMaxBody
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	body, err := readBody(w, r, maxBody)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
@@ -311,3 +311,26 @@ func decodeChange(tc *typedChange, user string, latest time.Time) (ch shapes.Cha
 }
 
 func validUTF8(s string) bool { return utf8.ValidString(s) }
+
+// readBody reads the whole body, at most max bytes, into a buffer sized
+// from Content-Length when the client sent one.
+func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
+	body := http.MaxBytesReader(w, r.Body, max)
+	if r.ContentLength <= 0 || r.ContentLength > max {
+		return io.ReadAll(body)
+	}
+	buf := make([]byte, 0, r.ContentLength+1)
+	for {
+		n, err := body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)] // grow; the client sent more than it said
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 )
@@ -385,9 +386,11 @@ func pgCastExpr(c Column, v string) string {
 }
 
 // groupArgs are the arguments of a group's statement: the user, one typed
-// array per present column, and the updatedAt array.
+// array per present column, and the updatedAt array. The arrays hold pgtype
+// values, which carry NULL without a pointer per value.
 func groupArgs(user string, g group) ([]any, error) {
 	sh := g.shape
+	n := len(g.rows)
 	args := []any{user}
 	for i, c := range sh.cols {
 		if g.mask[i] != '1' {
@@ -396,15 +399,15 @@ func groupArgs(user string, g group) ([]any, error) {
 		var arr any
 		switch c.Kind {
 		case KindBool:
-			arr = make([]*bool, len(g.rows))
+			arr = make([]pgtype.Bool, n)
 		case KindInt:
-			arr = make([]*int64, len(g.rows))
+			arr = make([]pgtype.Int8, n)
 		case KindFloat:
-			arr = make([]*float64, len(g.rows))
+			arr = make([]pgtype.Float8, n)
 		case KindTimestamp:
-			arr = make([]*time.Time, len(g.rows))
+			arr = make([]pgtype.Timestamptz, n)
 		default:
-			arr = make([]*string, len(g.rows))
+			arr = make([]pgtype.Text, n)
 		}
 		for j, r := range g.rows {
 			v, err := sh.cols[i].goValue(r.vals[i])
@@ -415,34 +418,28 @@ func groupArgs(user string, g group) ([]any, error) {
 				continue
 			}
 			switch a := arr.(type) {
-			case []*bool:
-				b := v.(bool)
-				a[j] = &b
-			case []*int64:
-				n := v.(int64)
-				a[j] = &n
-			case []*float64:
-				f := v.(float64)
-				a[j] = &f
-			case []*time.Time:
-				t := v.(time.Time)
-				a[j] = &t
-			case []*string:
-				var str string
+			case []pgtype.Bool:
+				a[j] = pgtype.Bool{Bool: v.(bool), Valid: true}
+			case []pgtype.Int8:
+				a[j] = pgtype.Int8{Int64: v.(int64), Valid: true}
+			case []pgtype.Float8:
+				a[j] = pgtype.Float8{Float64: v.(float64), Valid: true}
+			case []pgtype.Timestamptz:
+				a[j] = pgtype.Timestamptz{Time: v.(time.Time), Valid: true}
+			case []pgtype.Text:
 				switch v := v.(type) {
 				case string:
-					str = v
+					a[j] = pgtype.Text{String: v, Valid: true}
 				case json.Number:
-					str = v.String()
+					a[j] = pgtype.Text{String: v.String(), Valid: true}
 				default:
 					return nil, fmt.Errorf("field %q: unexpected %T", c.Field, v)
 				}
-				a[j] = &str
 			}
 		}
 		args = append(args, arr)
 	}
-	upd := make([]time.Time, len(g.rows))
+	upd := make([]time.Time, n)
 	for j, r := range g.rows {
 		upd[j] = r.updatedAt
 	}
