@@ -2,6 +2,7 @@ package hypersync
 
 import (
 	"errors"
+	"strconv"
 	"sync"
 	"time"
 
@@ -70,7 +71,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 type promObserver struct{}
 
 func (promObserver) Request(op string, status int, d time.Duration) {
-	metrics.requests.WithLabelValues(op, statusText(status)).Inc()
+	metrics.requests.WithLabelValues(op, strconv.Itoa(status)).Inc()
 	metrics.duration.WithLabelValues(op).Observe(d.Seconds())
 }
 
@@ -90,31 +91,6 @@ func observeLockWait(d time.Duration) {
 	if metrics.initialized {
 		metrics.lockWait.Observe(d.Seconds())
 	}
-}
-
-var statusTexts sync.Map // int -> string
-
-func statusText(code int) string {
-	if s, ok := statusTexts.Load(code); ok {
-		return s.(string)
-	}
-	s := itoa(code)
-	statusTexts.Store(code, s)
-	return s
-}
-
-func itoa(n int) string {
-	if n == 0 {
-		return "0"
-	}
-	var b [20]byte
-	i := len(b)
-	for n > 0 {
-		i--
-		b[i] = byte('0' + n%10)
-		n /= 10
-	}
-	return string(b[i:])
 }
 
 // poolCollector reports the statistics of every open PostgreSQL pool at
