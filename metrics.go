@@ -46,6 +46,7 @@ func initMetrics() {
 		metrics.pools = &poolCollector{
 			conns: prometheus.NewDesc(ns+"_pool_connections", "Database pool connections by state (acquired, idle, total).", []string{"database", "state"}, nil),
 			waits: prometheus.NewDesc(ns+"_pool_acquire_waits_total", "Acquires that had to wait for a free connection.", []string{"database"}, nil),
+			waited: prometheus.NewDesc(ns+"_pool_acquire_wait_seconds_total", "Time acquires spent waiting for a free connection.", []string{"database"}, nil),
 		}
 		metrics.collectors = []prometheus.Collector{metrics.requests, metrics.duration, metrics.changes, metrics.rowsPulled,
 			metrics.dbDuration, metrics.lockWait, metrics.pools}
@@ -96,12 +97,13 @@ func observeLockWait(d time.Duration) {
 // poolCollector reports the statistics of every open PostgreSQL pool at
 // scrape time.
 type poolCollector struct {
-	conns, waits *prometheus.Desc
+	conns, waits, waited *prometheus.Desc
 }
 
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.conns
 	ch <- c.waits
+	ch <- c.waited
 }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
@@ -116,6 +118,7 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(st.IdleConns()), name, "idle")
 		ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(st.TotalConns()), name, "total")
 		ch <- prometheus.MustNewConstMetric(c.waits, prometheus.CounterValue, float64(st.EmptyAcquireCount()), name)
+		ch <- prometheus.MustNewConstMetric(c.waited, prometheus.CounterValue, st.EmptyAcquireWaitTime().Seconds(), name)
 		return true
 	})
 }

@@ -85,6 +85,7 @@ func TestMetricsOnTheAdminEndpoint(t *testing.T) {
 		`hypersync_lock_wait_seconds_count `,
 		`hypersync_pool_connections{database=`,
 		`hypersync_pool_acquire_waits_total{database=`,
+		`hypersync_pool_acquire_wait_seconds_total{database=`,
 	} {
 		if !strings.Contains(all, want) {
 			t.Errorf("/metrics lacks %s", want)

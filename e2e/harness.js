@@ -90,7 +90,19 @@ export async function startCaddy({ databaseUrl } = {}) {
   };
 }
 
+// ensureChromium installs Debian's Chromium when it is missing. The suite
+// never downloads a browser of its own.
+function ensureChromium() {
+  if (existsSync(CHROMIUM)) return;
+  console.error(`${CHROMIUM} is missing: installing Debian's chromium package`);
+  const sudo = process.getuid && process.getuid() === 0 ? [] : ["sudo"];
+  const run = (args) => execFileSync(sudo.length ? "sudo" : args[0], sudo.length ? args : args.slice(1), { stdio: "inherit" });
+  run(["apt-get", "update", "-qq"]);
+  run(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-qq", "chromium"]);
+}
+
 export function launchBrowser() {
+  ensureChromium();
   return chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
