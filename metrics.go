@@ -44,8 +44,8 @@ func initMetrics() {
 			Help:    "Time a push waited for its user's sync stamp (the per-user lock), including the round trip that takes it.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)})
 		metrics.pools = &poolCollector{
-			conns: prometheus.NewDesc(ns+"_pool_connections", "Database pool connections by state (acquired, idle, total).", []string{"database", "state"}, nil),
-			waits: prometheus.NewDesc(ns+"_pool_acquire_waits_total", "Acquires that had to wait for a free connection.", []string{"database"}, nil),
+			conns:  prometheus.NewDesc(ns+"_pool_connections", "Database pool connections by state (acquired, idle, total).", []string{"database", "state"}, nil),
+			waits:  prometheus.NewDesc(ns+"_pool_acquire_waits_total", "Acquires that had to wait for a free connection.", []string{"database"}, nil),
 			waited: prometheus.NewDesc(ns+"_pool_acquire_wait_seconds_total", "Time acquires spent waiting for a free connection.", []string{"database"}, nil),
 		}
 		metrics.collectors = []prometheus.Collector{metrics.requests, metrics.duration, metrics.changes, metrics.rowsPulled,
