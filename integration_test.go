@@ -20,16 +20,7 @@ import (
 	"github.com/hypersync/hypersync/shapes"
 )
 
-const integrationDDL = `CREATE TABLE todos (
-todoId TEXT NOT NULL PRIMARY KEY,
-title TEXT NOT NULL,
-description TEXT,
-done BOOLEAN NOT NULL DEFAULT false,
-deleted BOOLEAN NOT NULL DEFAULT false,
-userId TEXT NOT NULL,
-updatedAt TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
-lastSyncAt TIMESTAMP WITH TIME ZONE DEFAULT NOW()
-);
+const integrationDDL = pgtest.TodosWithDescriptionDDL + `;
 CREATE INDEX ON todos (userId, lastSyncAt);
 CREATE TABLE lists (listId TEXT PRIMARY KEY, name TEXT, userId TEXT NOT NULL, updatedAt timestamptz, lastSyncAt timestamptz)`
 

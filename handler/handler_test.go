@@ -20,16 +20,7 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-const seedDDL = `CREATE TABLE todos (
-todoId TEXT NOT NULL PRIMARY KEY,
-title TEXT NOT NULL,
-description TEXT,
-done BOOLEAN NOT NULL DEFAULT false,
-deleted BOOLEAN NOT NULL DEFAULT false,
-userId TEXT NOT NULL,
-updatedAt TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
-lastSyncAt TIMESTAMP WITH TIME ZONE DEFAULT NOW()
-)`
+const seedDDL = pgtest.TodosWithDescriptionDDL
 
 type env struct {
 	t   *testing.T

@@ -64,6 +64,20 @@ func TestDatabaseOutage(t *testing.T) {
 			problems = append(problems, fmt.Sprintf("%d: %s", status, body))
 		}
 	}
+	// send makes one request as alice and records its answer; ok is false
+	// when the connection failed.
+	send := func(req *http.Request) (status int, body []byte, ok bool) {
+		req.Header.Set("X-Test-User", "alice")
+		start := time.Now()
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, nil, false
+		}
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		record(resp.StatusCode, time.Since(start), resp.Header, body)
+		return resp.StatusCode, body, true
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 7*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -83,16 +97,8 @@ func TestDatabaseOutage(t *testing.T) {
 				}
 				req, _ := http.NewRequest("POST", e.srv.URL+"/sync/push", strings.NewReader(`{"changes":[`+strings.Join(changes, ",")+`]}`))
 				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("X-Test-User", "alice")
-				start := time.Now()
-				resp, err := client.Do(req)
-				if err != nil {
-					continue
-				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				record(resp.StatusCode, time.Since(start), resp.Header, body)
-				if resp.StatusCode == 201 {
+				status, body, ok := send(req)
+				if ok && status == 201 {
 					var pr handler.PushResponse
 					_ = json.Unmarshal(body, &pr)
 					mu.Lock()
@@ -114,15 +120,7 @@ func TestDatabaseOutage(t *testing.T) {
 			defer wg.Done()
 			for ctx.Err() == nil {
 				req, _ := http.NewRequest("GET", e.srv.URL+"/sync/pull/?lastPull=2026-11-25T00:00:00.000Z", nil)
-				req.Header.Set("X-Test-User", "alice")
-				start := time.Now()
-				resp, err := client.Do(req)
-				if err != nil {
-					continue
-				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				record(resp.StatusCode, time.Since(start), resp.Header, body)
+				send(req)
 			}
 		}()
 	}

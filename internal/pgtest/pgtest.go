@@ -42,6 +42,19 @@ updatedAt TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
 lastSyncAt TIMESTAMP WITH TIME ZONE DEFAULT NOW()
 )`
 
+// TodosWithDescriptionDDL is the README's table with the description
+// column the issue's example Caddyfile syncs.
+const TodosWithDescriptionDDL = `CREATE TABLE IF NOT EXISTS todos (
+todoId TEXT NOT NULL PRIMARY KEY,
+title TEXT NOT NULL,
+description TEXT,
+done BOOLEAN NOT NULL DEFAULT false,
+deleted BOOLEAN NOT NULL DEFAULT false,
+userId TEXT NOT NULL,
+updatedAt TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+lastSyncAt TIMESTAMP WITH TIME ZONE DEFAULT NOW()
+)`
+
 // TodosIndex is the index the README recommends for pulls.
 const TodosIndex = `CREATE INDEX todos_sync ON todos (userId, lastSyncAt)`
 
