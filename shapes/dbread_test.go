@@ -20,15 +20,8 @@ func pgTitles(dsn string) func() (map[string]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		out := map[string]string{}
-		for rows.Next() {
-			var id, title string
-			if err := rows.Scan(&id, &title); err != nil {
-				return nil, err
-			}
-			out[id] = title
-		}
-		return out, rows.Err()
+		defer rows.Close()
+		return titlesOf(rows)
 	}
 }
 
@@ -45,16 +38,25 @@ func sqliteTitles(path string) func() (map[string]string, error) {
 			return nil, err
 		}
 		defer rows.Close()
-		out := map[string]string{}
-		for rows.Next() {
-			var id, title string
-			if err := rows.Scan(&id, &title); err != nil {
-				return nil, err
-			}
-			out[id] = title
-		}
-		return out, rows.Err()
+		return titlesOf(rows)
 	}
+}
+
+// titlesOf reads (todoId, title) rows of either driver into a map.
+func titlesOf(rows interface {
+	Next() bool
+	Scan(...any) error
+	Err() error
+}) (map[string]string, error) {
+	out := map[string]string{}
+	for rows.Next() {
+		var id, title string
+		if err := rows.Scan(&id, &title); err != nil {
+			return nil, err
+		}
+		out[id] = title
+	}
+	return out, rows.Err()
 }
 
 func sqliteExec(path, ddl string) error {
