@@ -85,6 +85,7 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	}
 	resp := PushResponse{Status: "OK", AcceptedChanges: make([]string, 0, len(changes)), RejectedChanges: []Rejection{}}
 	var counts [4]int
+	var rejectedBy map[string]int // code -> count, for one log line
 	for i, ch := range changes {
 		rr := results[i]
 		counts[rr.Outcome]++
@@ -104,10 +105,19 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			continue
 		}
 		resp.RejectedChanges = append(resp.RejectedChanges, Rejection{ChangeID: ch.ID, Index: i, Error: rr.Code, Message: rr.Message})
-		h.logger(r).Warn("change rejected", zap.String("user", user), zap.String("change_id", ch.ID),
-			zap.String("shape", ch.Shape), zap.String("code", rr.Code), zap.String("reason", rr.Message))
+		if rejectedBy == nil {
+			rejectedBy = map[string]int{}
+		}
+		rejectedBy[rr.Code]++
 	}
 	writeJSON(w, http.StatusCreated, resp)
+	if rejectedBy != nil {
+		// One line per push, not per change: a hostile batch must not flood
+		// the log. Messages can quote payload values, so only codes go here;
+		// the client gets the messages.
+		h.logger(r).Warn("changes rejected", zap.String("user", user), zap.Int("rejected", len(resp.RejectedChanges)),
+			zap.Any("codes", rejectedBy), zap.String("first_change_id", resp.RejectedChanges[0].ChangeID))
+	}
 	if c := h.Logger.Check(zapcore.DebugLevel, "push"); c != nil {
 		c.Write(zap.String("user", user), zap.Int("changes", len(changes)),
 			zap.Int("applied", counts[shapes.Applied]), zap.Int("stale", counts[shapes.Stale]+counts[shapes.Superseded]),
