@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -184,7 +185,9 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, user string) {
 		return
 	}
 	ctx := r.Context()
-	if h.Timeout > 0 {
+	if h.Timeout > 0 && op == "push" {
+		// A pull streams for as long as its answer takes, and is bounded
+		// by watchStall instead.
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, h.Timeout)
 		defer cancel()
@@ -267,7 +270,8 @@ func (h *Handler) storeError(w http.ResponseWriter, r *http.Request, ctx context
 func (h *Handler) pull(ctx context.Context, w http.ResponseWriter, r *http.Request, user string) {
 	start := time.Now()
 	since := time.Unix(0, 0).UTC()
-	if v := r.URL.Query().Get("lastPull"); v != "" {
+	query := r.URL.Query()
+	if v := query.Get("lastPull"); v != "" {
 		t, err := shapes.ParseTime(v)
 		if err != nil {
 			writeError(w, http.StatusBadRequest, "invalid-last-pull", "lastPull must be an RFC 3339 timestamp")
@@ -278,7 +282,7 @@ func (h *Handler) pull(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	// limit is hypersync's extension for resumable initial syncs; the
 	// 1.0.0 client never sends it and gets the whole answer.
 	limit := 0
-	if v := r.URL.Query().Get("limit"); v != "" {
+	if v := query.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n <= 0 || n > MaxPullLimit {
 			writeError(w, http.StatusBadRequest, "invalid-limit", fmt.Sprintf("limit must be a whole number from 1 to %d", MaxPullLimit))
@@ -292,6 +296,13 @@ func (h *Handler) pull(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		return
 	}
 	defer release()
+	var progress atomic.Int64
+	if h.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		defer watchStall(ctx, cancel, h.Timeout, &progress)()
+	}
 	out := &pullWriter{w: w}
 	buf := bufio.NewWriterSize(out, 32<<10)
 	w.Header().Set("Content-Type", "application/json")
@@ -309,6 +320,7 @@ func (h *Handler) pull(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			buf.WriteByte(',')
 		}
 		n++
+		progress.Add(1)
 		if perShape != nil {
 			perShape[row.Shape]++
 		}
@@ -363,6 +375,36 @@ func (h *Handler) pull(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		c.Write(zap.String("user", user), zap.Time("last_pull", since), zap.Int("rows", n),
 			zap.Time("synced_at", res.Cursor), zap.Duration("duration", time.Since(start)))
 	}
+}
+
+// watchStall cancels a pull that sends no row in its first d, or later
+// makes no progress for between d and 2d: a database that stopped
+// answering, or a client that stopped reading. A long answer that keeps
+// flowing is never cut off, so that a large initial sync over a slow link
+// completes. It returns the function that stops the watch.
+func watchStall(ctx context.Context, cancel context.CancelFunc, d time.Duration, progress *atomic.Int64) func() {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(d)
+		defer t.Stop()
+		last := int64(0)
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				now := progress.Load()
+				if now == last {
+					cancel()
+					return
+				}
+				last = now
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 // pullWriter notes whether any of the answer has been written.
