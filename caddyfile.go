@@ -35,7 +35,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		user_id <placeholder>           # default {http.auth.user.id}
 //		max_batch <n>                   # most changes in one push; default 1000
 //		max_body <size>                 # largest request body; default 16MB
-//		timeout <duration>              # database time per request; default 10s
+//		timeout <duration>              # database time of a push, or the longest a pull may stall; default 10s
 //		max_concurrent_pushes <n>       # pushes working on the database at once; default 8
 //		max_concurrent_pulls <n>        # pulls working on the database at once; default 8
 //		metrics off                     # no hypersync_* Prometheus metrics

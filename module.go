@@ -58,8 +58,9 @@ type HyperSync struct {
 	// The largest request body, in bytes; more gets 413. Default: 16 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
-	// How long one request may spend on the database before it answers
-	// 503. Default: 10s.
+	// How long a push may spend on the database, and how long a pull may go
+	// without sending a row, before the request answers 503 (or, mid-answer,
+	// is cut off). A pull that keeps streaming is never cut off. Default: 10s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
 	// How many pushes may work on the database at once; more wait up to a
