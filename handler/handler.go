@@ -258,7 +258,7 @@ func (h *Handler) storeError(w http.ResponseWriter, r *http.Request, ctx context
 	case errors.Is(err, shapes.ErrUnavailable) || ctx.Err() != nil:
 		h.logger(r).Warn("database unavailable", zap.String("op", op), zap.Error(err))
 		writeError(w, http.StatusServiceUnavailable, "database-unavailable", "the database cannot be reached; try again later")
-	case errors.As(err, &schemaErr):
+	case errors.As(err, &schemaErr), errors.Is(err, shapes.ErrSchemaChanged):
 		h.logger(r).Error("shape does not match its table", zap.String("op", op), zap.Error(err))
 		writeError(w, http.StatusInternalServerError, "schema-mismatch", err.Error())
 	default:

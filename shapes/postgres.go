@@ -884,6 +884,9 @@ func pgError(err error) error {
 		switch pgErr.Code[:2] {
 		case "08", "53", "57", "58", "XX":
 			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		case "42":
+			// undefined column or table, wrong type: the table changed
+			return fmt.Errorf("%w: %s", ErrSchemaChanged, pgErr.Message)
 		}
 		return err
 	}

@@ -520,6 +520,10 @@ func sqliteError(err error) error {
 		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL,
 			sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PROTOCOL:
 			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		case sqlite3.SQLITE_ERROR:
+			if msg := se.Error(); strings.Contains(msg, "no such column") || strings.Contains(msg, "no such table") {
+				return fmt.Errorf("%w: %s", ErrSchemaChanged, msg)
+			}
 		}
 	}
 	return err

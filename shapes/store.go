@@ -18,6 +18,11 @@ import (
 // overloaded or too slow. Callers answer 503 and the client retries.
 var ErrUnavailable = errors.New("database unavailable")
 
+// ErrSchemaChanged marks a statement that failed because a table no longer
+// matches what was checked (a column or table dropped or renamed). The
+// store checks its tables again on the next request.
+var ErrSchemaChanged = errors.New("a table changed since it was checked")
+
 // CursorTable is the table, created by hypersync, that holds each user's
 // latest sync stamp. Its row per user is the lock that orders that user's
 // pushes, and the watermark a pull reads.
@@ -190,7 +195,20 @@ func (s *Store) Push(ctx context.Context, user string, changes []Change, results
 	if len(rows) == 0 {
 		return time.Time{}, nil
 	}
-	return s.db.d.push(ctx, user, rows, results)
+	stamp, err := s.db.d.push(ctx, user, rows, results)
+	s.recheckOn(err)
+	return stamp, err
+}
+
+// recheckOn forgets the checked shapes when err says a table changed, so
+// that the next request checks them again and the store recovers once the
+// table is right, without a restart.
+func (s *Store) recheckOn(err error) {
+	if errors.Is(err, ErrSchemaChanged) {
+		s.mu.Lock()
+		s.shapes, s.order = nil, nil
+		s.mu.Unlock()
+	}
 }
 
 // PullResult ends a pull.
@@ -209,7 +227,12 @@ func (s *Store) Pull(ctx context.Context, user string, since time.Time, limit in
 	if _, err := s.resolved(ctx); err != nil {
 		return PullResult{}, err
 	}
-	return s.db.d.pull(ctx, user, since, limit, s.order, emit)
+	s.mu.Lock()
+	order := s.order
+	s.mu.Unlock()
+	res, err := s.db.d.pull(ctx, user, since, limit, order, emit)
+	s.recheckOn(err)
+	return res, err
 }
 
 // Database is a connection pool to one database. It is safe to share
