@@ -111,6 +111,7 @@ func run() error {
 	defer srv.stop()
 
 	var results []result
+	breakdown := map[int][]pushSums{}
 	// push, 1 user and 8 users
 	for _, n := range []int{1, 8} {
 		var viaCaddy, direct []float64
@@ -122,7 +123,17 @@ func run() error {
 				go func() { profiled <- srv.cpuProfile(*profile, 3) }()
 				time.Sleep(100 * time.Millisecond)
 			}
+			before, err := srv.pushSums()
+			if err != nil {
+				return err
+			}
 			rate, err := measurePush(n, srv.preparePush, prefix+"c")
+			if err == nil {
+				var after pushSums
+				if after, err = srv.pushSums(); err == nil {
+					breakdown[n] = append(breakdown[n], after.minus(before))
+				}
+			}
 			if profiled != nil {
 				if err := <-profiled; err != nil {
 					return err
@@ -216,7 +227,55 @@ func run() error {
 	}
 
 	report(results, p50, heapRise, rssRise, enc)
+	fmt.Printf("\nwhere a push request's time goes, per request, from Caddy's hypersync metrics (median run):\n")
+	for _, n := range []int{1, 8} {
+		b := breakdown[n]
+		if len(b) == 0 || b[0].count == 0 {
+			continue
+		}
+		sort.Slice(b, func(i, j int) bool { return b[i].request/b[i].count < b[j].request/b[j].count })
+		m := b[len(b)/2]
+		fmt.Printf("  %d user(s): %.2f ms in the handler, of which %.2f ms in the store (%.2f ms waiting for the user's stamp)\n",
+			n, 1000*m.request/m.count, 1000*m.database/m.count, 1000*m.lockWait/m.count)
+	}
 	return nil
+}
+
+// pushSums are the sums of Caddy's push histograms, in seconds.
+type pushSums struct{ count, request, database, lockWait float64 }
+
+func (a pushSums) minus(b pushSums) pushSums {
+	return pushSums{a.count - b.count, a.request - b.request, a.database - b.database, a.lockWait - b.lockWait}
+}
+
+// pushSums reads the push histograms from Caddy's metrics endpoint.
+func (s *caddyServer) pushSums() (pushSums, error) {
+	resp, err := http.Get(s.admin + "/metrics")
+	if err != nil {
+		return pushSums{}, err
+	}
+	defer resp.Body.Close()
+	text, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return pushSums{}, err
+	}
+	var p pushSums
+	for _, line := range strings.Split(string(text), "\n") {
+		name, value, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		dst := map[string]*float64{
+			`hypersync_request_duration_seconds_count{op="push"}`: &p.count,
+			`hypersync_request_duration_seconds_sum{op="push"}`:   &p.request,
+			`hypersync_database_duration_seconds_sum{op="push"}`:  &p.database,
+			`hypersync_lock_wait_seconds_sum`:                     &p.lockWait,
+		}[name]
+		if dst != nil {
+			*dst, _ = strconv.ParseFloat(value, 64)
+		}
+	}
+	return p, nil
 }
 
 func report(results []result, p50, heapRise, rssRise float64, enc []string) {
