@@ -136,6 +136,8 @@ type typedChange struct {
 
 	invalid  string // why the change is not a change at all
 	badField string // a field of the wrong type: changeId, shapeKey, userId, updatedAt or payload
+
+	scanned [4]string // where scanPush keeps the strings the pointers point to
 }
 
 // retype decodes one change field by field, noting the first field of the
@@ -212,16 +214,11 @@ func (h *Handler) decodePush(w http.ResponseWriter, r *http.Request, user string
 	if maxBatch <= 0 {
 		maxBatch = DefaultMaxBatch
 	}
-	// Fast path: a well-typed body decodes in one pass. Any change of the
-	// wrong shape sends the whole body down the slow path, which finds
-	// which change is wrong and rejects it alone.
-	var typed struct {
-		Changes *[]*typedChange `json:"changes"`
-	}
-	var items []*typedChange
-	if err := json.Unmarshal(body, &typed); err == nil && typed.Changes != nil {
-		items = *typed.Changes
-	} else {
+	// Fast path: a well-typed body decodes in one pass (scanPush). Any
+	// change of the wrong shape sends the whole body down the slow path,
+	// which finds which change is wrong and rejects it alone.
+	items, ok := scanPush(body)
+	if !ok {
 		var envelope struct {
 			Changes json.RawMessage `json:"changes"`
 		}

@@ -1,0 +1,72 @@
+package handler_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/hypersync/hypersync/handler"
+	"github.com/hypersync/hypersync/internal/pgtest"
+	"github.com/hypersync/hypersync/shapes"
+)
+
+// BenchmarkPush runs the whole push path in one process, from the request
+// body to the committed rows: decoding, checks, planning, the PostgreSQL
+// statements and the answer. Each iteration pushes 300 new rows, as the
+// client's batches do. -benchmem shows what one push allocates.
+func BenchmarkPush(b *testing.B) {
+	dsn := pgtest.NewDatabase(b)
+	pgtest.Exec(b, dsn, pgtest.TodosDDL, pgtest.TodosIndex)
+	db, err := shapes.Open(dsn, shapes.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Destruct()
+	store, err := shapes.NewStore(db, []shapes.ShapeConfig{{Key: "todos", KeyFields: []string{"todoId"}, Fields: []string{"title", "done", "deleted"}}}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := &handler.Handler{Store: store, Logger: zap.NewNop(), Timeout: 10 * time.Second}
+	const batch = 300
+	bodies := make([][]byte, 0, 64)
+	next := 0
+	body := func() []byte {
+		var changes []map[string]any
+		for i := 0; i < batch; i++ {
+			next++
+			changes = append(changes, map[string]any{
+				"changeId": fmt.Sprintf("1b4e28ba-2fa1-41d2-883f-%012d", next), "shapeKey": "todos", "pushed": 0, "userId": "alice",
+				"updatedAt": time.Now().UTC().Format("2006-01-02T15:04:05.000Z"),
+				"payload": map[string]any{"todoId": fmt.Sprintf("t%d", next), "title": fmt.Sprintf("Buy milk and bread for the week %d", next),
+					"done": next%2 == 0, "deleted": false},
+			})
+		}
+		out, _ := json.Marshal(map[string]any{"changes": changes})
+		return out
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		if len(bodies) == 0 {
+			for range cap(bodies) {
+				bodies = append(bodies, body())
+			}
+		}
+		in := bodies[len(bodies)-1]
+		bodies = bodies[:len(bodies)-1]
+		r := httptest.NewRequest("POST", "/sync/push", bytes.NewReader(in))
+		r.Header.Set("Content-Type", "application/json")
+		w := httptest.NewRecorder()
+		b.StartTimer()
+		h.Serve(w, r, "alice")
+		if w.Code != 201 || !bytes.Contains(w.Body.Bytes(), []byte(`"rejectedChanges":[]`)) {
+			b.Fatalf("push answered %d: %.300s", w.Code, w.Body.Bytes())
+		}
+	}
+	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "changes/s")
+}

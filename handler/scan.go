@@ -1,0 +1,454 @@
+package handler
+
+import (
+	"encoding/json"
+	"strings"
+)
+
+// scanPush decodes a push body in one pass, without reflection, into the
+// same changes that json.Unmarshal into the typed form would give. It
+// answers ok=false for anything it does not decode exactly as
+// encoding/json does: invalid JSON, a value of the wrong type, a name that
+// matches a field only case-insensitively, an escaped name, a repeated
+// field or deep nesting. The caller then takes the general path, which
+// produces the right error or rejection. The body must be valid UTF-8.
+//
+// Payload values are slices of body, which must not change afterwards.
+func scanPush(body []byte) (items []*typedChange, ok bool) {
+	// Strings without escapes are cut from one copy of the body, which
+	// costs one allocation instead of one per string.
+	s := scanner{b: body, text: string(body)}
+	s.ws()
+	if !s.eat('{') {
+		return nil, false
+	}
+	found := false
+	for first := true; ; first = false {
+		s.ws()
+		if first && s.eat('}') {
+			break
+		}
+		name, ok := s.name()
+		if !ok {
+			return nil, false
+		}
+		switch {
+		case name == "changes" && !found:
+			found = true
+			if items, ok = s.changes(); !ok {
+				return nil, false
+			}
+		case strings.EqualFold(name, "changes"):
+			return nil, false // a repeat, or a case-insensitive match
+		default:
+			if !s.skip(0) {
+				return nil, false
+			}
+		}
+		s.ws()
+		if s.eat(',') {
+			continue
+		}
+		if !s.eat('}') {
+			return nil, false
+		}
+		break
+	}
+	s.ws()
+	if s.i != len(s.b) || !found || items == nil {
+		return nil, false
+	}
+	return items, true
+}
+
+// maxScanDepth bounds the nesting scanPush follows; deeper bodies take the
+// general path, which has its own limit.
+const maxScanDepth = 200
+
+type scanner struct {
+	b    []byte
+	text string // b as a string
+	i    int
+}
+
+func (s *scanner) ws() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+func (s *scanner) eat(c byte) bool {
+	if s.i < len(s.b) && s.b[s.i] == c {
+		s.i++
+		return true
+	}
+	return false
+}
+
+func (s *scanner) peek() byte {
+	if s.i < len(s.b) {
+		return s.b[s.i]
+	}
+	return 0
+}
+
+// str scans a JSON string and returns its span, quotes included, and
+// whether it holds escapes.
+func (s *scanner) str() (start, end int, escaped, ok bool) {
+	start = s.i
+	if !s.eat('"') {
+		return 0, 0, false, false
+	}
+	for s.i < len(s.b) {
+		c := s.b[s.i]
+		if plain[c] {
+			s.i++
+			continue
+		}
+		switch {
+		case c == '"':
+			s.i++
+			return start, s.i, escaped, true
+		case c < 0x20:
+			return 0, 0, false, false
+		case c == '\\':
+			escaped = true
+			if s.i+1 >= len(s.b) {
+				return 0, 0, false, false
+			}
+			switch s.b[s.i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				s.i += 2
+			case 'u':
+				if s.i+6 > len(s.b) {
+					return 0, 0, false, false
+				}
+				for _, h := range s.b[s.i+2 : s.i+6] {
+					if !isHex(h) {
+						return 0, 0, false, false
+					}
+				}
+				s.i += 6
+			default:
+				return 0, 0, false, false
+			}
+		default:
+			s.i++
+		}
+	}
+	return 0, 0, false, false
+}
+
+// plain marks the bytes that need no attention inside a string.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < 256; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+func isHex(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' }
+
+// stringValue scans a JSON string and decodes it.
+func (s *scanner) stringValue() (string, bool) {
+	start, end, escaped, ok := s.str()
+	if !ok {
+		return "", false
+	}
+	return s.decoded(start, end, escaped)
+}
+
+// decoded returns the text of the string scanned at b[start:end].
+func (s *scanner) decoded(start, end int, escaped bool) (string, bool) {
+	if !escaped {
+		return s.text[start+1 : end-1], true
+	}
+	var v string
+	if json.Unmarshal(s.b[start:end], &v) != nil {
+		return "", false
+	}
+	return v, true
+}
+
+// name scans an object member's name and the colon after it. Escaped
+// names are refused: the general path handles them.
+func (s *scanner) name() (string, bool) {
+	start, end, escaped, ok := s.str()
+	if !ok || escaped {
+		return "", false
+	}
+	s.ws()
+	if !s.eat(':') {
+		return "", false
+	}
+	s.ws()
+	return s.text[start+1 : end-1], true
+}
+
+func (s *scanner) literal(word string) bool {
+	if len(s.b)-s.i >= len(word) && string(s.b[s.i:s.i+len(word)]) == word {
+		s.i += len(word)
+		return true
+	}
+	return false
+}
+
+// skip scans any JSON value.
+func (s *scanner) skip(depth int) bool {
+	switch c := s.peek(); {
+	case c == '"':
+		_, _, _, ok := s.str()
+		return ok
+	case c == '{':
+		if depth >= maxScanDepth {
+			return false
+		}
+		s.i++
+		s.ws()
+		if s.eat('}') {
+			return true
+		}
+		for {
+			s.ws()
+			if _, _, _, ok := s.str(); !ok {
+				return false
+			}
+			s.ws()
+			if !s.eat(':') {
+				return false
+			}
+			s.ws()
+			if !s.skip(depth + 1) {
+				return false
+			}
+			s.ws()
+			if s.eat('}') {
+				return true
+			}
+			if !s.eat(',') {
+				return false
+			}
+		}
+	case c == '[':
+		if depth >= maxScanDepth {
+			return false
+		}
+		s.i++
+		s.ws()
+		if s.eat(']') {
+			return true
+		}
+		for {
+			s.ws()
+			if !s.skip(depth + 1) {
+				return false
+			}
+			s.ws()
+			if s.eat(']') {
+				return true
+			}
+			if !s.eat(',') {
+				return false
+			}
+		}
+	case c == 't':
+		return s.literal("true")
+	case c == 'f':
+		return s.literal("false")
+	case c == 'n':
+		return s.literal("null")
+	case c == '-' || '0' <= c && c <= '9':
+		return s.number()
+	}
+	return false
+}
+
+// number scans -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+func (s *scanner) number() bool {
+	s.eat('-')
+	switch c := s.peek(); {
+	case c == '0':
+		s.i++
+	case '1' <= c && c <= '9':
+		s.digits()
+	default:
+		return false
+	}
+	if s.eat('.') && !s.digits() {
+		return false
+	}
+	if c := s.peek(); c == 'e' || c == 'E' {
+		s.i++
+		if c := s.peek(); c == '+' || c == '-' {
+			s.i++
+		}
+		if !s.digits() {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *scanner) digits() bool {
+	start := s.i
+	for s.i < len(s.b) && '0' <= s.b[s.i] && s.b[s.i] <= '9' {
+		s.i++
+	}
+	return s.i > start
+}
+
+// changes scans the changes array.
+func (s *scanner) changes() ([]*typedChange, bool) {
+	if !s.eat('[') {
+		return nil, false
+	}
+	// Changes are allocated in chunks, not one by one.
+	var chunk []typedChange
+	var items []*typedChange
+	s.ws()
+	if s.eat(']') {
+		return []*typedChange{}, true
+	}
+	for {
+		s.ws()
+		if s.literal("null") {
+			items = append(items, nil)
+		} else {
+			if len(chunk) == 0 {
+				chunk = make([]typedChange, 64)
+			}
+			tc := &chunk[0]
+			chunk = chunk[1:]
+			if !s.change(tc) {
+				return nil, false
+			}
+			items = append(items, tc)
+		}
+		s.ws()
+		if s.eat(']') {
+			return items, true
+		}
+		if !s.eat(',') {
+			return nil, false
+		}
+	}
+}
+
+// The fields of a change, as bits, to notice repeats.
+var changeFields = [...]string{"changeId", "shapeKey", "userId", "updatedAt", "payload"}
+
+// change scans one change object into tc.
+func (s *scanner) change(tc *typedChange) bool {
+	if !s.eat('{') {
+		return false
+	}
+	var seen uint8
+	for first := true; ; first = false {
+		s.ws()
+		if first && s.eat('}') {
+			return true
+		}
+		name, ok := s.name()
+		if !ok {
+			return false
+		}
+		field := -1
+		for f, fn := range changeFields {
+			if name == fn {
+				field = f
+				break
+			}
+			if strings.EqualFold(name, fn) {
+				return false
+			}
+		}
+		switch {
+		case field < 0:
+			if !s.skip(1) {
+				return false
+			}
+		case seen&(1<<field) != 0:
+			return false
+		case field == 4:
+			seen |= 1 << field
+			if !s.payload(tc) {
+				return false
+			}
+		default:
+			seen |= 1 << field
+			if !s.literal("null") {
+				v, ok := s.stringValue()
+				if !ok {
+					return false
+				}
+				tc.scanned[field] = v
+				p := &tc.scanned[field]
+				switch field {
+				case 0:
+					tc.ChangeID = p
+				case 1:
+					tc.ShapeKey = p
+				case 2:
+					tc.UserID = p
+				case 3:
+					tc.UpdatedAt = p
+				}
+			}
+		}
+		s.ws()
+		if s.eat('}') {
+			return true
+		}
+		if !s.eat(',') {
+			return false
+		}
+	}
+}
+
+// payload scans a change's payload: null or an object whose values are
+// kept as raw JSON.
+func (s *scanner) payload(tc *typedChange) bool {
+	if s.literal("null") {
+		return true
+	}
+	if !s.eat('{') {
+		return false
+	}
+	tc.Payload = map[string]json.RawMessage{}
+	for first := true; ; first = false {
+		s.ws()
+		if first && s.eat('}') {
+			return true
+		}
+		start, end, escaped, ok := s.str()
+		if !ok {
+			return false
+		}
+		name, ok := s.decoded(start, end, escaped)
+		if !ok {
+			return false
+		}
+		s.ws()
+		if !s.eat(':') {
+			return false
+		}
+		s.ws()
+		v := s.i
+		if !s.skip(2) {
+			return false
+		}
+		tc.Payload[name] = s.b[v:s.i:s.i]
+		s.ws()
+		if s.eat('}') {
+			return true
+		}
+		if !s.eat(',') {
+			return false
+		}
+	}
+}
