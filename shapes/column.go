@@ -272,15 +272,30 @@ func (c *Column) goValue(raw json.RawMessage) (any, error) {
 	case KindNumeric:
 		return json.Number(raw), nil
 	case KindTimestamp:
-		s, err := jsonString(raw)
-		if err != nil {
-			return nil, err
-		}
-		return ParseTime(s)
+		return timeValue(raw)
+	}
+	return c.textValue(raw)
+}
+
+// timeValue parses a checked, non-null timestamp value.
+func timeValue(raw []byte) (time.Time, error) {
+	s, err := jsonString(raw)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return ParseTime(s)
+}
+
+// textValue converts a checked, non-null value of a column whose values
+// travel as text: text itself, numeric, JSON, arrays and other types.
+func (c *Column) textValue(raw []byte) (string, error) {
+	switch c.Kind {
+	case KindNumeric:
+		return string(raw), nil
 	case KindJSON, KindArray:
 		var b bytes.Buffer
 		if err := json.Compact(&b, raw); err != nil {
-			return nil, err
+			return "", err
 		}
 		return b.String(), nil
 	}
@@ -292,12 +307,12 @@ func (c *Column) goValue(raw json.RawMessage) (any, error) {
 		return s, err
 	}
 	if c.Kind == KindText {
-		return nil, fmt.Errorf("field %q: not a string", c.Field)
+		return "", fmt.Errorf("field %q: not a string", c.Field)
 	}
 	// KindOther: a non-string value goes in as its JSON text
 	var b bytes.Buffer
 	if err := json.Compact(&b, raw); err != nil {
-		return nil, err
+		return "", err
 	}
 	return b.String(), nil
 }

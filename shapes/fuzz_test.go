@@ -44,7 +44,9 @@ func FuzzPayload(f *testing.F) {
 		if json.Unmarshal(payload, &p) != nil {
 			return
 		}
-		r, err := sh.rowOf(&Change{ID: "c", Shape: "things", UpdatedAt: time.Unix(1e9, 0), Payload: p})
+		var b rowBuilder
+		r := &row{}
+		err := b.build(sh, &Change{ID: "c", Shape: "things", UpdatedAt: time.Unix(1e9, 0), Payload: p}, r)
 		if err != nil {
 			if err.Error() == "" {
 				t.Fatal("rejection without a message")

@@ -1,8 +1,8 @@
 package shapes
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -392,50 +392,39 @@ func groupArgs(user string, g group) ([]any, error) {
 	sh := g.shape
 	n := len(g.rows)
 	args := []any{user}
-	for i, c := range sh.cols {
+	for i := range sh.cols {
 		if g.mask[i] != '1' {
 			continue
 		}
+		c := &sh.cols[i]
 		var arr any
+		var err error
 		switch c.Kind {
 		case KindBool:
-			arr = make([]pgtype.Bool, n)
+			arr, err = fillArray(g.rows, i, func(raw []byte) (pgtype.Bool, error) { return pgtype.Bool{Bool: raw[0] == 't', Valid: true}, nil })
 		case KindInt:
-			arr = make([]pgtype.Int8, n)
+			arr, err = fillArray(g.rows, i, func(raw []byte) (pgtype.Int8, error) {
+				v, err := strconv.ParseInt(string(raw), 10, 64)
+				return pgtype.Int8{Int64: v, Valid: true}, err
+			})
 		case KindFloat:
-			arr = make([]pgtype.Float8, n)
+			arr, err = fillArray(g.rows, i, func(raw []byte) (pgtype.Float8, error) {
+				v, err := strconv.ParseFloat(string(raw), 64)
+				return pgtype.Float8{Float64: v, Valid: true}, err
+			})
 		case KindTimestamp:
-			arr = make([]pgtype.Timestamptz, n)
+			arr, err = fillArray(g.rows, i, func(raw []byte) (pgtype.Timestamptz, error) {
+				v, err := timeValue(raw)
+				return pgtype.Timestamptz{Time: v, Valid: true}, err
+			})
 		default:
-			arr = make([]pgtype.Text, n)
+			arr, err = fillArray(g.rows, i, func(raw []byte) (pgtype.Text, error) {
+				v, err := c.textValue(raw)
+				return pgtype.Text{String: v, Valid: true}, err
+			})
 		}
-		for j, r := range g.rows {
-			v, err := sh.cols[i].goValue(r.vals[i])
-			if err != nil {
-				return nil, fmt.Errorf("field %q: %w", c.Field, err)
-			}
-			if v == nil {
-				continue
-			}
-			switch a := arr.(type) {
-			case []pgtype.Bool:
-				a[j] = pgtype.Bool{Bool: v.(bool), Valid: true}
-			case []pgtype.Int8:
-				a[j] = pgtype.Int8{Int64: v.(int64), Valid: true}
-			case []pgtype.Float8:
-				a[j] = pgtype.Float8{Float64: v.(float64), Valid: true}
-			case []pgtype.Timestamptz:
-				a[j] = pgtype.Timestamptz{Time: v.(time.Time), Valid: true}
-			case []pgtype.Text:
-				switch v := v.(type) {
-				case string:
-					a[j] = pgtype.Text{String: v, Valid: true}
-				case json.Number:
-					a[j] = pgtype.Text{String: v.String(), Valid: true}
-				default:
-					return nil, fmt.Errorf("field %q: unexpected %T", c.Field, v)
-				}
-			}
+		if err != nil {
+			return nil, fmt.Errorf("field %q: %w", c.Field, err)
 		}
 		args = append(args, arr)
 	}
@@ -444,6 +433,24 @@ func groupArgs(user string, g group) ([]any, error) {
 		upd[j] = r.updatedAt
 	}
 	return append(args, upd), nil
+}
+
+// fillArray builds the argument array of column i: one element per row,
+// NULL (the zero value) where the value is JSON null.
+func fillArray[T any](rows []*row, i int, conv func([]byte) (T, error)) ([]T, error) {
+	a := make([]T, len(rows))
+	for j, r := range rows {
+		raw := bytes.TrimSpace(r.vals[i])
+		if len(raw) == 0 || raw[0] == 'n' {
+			continue
+		}
+		v, err := conv(raw)
+		if err != nil {
+			return nil, err
+		}
+		a[j] = v
+	}
+	return a, nil
 }
 
 func upsertConflictSQL(sh *Shape, mask string) string {

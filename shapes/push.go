@@ -1,6 +1,7 @@
 package shapes
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"sort"
@@ -79,6 +80,8 @@ type row struct {
 // write, and sets the Result of every change it rejects.
 func prepare(shapes map[string]*Shape, changes []Change, results []Result) []*row {
 	rows := make([]*row, 0, len(changes))
+	all := make([]row, len(changes))
+	var b rowBuilder
 	for i := range changes {
 		ch := &changes[i]
 		if results[i].Outcome == Rejected {
@@ -89,8 +92,8 @@ func prepare(shapes map[string]*Shape, changes []Change, results []Result) []*ro
 			results[i] = rejected(CodeUnknownShape, "no shape is configured with shapeKey %q", ch.Shape)
 			continue
 		}
-		r, err := sh.rowOf(ch)
-		if err != nil {
+		r := &all[i]
+		if err := b.build(sh, ch, r); err != nil {
 			results[i] = rejected(CodeInvalidPayload, "%v", err)
 			continue
 		}
@@ -100,38 +103,68 @@ func prepare(shapes map[string]*Shape, changes []Change, results []Result) []*ro
 	return rows
 }
 
-// rowOf checks a payload against the shape's columns.
-func (s *Shape) rowOf(ch *Change) (*row, error) {
-	r := &row{shape: s, vals: make([]json.RawMessage, len(s.cols)), updatedAt: ch.UpdatedAt}
-	mask := make([]byte, len(s.cols))
-	for i := range mask {
-		mask[i] = '0'
+// rowBuilder checks payloads against their shapes and fills rows. It
+// hands out the rows' value slices from larger blocks, and reuses the mask
+// string of the previous row when it is the same, so that a push of
+// uniform changes costs few allocations.
+type rowBuilder struct {
+	block []json.RawMessage
+	mask  []byte
+	last  string // the previous row's mask
+}
+
+// build checks a payload against the shape's columns and fills r.
+func (b *rowBuilder) build(s *Shape, ch *Change, r *row) error {
+	n := len(s.cols)
+	if len(b.block) < n {
+		b.block = make([]json.RawMessage, 64*n)
 	}
-	for field, raw := range ch.Payload {
-		i, ok := s.byField[field]
+	*r = row{shape: s, vals: b.block[:n:n], updatedAt: ch.UpdatedAt}
+	b.block = b.block[n:]
+	b.mask = b.mask[:0]
+	for i := range s.cols {
+		c := &s.cols[i]
+		raw, ok := ch.Payload[c.Field]
 		if !ok {
-			continue // not synced: ignored, as the reference server ignores it
+			b.mask = append(b.mask, '0')
+			continue // fields the payload lacks are left as they are
 		}
-		if err := s.cols[i].checkValue(raw); err != nil {
-			return nil, err
+		if err := c.checkValue(raw); err != nil {
+			return err
 		}
 		r.vals[i] = raw
-		mask[i] = '1'
+		b.mask = append(b.mask, '1')
 	}
-	var key strings.Builder
-	for i := range s.Keys {
-		if r.vals[i] == nil {
-			return nil, fmt.Errorf("payload lacks key field %q", s.Keys[i].Field)
+	if len(s.Keys) == 1 {
+		// one key column: its canonical text is the key
+		raw := r.vals[0]
+		if raw == nil {
+			return fmt.Errorf("payload lacks key field %q", s.Keys[0].Field)
 		}
-		if r.vals[i][0] == 'n' {
-			return nil, fmt.Errorf("key field %q is null", s.Keys[i].Field)
+		if bytes.TrimSpace(raw)[0] == 'n' {
+			return fmt.Errorf("key field %q is null", s.Keys[0].Field)
 		}
-		key.WriteString(s.cols[i].keyPart(r.vals[i]))
-		key.WriteByte(0)
+		r.key = s.cols[0].keyPart(raw)
+	} else {
+		var key strings.Builder
+		for i := range s.Keys {
+			raw := r.vals[i]
+			if raw == nil {
+				return fmt.Errorf("payload lacks key field %q", s.Keys[i].Field)
+			}
+			if bytes.TrimSpace(raw)[0] == 'n' {
+				return fmt.Errorf("key field %q is null", s.Keys[i].Field)
+			}
+			key.WriteString(s.cols[i].keyPart(raw))
+			key.WriteByte(0)
+		}
+		r.key = key.String()
 	}
-	r.key = key.String()
-	r.mask = string(mask)
-	return r, nil
+	if string(b.mask) != b.last {
+		b.last = string(b.mask)
+	}
+	r.mask = b.last
+	return nil
 }
 
 // ExtraFields counts the payload fields of a change that no column takes.
@@ -165,6 +198,15 @@ func plan(rows []*row, collapse bool, results []Result) []group {
 		shape *Shape
 		key   string
 	}
+	// Usually every change names a different row: then there is one
+	// round, and no chains to build.
+	seen := make(map[chainKey]struct{}, len(rows))
+	for _, r := range rows {
+		seen[chainKey{r.shape, r.key}] = struct{}{}
+	}
+	if len(seen) == len(rows) {
+		return groupRound(nil, rows)
+	}
 	chains := map[chainKey][]*row{}
 	var order []chainKey
 	for _, r := range rows {
@@ -190,19 +232,29 @@ func plan(rows []*row, collapse bool, results []Result) []group {
 	}
 	var groups []group
 	for _, round := range rounds {
-		first := len(groups)
-		for _, r := range round {
-			found := false
-			for g := first; g < len(groups); g++ {
-				if groups[g].shape == r.shape && groups[g].mask == r.mask {
-					groups[g].rows = append(groups[g].rows, r)
-					found = true
-					break
-				}
+		groups = groupRound(groups, round)
+	}
+	return groups
+}
+
+// groupRound appends the groups of one round: its rows by shape and mask.
+func groupRound(groups []group, round []*row) []group {
+	first := len(groups)
+	for _, r := range round {
+		found := false
+		for g := first; g < len(groups); g++ {
+			if groups[g].shape == r.shape && groups[g].mask == r.mask {
+				groups[g].rows = append(groups[g].rows, r)
+				found = true
+				break
 			}
-			if !found {
-				groups = append(groups, group{shape: r.shape, mask: r.mask, rows: []*row{r}})
+		}
+		if !found {
+			var rows []*row
+			if len(groups) == first {
+				rows = make([]*row, 0, len(round)) // most rounds are one group
 			}
+			groups = append(groups, group{shape: r.shape, mask: r.mask, rows: append(rows, r)})
 		}
 	}
 	return groups
