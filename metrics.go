@@ -76,8 +76,8 @@ func (promObserver) Request(op string, status int, d time.Duration) {
 	metrics.duration.WithLabelValues(op).Observe(d.Seconds())
 }
 
-func (promObserver) Change(shape, outcome string) {
-	metrics.changes.WithLabelValues(shape, outcome).Inc()
+func (promObserver) Changes(shape, outcome string, n int) {
+	metrics.changes.WithLabelValues(shape, outcome).Add(float64(n))
 }
 
 func (promObserver) RowsPulled(shape string, n int) {

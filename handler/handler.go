@@ -74,9 +74,9 @@ type Handler struct {
 type Observer interface {
 	// Request: one request of op ("push" or "pull") answered status.
 	Request(op string, status int, d time.Duration)
-	// Change: one pushed change of shape had outcome (applied, stale,
-	// superseded, or its rejection code).
-	Change(shape, outcome string)
+	// Changes: n pushed changes of shape had outcome (applied, stale,
+	// superseded, or their rejection code).
+	Changes(shape, outcome string, n int)
 	// RowsPulled: a pull sent n rows of shape.
 	RowsPulled(shape string, n int)
 	// DatabaseTime: a request of op spent d in the store.

@@ -3,6 +3,7 @@ package handler_test
 import (
 	"database/sql"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -229,5 +230,29 @@ func TestUnusableUserIDs(t *testing.T) {
 		if w.Code != 401 || !strings.Contains(w.Body.String(), `"unauthenticated"`) {
 			t.Errorf("user %q: %d %s, want 401", user, w.Code, w.Body)
 		}
+	}
+}
+
+// Change ids come back in acceptedChanges exactly as the client sent them,
+// whatever characters they hold, and the answer stays valid JSON.
+func TestAcceptedIDsRoundTrip(t *testing.T) {
+	e := newEnvOn(t, stores[1].openWith(t, seedDDL), nil)
+	ids := []string{`quote"d`, `back\slash`, "new\nline", "tab\t", "ctl\u0001", "é😀", "</script>", "line\u2028sep"}
+	var changes []string
+	for i, id := range ids {
+		quoted, _ := json.Marshal(id)
+		changes = append(changes, strings.Replace(todo("X", "alice", "2026-11-25T10:00:00.000Z", fmt.Sprintf(`{"todoId":"r%d","title":"x"}`, i)),
+			`"X"`, string(quoted), 1))
+	}
+	a := e.push("alice", strings.Join(changes, ","))
+	if a.status != 201 {
+		t.Fatalf("push answered %d %s", a.status, a.body)
+	}
+	var resp handler.PushResponse
+	if err := json.Unmarshal([]byte(a.body), &resp); err != nil {
+		t.Fatalf("answer is not JSON: %v: %s", err, a.body)
+	}
+	if fmt.Sprint(resp.AcceptedChanges) != fmt.Sprint(ids) || len(resp.RejectedChanges) != 0 {
+		t.Fatalf("accepted %q, rejected %v; want %q", resp.AcceptedChanges, resp.RejectedChanges, ids)
 	}
 }

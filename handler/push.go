@@ -86,6 +86,7 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	resp := PushResponse{Status: "OK", AcceptedChanges: make([]string, 0, len(changes)), RejectedChanges: []Rejection{}}
 	var counts [4]int
 	var rejectedBy map[string]int // code -> count, for one log line
+	var tally outcomeTally
 	for i, ch := range changes {
 		rr := results[i]
 		counts[rr.Outcome]++
@@ -98,7 +99,7 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			if !h.Store.Known(shape) {
 				shape = "(unknown)" // a made-up shape key must not become a label
 			}
-			h.Observer.Change(shape, outcome)
+			tally.add(shape, outcome)
 		}
 		if rr.Outcome.Accepted() {
 			resp.AcceptedChanges = append(resp.AcceptedChanges, ch.ID)
@@ -110,7 +111,10 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		}
 		rejectedBy[rr.Code]++
 	}
-	writeJSON(w, http.StatusCreated, resp)
+	for _, t := range tally {
+		h.Observer.Changes(t.shape, t.outcome, t.n)
+	}
+	writePushResponse(w, &resp)
 	if rejectedBy != nil {
 		// One line per push, not per change: a hostile batch must not flood
 		// the log. Messages can quote payload values, so only codes go here;
@@ -123,6 +127,58 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			zap.Int("applied", counts[shapes.Applied]), zap.Int("stale", counts[shapes.Stale]+counts[shapes.Superseded]),
 			zap.Int("rejected", counts[shapes.Rejected]), zap.Duration("duration", time.Since(start)))
 	}
+}
+
+// writePushResponse answers 201 with resp. The accepted ids, which can be
+// thousands, are written directly; encoding/json writes the rejections.
+func writePushResponse(w http.ResponseWriter, resp *PushResponse) {
+	rejected, err := json.Marshal(resp.RejectedChanges)
+	if err != nil {
+		writeJSON(w, http.StatusCreated, resp) // it reports the failure
+		return
+	}
+	size := 64 + len(rejected)
+	for _, id := range resp.AcceptedChanges {
+		size += len(id) + 3
+	}
+	buf := make([]byte, 0, size)
+	buf = append(buf, `{"status":`...)
+	buf = shapes.AppendJSONString(buf, resp.Status)
+	buf = append(buf, `,"acceptedChanges":[`...)
+	for i, id := range resp.AcceptedChanges {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = shapes.AppendJSONString(buf, id)
+	}
+	buf = append(buf, `],"rejectedChanges":`...)
+	buf = append(buf, rejected...)
+	buf = append(buf, '}')
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusCreated)
+	_, _ = w.Write(buf)
+}
+
+// outcomeTally counts a push's changes by shape and outcome, for the
+// Observer: one call per pair instead of one per change. Pairs are few:
+// shapes are configured, and unknown ones share one label.
+type outcomeTally []struct {
+	shape, outcome string
+	n              int
+}
+
+func (t *outcomeTally) add(shape, outcome string) {
+	for i := range *t {
+		if (*t)[i].shape == shape && (*t)[i].outcome == outcome {
+			(*t)[i].n++
+			return
+		}
+	}
+	*t = append(*t, struct {
+		shape, outcome string
+		n              int
+	}{shape, outcome, 1})
 }
 
 // typedChange is one change as the client sends it. A nil field was null

@@ -25,7 +25,7 @@ func TestAppendPGTime(t *testing.T) {
 func TestAppendJSONString(t *testing.T) {
 	for _, s := range []string{"", "plain", `quo"te`, `back\\slash`, "tab\tnew\nline\rcr", "ctl\x01\x1f", "é 用户 🚀", "\u2028"} {
 		var got string
-		out := appendJSONString(nil, []byte(s))
+		out := AppendJSONString(nil, []byte(s))
 		if err := json.Unmarshal(out, &got); err != nil || got != s {
 			t.Errorf("%q -> %s -> %q (%v)", s, out, got, err)
 		}

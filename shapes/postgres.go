@@ -60,6 +60,7 @@ const pgTimeFormat = `'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'`
 
 type postgres struct {
 	pool     *pgxpool.Pool
+	binary   bool // arguments travel as encodedArrays (see pgarray.go)
 	logger   *zap.Logger
 	lockWait func(time.Duration)
 }
@@ -81,11 +82,18 @@ func openPostgres(dsn string, opts Options) (*Database, error) {
 	if opts.dial != nil {
 		cfg.ConnConfig.DialFunc = opts.dial
 	}
+	binary := binaryMode(cfg.ConnConfig.DefaultQueryExecMode)
+	if binary {
+		cfg.AfterConnect = func(_ context.Context, c *pgx.Conn) error {
+			registerEncodedArrays(c.TypeMap())
+			return nil
+		}
+	}
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating the PostgreSQL pool: %w", err)
 	}
-	return &Database{d: &postgres{pool: pool, logger: opts.Logger, lockWait: opts.LockWait}, kind: "postgres", target: redactDSN(dsn)}, nil
+	return &Database{d: &postgres{pool: pool, binary: binary, logger: opts.Logger, lockWait: opts.LockWait}, kind: "postgres", target: redactDSN(dsn)}, nil
 }
 
 func (p *postgres) close() { p.pool.Close() }
@@ -334,9 +342,8 @@ func matching(a, b string, names []string) string {
 }
 
 // pgInput is the head of both statement forms: the CTE input, one row per
-// change with the columns of mask, from one typed array per column ($2 on,
-// sent in pgx's binary format, see groupArgs), and the CTE stamp. $1 is the
-// user.
+// change with the columns of mask, from one array per column ($2 on, see
+// groupArgs), and the CTE stamp. $1 is the user.
 func pgInput(sh *Shape, mask string) string {
 	var arrays, names, exprs []string
 	n := 2
@@ -385,10 +392,18 @@ func pgCastExpr(c Column, v string) string {
 	return v + "::" + c.Cast
 }
 
-// groupArgs are the arguments of a group's statement: the user, one typed
-// array per present column, and the updatedAt array. The arrays hold pgtype
-// values, which carry NULL without a pointer per value.
-func groupArgs(user string, g group) ([]any, error) {
+// groupArgs are the arguments of a group's statement: the user, one array
+// per present column, and the updatedAt array.
+func (p *postgres) groupArgs(user string, g group) ([]any, error) {
+	if p.binary {
+		return binaryArgs(user, g)
+	}
+	return typedArgs(user, g)
+}
+
+// typedArgs are groupArgs as typed slices for pgx to encode. They hold
+// pgtype values, which carry NULL without a pointer per value.
+func typedArgs(user string, g group) ([]any, error) {
 	sh := g.shape
 	n := len(g.rows)
 	args := []any{user}
@@ -553,7 +568,7 @@ func (p *postgres) pushBatch(ctx context.Context, user string, rows []*row, resu
 		b.Queue(pgStampSQL, user)
 	}
 	for _, g := range groups {
-		args, err := groupArgs(user, g)
+		args, err := p.groupArgs(user, g)
 		if err != nil {
 			return time.Time{}, err
 		}
@@ -628,7 +643,7 @@ func (p *postgres) pushOneByOne(ctx context.Context, user string, rows []*row, r
 				return time.Time{}, pgError(err)
 			}
 			err = readOutcomes(queryFunc(func() (pgx.Rows, error) {
-				args, err := groupArgs(user, one)
+				args, err := p.groupArgs(user, one)
 				if err != nil {
 					return nil, err
 				}
@@ -744,7 +759,7 @@ func appendPGValue(buf []byte, k Kind, v []byte) []byte {
 		return append(buf, v...) // true/false, digits, or JSON text
 	case KindFloat, KindNumeric:
 		if len(v) > 0 && (v[0] == 'N' || v[0] == 'I' || v[0] == '-' && len(v) > 1 && v[1] == 'I') {
-			return appendJSONString(buf, v) // NaN and Infinity are not JSON numbers
+			return AppendJSONString(buf, v) // NaN and Infinity are not JSON numbers
 		}
 		return append(buf, v...)
 	case KindTimestamp:
@@ -752,7 +767,7 @@ func appendPGValue(buf []byte, k Kind, v []byte) []byte {
 		buf = appendPGTime(buf, v)
 		return append(buf, '"')
 	}
-	return appendJSONString(buf, v)
+	return AppendJSONString(buf, v)
 }
 
 // appendPGTime rewrites a timestamp as PostgreSQL writes it in the UTC
@@ -789,8 +804,8 @@ func appendPGTime(buf []byte, v []byte) []byte {
 	return append(buf, v...)
 }
 
-// appendJSONString appends s as a JSON string.
-func appendJSONString(buf []byte, s []byte) []byte {
+// AppendJSONString appends s as a JSON string.
+func AppendJSONString[T string | []byte](buf []byte, s T) []byte {
 	const hex = "0123456789abcdef"
 	buf = append(buf, '"')
 	start := 0
