@@ -64,8 +64,12 @@ func FuzzPayload(f *testing.F) {
 				t.Fatalf("accepted %s for %s, which SQLite cannot take: %v", v, sh.cols[i].Name, err)
 			}
 		}
-		if _, err := groupArgs("alice", group{shape: sh, mask: r.mask, rows: []*row{r}}); err != nil {
+		g := group{shape: sh, mask: r.mask, rows: []*row{r}}
+		if _, err := typedArgs("alice", g); err != nil {
 			t.Fatalf("accepted %s, which PostgreSQL arguments cannot carry: %v", payload, err)
+		}
+		if _, err := binaryArgs("alice", g); err != nil {
+			t.Fatalf("accepted %s, which binary PostgreSQL arguments cannot carry: %v", payload, err)
 		}
 	})
 }

@@ -48,7 +48,7 @@ func TestSchemaCheck(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, b := range backends() {
 				t.Run(b.name, func(t *testing.T) {
-					if b.name != "postgres" && tc.pgOnly != "" {
+					if b.name == "sqlite" && tc.pgOnly != "" {
 						t.Skip(tc.pgOnly)
 					}
 					dsn := b.open(t, tc.ddl)
