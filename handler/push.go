@@ -95,9 +95,11 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			if outcome == "" {
 				outcome = rr.Outcome.String()
 			}
-			shape := ch.Shape
-			if !h.Store.Known(shape) {
-				shape = "(unknown)" // a made-up shape key must not become a label
+			// A made-up shape key must not become a label, and a label
+			// must not point into the request body.
+			shape, known := h.Store.Known(ch.Shape)
+			if !known {
+				shape = "(unknown)"
 			}
 			tally.add(shape, outcome)
 		}
@@ -184,11 +186,11 @@ func (t *outcomeTally) add(shape, outcome string) {
 // typedChange is one change as the client sends it. A nil field was null
 // or missing; invalid is set when the change could not take this form.
 type typedChange struct {
-	ChangeID  *string                    `json:"changeId"`
-	ShapeKey  *string                    `json:"shapeKey"`
-	UserID    *string                    `json:"userId"`
-	UpdatedAt *string                    `json:"updatedAt"`
-	Payload   map[string]json.RawMessage `json:"payload"`
+	ChangeID  *string
+	ShapeKey  *string
+	UserID    *string
+	UpdatedAt *string
+	Payload   shapes.Payload
 
 	invalid  string // why the change is not a change at all
 	badField string // a field of the wrong type: changeId, shapeKey, userId, updatedAt or payload
@@ -229,11 +231,11 @@ func retype(item json.RawMessage) *typedChange {
 	str("userId", &tc.UserID)
 	str("updatedAt", &tc.UpdatedAt)
 	if p := bytes.TrimSpace(fields["payload"]); len(p) > 0 && p[0] != 'n' {
-		if p[0] != '{' || json.Unmarshal(p, &tc.Payload) != nil {
-			tc.Payload = nil
-			if tc.badField == "" {
-				tc.badField = "payload"
-			}
+		var payload map[string]json.RawMessage
+		if p[0] == '{' && json.Unmarshal(p, &payload) == nil {
+			tc.Payload = shapes.PayloadOf(payload)
+		} else if tc.badField == "" {
+			tc.badField = "payload"
 		}
 	}
 	return tc

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"strings"
 	"unsafe"
+
+	"github.com/hypersync/hypersync/shapes"
 )
 
 // scanPush decodes a push body in one pass, without reflection, into the
@@ -69,9 +71,10 @@ func scanPush(body []byte) (items []*typedChange, ok bool) {
 const maxScanDepth = 200
 
 type scanner struct {
-	b    []byte
-	text string // b as a string
-	i    int
+	b      []byte
+	text   string // b as a string
+	i      int
+	fields []shapes.Field // where payloads are cut from
 }
 
 func (s *scanner) ws() {
@@ -312,6 +315,7 @@ func (s *scanner) changes() ([]*typedChange, bool) {
 	}
 	// Changes are allocated in chunks, not one by one.
 	var chunk []typedChange
+	s.fields = make([]shapes.Field, 0, 8*64)
 	var items []*typedChange
 	s.ws()
 	if s.eat(']') {
@@ -422,7 +426,10 @@ func (s *scanner) payload(tc *typedChange) bool {
 	if !s.eat('{') {
 		return false
 	}
-	tc.Payload = map[string]json.RawMessage{}
+	// The payload is the fields appended to s.fields from here: when
+	// they do not fit, the ones so far move to a larger block.
+	from := len(s.fields)
+	defer func() { tc.Payload = s.fields[from:len(s.fields):len(s.fields)] }()
 	for first := true; ; first = false {
 		s.ws()
 		if first && s.eat('}') {
@@ -445,7 +452,12 @@ func (s *scanner) payload(tc *typedChange) bool {
 		if !s.skip(2) {
 			return false
 		}
-		tc.Payload[name] = s.b[v:s.i:s.i]
+		if len(s.fields) == cap(s.fields) {
+			grown := make([]shapes.Field, 0, max(2*(len(s.fields)-from), 8*64))
+			s.fields = append(grown, s.fields[from:]...)
+			from = 0
+		}
+		s.fields = append(s.fields, shapes.Field{Name: name, Value: s.b[v:s.i:s.i]})
 		s.ws()
 		if s.eat('}') {
 			return true

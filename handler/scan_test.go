@@ -3,6 +3,7 @@ package handler
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -27,9 +28,36 @@ func TestScanPushDecodesClientBodies(t *testing.T) {
 		t.Fatalf("scanPush: ok=%v, %d changes", ok, len(items))
 	}
 	checkScanAgrees(t, body)
-	if got := string(items[7].Payload["title"]); got != `"Käse \u003c\u0026\u003e \"quoted\"\n\u2028"` {
+	if got, _ := items[7].Payload.Get("title"); string(got) != `"Käse \u003c\u0026\u003e \"quoted\"\n\u2028"` {
 		t.Errorf("title kept as %s", got)
 	}
+}
+
+// Payloads are cut from shared blocks of fields; a push with more fields
+// than a block, and a payload larger than one, decode whole.
+func TestScanPushManyFields(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(`{"changes":[`)
+	for i := 0; i < 120; i++ {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `{"changeId":"c%d","payload":{"todoId":"t%d","a":1,"b":2,"c":3,"d":4,"e":5,"f":6}}`, i, i)
+	}
+	b.WriteString(`,{"changeId":"wide","payload":{`)
+	for i := 0; i < 2000; i++ {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `"f%d":%d`, i, i)
+	}
+	b.WriteString(`}}]}`)
+	body := []byte(b.String())
+	items, ok := scanPush(body)
+	if !ok || len(items) != 121 || len(items[120].Payload) != 2000 || len(items[119].Payload) != 7 {
+		t.Fatalf("scanPush: ok=%v, %d changes", ok, len(items))
+	}
+	checkScanAgrees(t, body)
 }
 
 // Bodies that encoding/json decodes in ways the scanner does not mimic
@@ -88,9 +116,7 @@ func BenchmarkScanPush(b *testing.B) {
 		b.SetBytes(int64(len(body)))
 		b.ReportAllocs()
 		for b.Loop() {
-			var typed struct {
-				Changes *[]*typedChange `json:"changes"`
-			}
+			var typed jsonPush
 			if err := json.Unmarshal(body, &typed); err != nil {
 				b.Fatal(err)
 			}

@@ -240,10 +240,10 @@ func TestConcurrencyCheckCatchesNaiveStamps(t *testing.T) {
 
 const seedTable = pgtest.TodosDDL + ";\n" + pgtest.TodosIndex
 
-func payloadOf(s string) map[string]json.RawMessage {
+func payloadOf(s string) shapes.Payload {
 	var p map[string]json.RawMessage
 	if err := json.Unmarshal([]byte(s), &p); err != nil {
 		panic(err)
 	}
-	return p
+	return shapes.PayloadOf(p)
 }

@@ -46,7 +46,7 @@ func FuzzPayload(f *testing.F) {
 		}
 		var b rowBuilder
 		r := &row{}
-		err := b.build(sh, &Change{ID: "c", Shape: "things", UpdatedAt: time.Unix(1e9, 0), Payload: p}, r)
+		err := b.build(sh, &Change{ID: "c", Shape: "things", UpdatedAt: time.Unix(1e9, 0), Payload: PayloadOf(p)}, r)
 		if err != nil {
 			if err.Error() == "" {
 				t.Fatal("rejection without a message")

@@ -175,7 +175,7 @@ func change(shape string, updated time.Time, payload string) Change {
 	if err := json.Unmarshal([]byte(payload), &p); err != nil {
 		panic(err)
 	}
-	return Change{ID: fmt.Sprintf("c%d", changeSeq), Shape: shape, UpdatedAt: updated, Payload: p}
+	return Change{ID: fmt.Sprintf("c%d", changeSeq), Shape: shape, UpdatedAt: updated, Payload: PayloadOf(p)}
 }
 
 func outcomes(rs []Result) string {

@@ -94,14 +94,16 @@ func NewStore(db *Database, cfgs []ShapeConfig, logger *zap.Logger) (*Store, err
 	return &Store{db: db, configs: cfgs, logger: logger}, nil
 }
 
-// Known reports whether key is a configured shape.
-func (s *Store) Known(key string) bool {
+// Known returns the configured shape key equal to key, and whether there
+// is one. The returned string is the configuration's own, not key, so
+// that it can outlive a request whose body key points into.
+func (s *Store) Known(key string) (string, bool) {
 	for _, c := range s.configs {
 		if c.Key == key {
-			return true
+			return c.Key, true
 		}
 	}
-	return false
+	return "", false
 }
 
 // Database returns the database the store uses.
