@@ -38,7 +38,7 @@ import (
 )
 
 var (
-	runs       = flag.Int("runs", 3, "runs of each measurement; the median is reported")
+	runs       = flag.Int("runs", 5, "runs of each measurement; the median is reported")
 	pushTotal  = flag.Int("push", 60000, "changes pushed per push measurement")
 	batchSize  = flag.Int("batch", 300, "changes per push request (the client's pushBatchSize)")
 	pullRows   = flag.Int("pull", 100000, "rows in the full-pull measurement")
@@ -59,13 +59,37 @@ func main() {
 	}
 }
 
+// result is one measurement, through Caddy and directly, over the runs.
 type result struct {
-	name   string
-	caddy  float64
-	direct float64
-	unit   string
-	target string
-	better string // "higher" or "lower"
+	name          string
+	caddy, direct []float64
+	ratios        []float64 // caddy/direct, per run
+	unit          string
+	target        string
+	better        string // "higher" or "lower"
+}
+
+// pair measures both ways once. The order alternates from run to run, so
+// that whatever drifts during a run (the table's size, a checkpoint) does
+// not favour one side; the ratio is taken within the run.
+func (r *result) pair(run int, viaCaddy, direct func() (float64, error)) error {
+	first, second := viaCaddy, direct
+	if run%2 == 1 {
+		first, second = direct, viaCaddy
+	}
+	a, err := first()
+	if err != nil {
+		return err
+	}
+	b, err := second()
+	if err != nil {
+		return err
+	}
+	if run%2 == 1 {
+		a, b = b, a
+	}
+	r.caddy, r.direct, r.ratios = append(r.caddy, a), append(r.direct, b), append(r.ratios, a/b)
+	return nil
 }
 
 func run() error {
@@ -114,69 +138,71 @@ func run() error {
 	breakdown := map[int][]pushSums{}
 	// push, 1 user and 8 users
 	for _, n := range []int{1, 8} {
-		var viaCaddy, direct []float64
+		var res result
 		for r := 0; r < *runs; r++ {
 			prefix := fmt.Sprintf("p%d-%d-", n, r)
-			var profiled chan error
-			if *profile != "" && n == 1 && r == 0 {
-				profiled = make(chan error, 1)
-				go func() { profiled <- srv.cpuProfile(*profile, 3) }()
-				time.Sleep(100 * time.Millisecond)
-			}
-			before, err := srv.pushSums()
-			if err != nil {
-				return err
-			}
-			rate, err := measurePush(n, srv.preparePush, prefix+"c")
-			if err == nil {
-				var after pushSums
-				if after, err = srv.pushSums(); err == nil {
-					breakdown[n] = append(breakdown[n], after.minus(before))
+			viaCaddy := func() (float64, error) {
+				var profiled chan error
+				if *profile != "" && n == 1 && r == 0 {
+					profiled = make(chan error, 1)
+					go func() { profiled <- srv.cpuProfile(*profile, 3) }()
+					time.Sleep(100 * time.Millisecond)
 				}
-			}
-			if profiled != nil {
-				if err := <-profiled; err != nil {
-					return err
+				before, err := srv.pushSums()
+				if err != nil {
+					return 0, err
 				}
+				rate, err := measurePush(n, srv.preparePush, prefix+"c")
+				if err == nil {
+					var after pushSums
+					if after, err = srv.pushSums(); err == nil {
+						breakdown[n] = append(breakdown[n], after.minus(before))
+					}
+				}
+				if profiled != nil {
+					if perr := <-profiled; err == nil {
+						err = perr
+					}
+				}
+				return rate, err
 			}
-			if err != nil {
+			direct := func() (float64, error) {
+				return measurePush(n, func(user string, batch []change) (func() error, error) {
+					return prepareDirectPush(ctx, pool, user, batch), nil
+				}, prefix+"d")
+			}
+			if err := res.pair(r, viaCaddy, direct); err != nil {
 				return err
 			}
-			viaCaddy = append(viaCaddy, rate)
-			rate, err = measurePush(n, func(user string, batch []change) (func() error, error) {
-				return prepareDirectPush(ctx, pool, user, batch), nil
-			}, prefix+"d")
-			if err != nil {
-				return err
-			}
-			direct = append(direct, rate)
 		}
-		results = append(results, result{name: fmt.Sprintf("push, %d user(s), batches of %d", n, *batchSize), caddy: median(viaCaddy), direct: median(direct),
-			unit: "changes/s", target: "≥ 0.6×", better: "higher"})
+		res.name, res.unit, res.target, res.better = fmt.Sprintf("push, %d user(s), batches of %d", n, *batchSize), "changes/s", "≥ 0.6×", "higher"
+		results = append(results, res)
 	}
 
 	// full pull of pullRows rows
 	if err := seedRows(ctx, pool, "big", "b", *pullRows); err != nil {
 		return err
 	}
-	var viaCaddy, direct []float64
 	var size int64
+	pull := result{unit: "ms", target: "≤ 1.2×", better: "lower"}
 	for r := 0; r < *runs; r++ {
-		start := time.Now()
-		n, err := srv.pullBytes("big", "1970-01-01T00:00:00.000Z", "")
-		if err != nil {
+		viaCaddy := func() (float64, error) {
+			start := time.Now()
+			n, err := srv.pullBytes("big", "1970-01-01T00:00:00.000Z", "")
+			size = n
+			return float64(time.Since(start).Microseconds()) / 1000, err
+		}
+		direct := func() (float64, error) {
+			start := time.Now()
+			err := directPull(ctx, pool, "big")
+			return float64(time.Since(start).Microseconds()) / 1000, err
+		}
+		if err := pull.pair(r, viaCaddy, direct); err != nil {
 			return err
 		}
-		viaCaddy = append(viaCaddy, float64(time.Since(start).Milliseconds()))
-		size = n
-		start = time.Now()
-		if err := directPull(ctx, pool, "big"); err != nil {
-			return err
-		}
-		direct = append(direct, float64(time.Since(start).Milliseconds()))
 	}
-	results = append(results, result{name: fmt.Sprintf("full pull of %d rows (%.1f MB JSON)", *pullRows, float64(size)/1e6), caddy: median(viaCaddy), direct: median(direct),
-		unit: "ms", target: "≤ 1.2×", better: "lower"})
+	pull.name = fmt.Sprintf("full pull of %d rows (%.1f MB JSON)", *pullRows, float64(size)/1e6)
+	results = append(results, pull)
 
 	// compression
 	var enc []string
@@ -280,13 +306,17 @@ func (s *caddyServer) pushSums() (pushSums, error) {
 
 func report(results []result, p50, heapRise, rssRise float64, enc []string) {
 	host, _ := os.Hostname()
-	fmt.Printf("\nhypersync benchmark — %s, %d CPUs, median of %d runs\n\n", host, runtime.NumCPU(), *runs)
+	fmt.Printf("\nhypersync benchmark — %s, %d CPUs, median of %d runs; each ratio is the median of the runs' own ratios\n\n", host, runtime.NumCPU(), *runs)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "work\tthrough Caddy\tdirect pgx\tratio\ttarget\tmet")
+	fmt.Fprintln(w, "work\tthrough Caddy\tdirect pgx\tratio\ttarget\tmet\tratio per run")
 	for _, r := range results {
-		ratio := r.caddy / r.direct
+		ratio := median(r.ratios)
 		met := (r.better == "higher" && ratio >= 0.6) || (r.better == "lower" && ratio <= 1.2)
-		fmt.Fprintf(w, "%s\t%.0f %s\t%.0f %s\t%.2f×\t%s\t%v\n", r.name, r.caddy, r.unit, r.direct, r.unit, ratio, r.target, yes(met))
+		var each []string
+		for _, x := range r.ratios {
+			each = append(each, fmt.Sprintf("%.2f", x))
+		}
+		fmt.Fprintf(w, "%s\t%.0f %s\t%.0f %s\t%.2f×\t%s\t%v\t%s\n", r.name, median(r.caddy), r.unit, median(r.direct), r.unit, ratio, r.target, yes(met), strings.Join(each, " "))
 	}
 	if p50 > 0 {
 		fmt.Fprintf(w, "pull of 100 new rows among %d of other users, p50\t%.2f ms\t\t\t< 5 ms\t%v\n", *smallOther, p50, yes(p50 < 5))
