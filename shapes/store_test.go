@@ -140,6 +140,21 @@ func TestPushRules(t *testing.T) {
 				{"alice", []Change{change("todos", at(1), `{"todoId":"t1","title":"keep me","done":false,"deleted":false}`)}, "applied"},
 				{"alice", []Change{change("todos", at(2), `{"todoId":"t1","done":true}`)}, "applied"}},
 			user: "alice", want: rowWant{"t1": {"title": "keep me", "done": true, "deleted": false}}},
+		// Without the NOT NULL title, a partial change takes PostgreSQL's
+		// update-then-insert statement: its outcomes too must be exact.
+		{name: "a stale partial payload loses, alone in its push",
+			steps: []step{
+				{"alice", []Change{change("todos", at(5), `{"todoId":"t1","title":"keep me","done":false}`)}, "applied"},
+				{"alice", []Change{
+					change("todos", at(2), `{"todoId":"t1","done":true}`),
+					change("todos", at(6), `{"todoId":"t2","title":"x"}`),
+				}, "stale,applied"}},
+			user: "alice", want: rowWant{"t1": {"title": "keep me", "done": false}, "t2": {"title": "x"}}},
+		{name: "a partial payload for another user's row is rejected",
+			steps: []step{
+				{"alice", []Change{change("todos", at(1), `{"todoId":"t1","title":"alice's","done":false}`)}, "applied"},
+				{"bob", []Change{change("todos", at(5), `{"todoId":"t1","done":true}`)}, "rejected:user-mismatch"}},
+			user: "alice", want: rowWant{"t1": {"title": "alice's", "done": false}}},
 		{name: "a new row from a partial payload takes the column defaults",
 			steps: []step{{"alice", []Change{change("todos", at(1), `{"todoId":"t1","title":"x"}`)}, "applied"}},
 			user:  "alice", want: rowWant{"t1": {"title": "x", "done": false, "deleted": false}}},
