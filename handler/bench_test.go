@@ -18,10 +18,20 @@ import (
 // BenchmarkPush runs the whole push path in one process, from the request
 // body to the committed rows: decoding, checks, planning, the PostgreSQL
 // statements and the answer. Each iteration pushes 300 new rows, as the
-// client's batches do. -benchmem shows what one push allocates.
+// client's batches do. -benchmem shows what one push allocates. It runs
+// with pgx's default mode, which sends binary arrays, and with
+// simple_protocol, which sends typed slices.
 func BenchmarkPush(b *testing.B) {
+	b.Run("default", func(b *testing.B) { benchmarkPush(b, "") })
+	b.Run("simple-protocol", func(b *testing.B) { benchmarkPush(b, "simple_protocol") })
+}
+
+func benchmarkPush(b *testing.B, mode string) {
 	dsn := pgtest.NewDatabase(b)
 	pgtest.Exec(b, dsn, pgtest.TodosDDL, pgtest.TodosIndex)
+	if mode != "" {
+		dsn = pgtest.WithParam(dsn, "default_query_exec_mode", mode)
+	}
 	db, err := shapes.Open(dsn, shapes.Options{})
 	if err != nil {
 		b.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -35,7 +34,7 @@ func backends() []backendCase {
 		{name: "postgres-simple", open: func(t *testing.T, ddl ...string) string {
 			dsn := pgtest.NewDatabase(t)
 			pgtest.Exec(t, dsn, ddl...)
-			return withParam(dsn, "default_query_exec_mode", "simple_protocol")
+			return pgtest.WithParam(dsn, "default_query_exec_mode", "simple_protocol")
 		}},
 		{name: "sqlite", open: func(t *testing.T, ddl ...string) string {
 			path := filepath.Join(t.TempDir(), "test.db")
@@ -52,18 +51,6 @@ func backends() []backendCase {
 			return "sqlite:" + path
 		}},
 	}
-}
-
-// withParam adds a connection parameter to a PostgreSQL DSN.
-func withParam(dsn, key, value string) string {
-	u, err := url.Parse(dsn)
-	if err != nil || u.Scheme == "" {
-		return dsn + " " + key + "=" + value // key=value form
-	}
-	q := u.Query()
-	q.Set(key, value)
-	u.RawQuery = q.Encode()
-	return u.String()
 }
 
 // sqliteDDL rewrites the PostgreSQL DDL of these tests into SQLite's, so

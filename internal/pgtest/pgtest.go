@@ -156,6 +156,18 @@ func WithDatabase(dsn, name string) string {
 	return u.String()
 }
 
+// WithParam returns dsn with a connection parameter added.
+func WithParam(dsn, key, value string) string {
+	u, err := url.Parse(dsn)
+	if err != nil || u.Scheme == "" {
+		return dsn + " " + key + "=" + value // key=value form
+	}
+	q := u.Query()
+	q.Set(key, value)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
 // Exec runs SQL statements against dsn, failing the test on error.
 func Exec(t testing.TB, dsn string, sql ...string) {
 	t.Helper()
