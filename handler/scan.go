@@ -24,40 +24,23 @@ func scanPush(body []byte) (items []*typedChange, ok bool) {
 	// nothing writes to body once it is read (see the doc comment).
 	s := scanner{b: body, text: unsafe.String(unsafe.SliceData(body), len(body))}
 	s.ws()
-	if !s.eat('{') {
-		return nil, false
-	}
 	found := false
-	for first := true; ; first = false {
-		s.ws()
-		if first && s.eat('}') {
-			break
-		}
+	ok = s.eat('{') && s.list('}', func() bool {
 		name, ok := s.name()
-		if !ok {
-			return nil, false
-		}
 		switch {
+		case !ok:
+			return false
 		case name == "changes" && !found:
 			found = true
-			if items, ok = s.changes(); !ok {
-				return nil, false
-			}
+			items, ok = s.changes()
+			return ok
 		case strings.EqualFold(name, "changes"):
-			return nil, false // a repeat, or a case-insensitive match
-		default:
-			if !s.skip(0) {
-				return nil, false
-			}
+			return false // a repeat, or a case-insensitive match
 		}
-		s.ws()
-		if s.eat(',') {
-			continue
-		}
-		if !s.eat('}') {
-			return nil, false
-		}
-		break
+		return s.skip(0)
+	})
+	if !ok {
+		return nil, false
 	}
 	s.ws()
 	if s.i != len(s.b) || !found || items == nil {
@@ -94,6 +77,29 @@ func (s *scanner) eat(c byte) bool {
 		return true
 	}
 	return false
+}
+
+// list scans the members of an object or the elements of an array, after
+// the opening bracket and up to the closing one, calling each for every
+// member or element.
+func (s *scanner) list(closing byte, each func() bool) bool {
+	s.ws()
+	if s.eat(closing) {
+		return true
+	}
+	for {
+		s.ws()
+		if !each() {
+			return false
+		}
+		s.ws()
+		if s.eat(closing) {
+			return true
+		}
+		if !s.eat(',') {
+			return false
+		}
+	}
 }
 
 func (s *scanner) peek() byte {
@@ -210,17 +216,15 @@ func (s *scanner) skip(depth int) bool {
 	case c == '"':
 		_, _, _, ok := s.str()
 		return ok
-	case c == '{':
+	case c == '{', c == '[':
 		if depth >= maxScanDepth {
 			return false
 		}
 		s.i++
-		s.ws()
-		if s.eat('}') {
-			return true
+		if c == '[' {
+			return s.list(']', func() bool { return s.skip(depth + 1) })
 		}
-		for {
-			s.ws()
+		return s.list('}', func() bool {
 			if _, _, _, ok := s.str(); !ok {
 				return false
 			}
@@ -229,39 +233,8 @@ func (s *scanner) skip(depth int) bool {
 				return false
 			}
 			s.ws()
-			if !s.skip(depth + 1) {
-				return false
-			}
-			s.ws()
-			if s.eat('}') {
-				return true
-			}
-			if !s.eat(',') {
-				return false
-			}
-		}
-	case c == '[':
-		if depth >= maxScanDepth {
-			return false
-		}
-		s.i++
-		s.ws()
-		if s.eat(']') {
-			return true
-		}
-		for {
-			s.ws()
-			if !s.skip(depth + 1) {
-				return false
-			}
-			s.ws()
-			if s.eat(']') {
-				return true
-			}
-			if !s.eat(',') {
-				return false
-			}
-		}
+			return s.skip(depth + 1)
+		})
 	case c == 't':
 		return s.literal("true")
 	case c == 'f':
@@ -310,40 +283,24 @@ func (s *scanner) digits() bool {
 
 // changes scans the changes array.
 func (s *scanner) changes() ([]*typedChange, bool) {
-	if !s.eat('[') {
-		return nil, false
-	}
 	// Changes are allocated in chunks, not one by one.
 	var chunk []typedChange
 	s.fields = make([]shapes.Field, 0, 8*64)
-	var items []*typedChange
-	s.ws()
-	if s.eat(']') {
-		return []*typedChange{}, true
-	}
-	for {
-		s.ws()
+	items := []*typedChange{}
+	ok := s.eat('[') && s.list(']', func() bool {
 		if s.literal("null") {
 			items = append(items, nil)
-		} else {
-			if len(chunk) == 0 {
-				chunk = make([]typedChange, 64)
-			}
-			tc := &chunk[0]
-			chunk = chunk[1:]
-			if !s.change(tc) {
-				return nil, false
-			}
-			items = append(items, tc)
+			return true
 		}
-		s.ws()
-		if s.eat(']') {
-			return items, true
+		if len(chunk) == 0 {
+			chunk = make([]typedChange, 64)
 		}
-		if !s.eat(',') {
-			return nil, false
-		}
-	}
+		tc := &chunk[0]
+		chunk = chunk[1:]
+		items = append(items, tc)
+		return s.change(tc)
+	})
+	return items, ok
 }
 
 // The fields of a change, as bits, to notice repeats.
@@ -351,15 +308,8 @@ var changeFields = [...]string{"changeId", "shapeKey", "userId", "updatedAt", "p
 
 // change scans one change object into tc.
 func (s *scanner) change(tc *typedChange) bool {
-	if !s.eat('{') {
-		return false
-	}
 	var seen uint8
-	for first := true; ; first = false {
-		s.ws()
-		if first && s.eat('}') {
-			return true
-		}
+	return s.eat('{') && s.list('}', func() bool {
 		name, ok := s.name()
 		if !ok {
 			return false
@@ -376,45 +326,35 @@ func (s *scanner) change(tc *typedChange) bool {
 		}
 		switch {
 		case field < 0:
-			if !s.skip(1) {
-				return false
-			}
+			return s.skip(1)
 		case seen&(1<<field) != 0:
 			return false
-		case field == 4:
-			seen |= 1 << field
-			if !s.payload(tc) {
-				return false
-			}
-		default:
-			seen |= 1 << field
-			if !s.literal("null") {
-				v, ok := s.stringValue()
-				if !ok {
-					return false
-				}
-				tc.scanned[field] = v
-				p := &tc.scanned[field]
-				switch field {
-				case 0:
-					tc.ChangeID = p
-				case 1:
-					tc.ShapeKey = p
-				case 2:
-					tc.UserID = p
-				case 3:
-					tc.UpdatedAt = p
-				}
-			}
 		}
-		s.ws()
-		if s.eat('}') {
+		seen |= 1 << field
+		if field == 4 {
+			return s.payload(tc)
+		}
+		if s.literal("null") {
 			return true
 		}
-		if !s.eat(',') {
+		v, ok := s.stringValue()
+		if !ok {
 			return false
 		}
-	}
+		tc.scanned[field] = v
+		p := &tc.scanned[field]
+		switch field {
+		case 0:
+			tc.ChangeID = p
+		case 1:
+			tc.ShapeKey = p
+		case 2:
+			tc.UserID = p
+		case 3:
+			tc.UpdatedAt = p
+		}
+		return true
+	})
 }
 
 // payload scans a change's payload: null or an object whose values are
@@ -423,18 +363,10 @@ func (s *scanner) payload(tc *typedChange) bool {
 	if s.literal("null") {
 		return true
 	}
-	if !s.eat('{') {
-		return false
-	}
 	// The payload is the fields appended to s.fields from here: when
 	// they do not fit, the ones so far move to a larger block.
 	from := len(s.fields)
-	defer func() { tc.Payload = s.fields[from:len(s.fields):len(s.fields)] }()
-	for first := true; ; first = false {
-		s.ws()
-		if first && s.eat('}') {
-			return true
-		}
+	ok := s.eat('{') && s.list('}', func() bool {
 		start, end, escaped, ok := s.str()
 		if !ok {
 			return false
@@ -458,12 +390,8 @@ func (s *scanner) payload(tc *typedChange) bool {
 			from = 0
 		}
 		s.fields = append(s.fields, shapes.Field{Name: name, Value: s.b[v:s.i:s.i]})
-		s.ws()
-		if s.eat('}') {
-			return true
-		}
-		if !s.eat(',') {
-			return false
-		}
-	}
+		return true
+	})
+	tc.Payload = s.fields[from:len(s.fields):len(s.fields)]
+	return ok
 }

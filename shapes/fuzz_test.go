@@ -65,10 +65,10 @@ func FuzzPayload(f *testing.F) {
 			}
 		}
 		g := group{shape: sh, mask: r.mask, rows: []*row{r}}
-		if _, err := typedArgs("alice", g); err != nil {
+		if _, err := groupArgs("alice", g, false); err != nil {
 			t.Fatalf("accepted %s, which PostgreSQL arguments cannot carry: %v", payload, err)
 		}
-		if _, err := binaryArgs("alice", g); err != nil {
+		if _, err := groupArgs("alice", g, true); err != nil {
 			t.Fatalf("accepted %s, which binary PostgreSQL arguments cannot carry: %v", payload, err)
 		}
 	})

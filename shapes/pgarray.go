@@ -3,7 +3,6 @@ package shapes
 import (
 	"bytes"
 	"encoding/binary"
-	"fmt"
 	"math"
 	"strconv"
 	"time"
@@ -15,7 +14,7 @@ import (
 // A push sends each column of a group as one array argument. pgx encodes
 // typed Go slices element by element, boxing each element in an interface;
 // for a 300-change push that is most of the allocations the push makes.
-// Instead, binaryArgs writes each array in PostgreSQL's binary format
+// Instead, binaryColumn writes each array in PostgreSQL's binary format
 // straight from the JSON values, and a codec wrapped around pgx's array
 // codecs passes those bytes through. Everything else those codecs do is
 // unchanged.
@@ -113,50 +112,45 @@ func (w *arrayWriter) appendTimestamptz(t time.Time) {
 	w.buf = binary.BigEndian.AppendUint64(w.buf, uint64(us))
 }
 
-// binaryArgs are groupArgs as encodedArrays.
-func binaryArgs(user string, g group) ([]any, error) {
-	sh := g.shape
-	n := len(g.rows)
-	args := []any{user}
-	for i := range sh.cols {
-		if g.mask[i] != '1' {
+// binaryColumn is column i of rows as an encodedArray.
+func binaryColumn(c *Column, rows []*row, i int) (any, error) {
+	n := len(rows)
+	var w *arrayWriter
+	switch c.Kind {
+	case KindBool:
+		w = newArrayWriter(pgtype.BoolOID, n, 5*n)
+	case KindInt:
+		w = newArrayWriter(pgtype.Int8OID, n, 8*n)
+	case KindFloat:
+		w = newArrayWriter(pgtype.Float8OID, n, 8*n)
+	case KindTimestamp:
+		w = newArrayWriter(pgtype.TimestamptzOID, n, 8*n)
+	default:
+		size := 0
+		for _, r := range rows {
+			size += len(r.vals[i])
+		}
+		w = newArrayWriter(pgtype.TextOID, n, size)
+	}
+	for _, r := range rows {
+		raw := bytes.TrimSpace(r.vals[i])
+		if len(raw) == 0 || raw[0] == 'n' {
+			w.null()
 			continue
 		}
-		c := &sh.cols[i]
-		var w *arrayWriter
-		switch c.Kind {
-		case KindBool:
-			w = newArrayWriter(pgtype.BoolOID, n, 5*n)
-		case KindInt:
-			w = newArrayWriter(pgtype.Int8OID, n, 8*n)
-		case KindFloat:
-			w = newArrayWriter(pgtype.Float8OID, n, 8*n)
-		case KindTimestamp:
-			w = newArrayWriter(pgtype.TimestamptzOID, n, 8*n)
-		default:
-			size := 0
-			for _, r := range g.rows {
-				size += len(r.vals[i])
-			}
-			w = newArrayWriter(pgtype.TextOID, n, size)
+		if err := w.appendValue(c, raw); err != nil {
+			return nil, err
 		}
-		for _, r := range g.rows {
-			raw := bytes.TrimSpace(r.vals[i])
-			if len(raw) == 0 || raw[0] == 'n' {
-				w.null()
-				continue
-			}
-			if err := w.appendValue(c, raw); err != nil {
-				return nil, fmt.Errorf("field %q: %w", c.Field, err)
-			}
-		}
-		args = append(args, w.done())
 	}
-	w := newArrayWriter(pgtype.TimestamptzOID, n, 8*n)
-	for _, r := range g.rows {
+	return w.done(), nil
+}
+
+func binaryStamps(rows []*row) any {
+	w := newArrayWriter(pgtype.TimestamptzOID, len(rows), 8*len(rows))
+	for _, r := range rows {
 		w.appendTimestamptz(r.updatedAt)
 	}
-	return append(args, w.done()), nil
+	return w.done()
 }
 
 // appendValue appends a checked, non-null value of column c.

@@ -395,59 +395,65 @@ func pgCastExpr(c Column, v string) string {
 // groupArgs are the arguments of a group's statement: the user, one array
 // per present column, and the updatedAt array.
 func (p *postgres) groupArgs(user string, g group) ([]any, error) {
-	if p.binary {
-		return binaryArgs(user, g)
-	}
-	return typedArgs(user, g)
+	return groupArgs(user, g, p.binary)
 }
 
-// typedArgs are groupArgs as typed slices for pgx to encode. They hold
-// pgtype values, which carry NULL without a pointer per value.
-func typedArgs(user string, g group) ([]any, error) {
-	sh := g.shape
-	n := len(g.rows)
+// groupArgs builds the arguments, as encodedArrays when binary
+// (binaryColumn), else as typed slices for pgx to encode (typedColumn).
+func groupArgs(user string, g group, binary bool) ([]any, error) {
+	column, stamps := typedColumn, typedStamps
+	if binary {
+		column, stamps = binaryColumn, binaryStamps
+	}
 	args := []any{user}
-	for i := range sh.cols {
+	for i := range g.shape.cols {
 		if g.mask[i] != '1' {
 			continue
 		}
-		c := &sh.cols[i]
-		var arr any
-		var err error
-		switch c.Kind {
-		case KindBool:
-			arr, err = fillArray(g.rows, i, func(raw []byte) (pgtype.Bool, error) { return pgtype.Bool{Bool: raw[0] == 't', Valid: true}, nil })
-		case KindInt:
-			arr, err = fillArray(g.rows, i, func(raw []byte) (pgtype.Int8, error) {
-				v, err := strconv.ParseInt(string(raw), 10, 64)
-				return pgtype.Int8{Int64: v, Valid: true}, err
-			})
-		case KindFloat:
-			arr, err = fillArray(g.rows, i, func(raw []byte) (pgtype.Float8, error) {
-				v, err := strconv.ParseFloat(string(raw), 64)
-				return pgtype.Float8{Float64: v, Valid: true}, err
-			})
-		case KindTimestamp:
-			arr, err = fillArray(g.rows, i, func(raw []byte) (pgtype.Timestamptz, error) {
-				v, err := timeValue(raw)
-				return pgtype.Timestamptz{Time: v, Valid: true}, err
-			})
-		default:
-			arr, err = fillArray(g.rows, i, func(raw []byte) (pgtype.Text, error) {
-				v, err := c.textValue(raw)
-				return pgtype.Text{String: v, Valid: true}, err
-			})
-		}
+		c := &g.shape.cols[i]
+		arr, err := column(c, g.rows, i)
 		if err != nil {
 			return nil, fmt.Errorf("field %q: %w", c.Field, err)
 		}
 		args = append(args, arr)
 	}
-	upd := make([]time.Time, n)
-	for j, r := range g.rows {
+	return append(args, stamps(g.rows)), nil
+}
+
+// typedColumn is column i of rows as a typed slice. It holds pgtype
+// values, which carry NULL without a pointer per value.
+func typedColumn(c *Column, rows []*row, i int) (any, error) {
+	switch c.Kind {
+	case KindBool:
+		return fillArray(rows, i, func(raw []byte) (pgtype.Bool, error) { return pgtype.Bool{Bool: raw[0] == 't', Valid: true}, nil })
+	case KindInt:
+		return fillArray(rows, i, func(raw []byte) (pgtype.Int8, error) {
+			v, err := strconv.ParseInt(string(raw), 10, 64)
+			return pgtype.Int8{Int64: v, Valid: true}, err
+		})
+	case KindFloat:
+		return fillArray(rows, i, func(raw []byte) (pgtype.Float8, error) {
+			v, err := strconv.ParseFloat(string(raw), 64)
+			return pgtype.Float8{Float64: v, Valid: true}, err
+		})
+	case KindTimestamp:
+		return fillArray(rows, i, func(raw []byte) (pgtype.Timestamptz, error) {
+			v, err := timeValue(raw)
+			return pgtype.Timestamptz{Time: v, Valid: true}, err
+		})
+	}
+	return fillArray(rows, i, func(raw []byte) (pgtype.Text, error) {
+		v, err := c.textValue(raw)
+		return pgtype.Text{String: v, Valid: true}, err
+	})
+}
+
+func typedStamps(rows []*row) any {
+	upd := make([]time.Time, len(rows))
+	for j, r := range rows {
 		upd[j] = r.updatedAt
 	}
-	return append(args, upd), nil
+	return upd
 }
 
 // fillArray builds the argument array of column i: one element per row,

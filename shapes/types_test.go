@@ -158,8 +158,8 @@ func TestTableLayouts(t *testing.T) {
 	})
 }
 
-// Pushes send binary arrays built by hand (binaryArgs), or typed slices
-// pgx encodes (typedArgs) under the simple protocol. Both must store the
+// Pushes send binary arrays built by hand (binaryColumn), or typed slices
+// pgx encodes (typedColumn) under the simple protocol. Both must store the
 // same values, edge values included.
 func TestBinaryAndTypedArgumentsAgree(t *testing.T) {
 	payloads := []string{
