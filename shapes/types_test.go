@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/hypersync/hypersync/internal/pgtest"
 )
 
 const typesDDL = `CREATE TABLE things (
@@ -158,9 +160,10 @@ func TestTableLayouts(t *testing.T) {
 	})
 }
 
-// Pushes send binary arrays built by hand (binaryColumn), or typed slices
-// pgx encodes (typedColumn) under the simple protocol. Both must store the
-// same values, edge values included.
+// Pushes send binary arrays built by hand (binaryColumn) in pgx's modes
+// that prepare or describe statements, or typed slices pgx encodes
+// (typedColumn) in the others. Every mode must store the same values, edge
+// values included.
 func TestBinaryAndTypedArgumentsAgree(t *testing.T) {
 	payloads := []string{
 		`{"id":"a","t":"plain","b":true,"i":-2147483648,"big":-9223372036854775808,"d":-0.0,"ts":"1969-12-31T23:59:59.999999Z","u":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","n":-1e-20,"j":[],"tags":[]}`,
@@ -169,28 +172,31 @@ func TestBinaryAndTypedArgumentsAgree(t *testing.T) {
 		`{"id":"d","t":null,"b":null,"i":null,"big":null,"d":null,"ts":"2262-04-11T23:47:16.854775Z","u":null,"n":null,"tags":null}`,
 		`{"id":"e","ts":"0001-01-01T00:00:00Z","d":1e-300,"i":0}`,
 	}
-	got := map[string]map[string]map[string]any{}
-	forEachBackend(t, func(t *testing.T, b backendCase) {
-		if b.name == "sqlite" {
-			t.Skip("PostgreSQL's two argument encodings")
-		}
-		f := openStore(t, b.open(t, typesDDL), thingsShape)
-		var changes []Change
-		for _, p := range payloads {
-			changes = append(changes, change("things", at(1), p))
-		}
-		wantOutcomes(t, f.push("alice", changes...), "applied,applied,applied,applied,applied")
-		got[b.name] = f.pullAll("alice", "id")
-	})
-	if len(got) != 2 {
-		t.Fatalf("ran on %d PostgreSQL modes", len(got))
+	modes := []string{"cache_statement", "cache_describe", "describe_exec", "exec", "simple_protocol"}
+	stored := map[string]string{}
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) {
+			dsn := pgtest.NewDatabase(t)
+			pgtest.Exec(t, dsn, typesDDL)
+			f := openStore(t, pgtest.WithParam(dsn, "default_query_exec_mode", mode), thingsShape)
+			if binary := f.db.d.(*postgres).binary; binary != (mode != "exec" && mode != "simple_protocol") {
+				t.Fatalf("binary arrays = %v in mode %s", binary, mode)
+			}
+			var changes []Change
+			for _, p := range payloads {
+				changes = append(changes, change("things", at(1), p))
+			}
+			wantOutcomes(t, f.push("alice", changes...), "applied,applied,applied,applied,applied")
+			out, _ := json.Marshal(f.pullAll("alice", "id"))
+			stored[mode] = string(out)
+		})
 	}
-	bin, _ := json.Marshal(got["postgres"])
-	typed, _ := json.Marshal(got["postgres-simple"])
-	if string(bin) != string(typed) {
-		t.Fatalf("binary arguments stored\n%s\ntyped arguments stored\n%s", bin, typed)
+	for _, mode := range modes[1:] {
+		if stored[mode] != stored[modes[0]] {
+			t.Fatalf("%s stored\n%s\n%s stored\n%s", modes[0], stored[modes[0]], mode, stored[mode])
+		}
 	}
-	if !strings.Contains(string(bin), `"ts":"1969-12-31T23:59:59.999Z"`) {
-		t.Fatalf("timestamps before 1970 went wrong: %s", bin)
+	if !strings.Contains(stored[modes[0]], `"ts":"1969-12-31T23:59:59.999Z"`) {
+		t.Fatalf("timestamps before 1970 went wrong: %s", stored[modes[0]])
 	}
 }
