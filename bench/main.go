@@ -286,17 +286,18 @@ func (s *caddyServer) pushSums() (pushSums, error) {
 		return pushSums{}, err
 	}
 	var p pushSums
+	fields := map[string]*float64{
+		`hypersync_request_duration_seconds_count{op="push"}`: &p.count,
+		`hypersync_request_duration_seconds_sum{op="push"}`:   &p.request,
+		`hypersync_database_duration_seconds_sum{op="push"}`:  &p.database,
+		`hypersync_lock_wait_seconds_sum`:                     &p.lockWait,
+	}
 	for _, line := range strings.Split(string(text), "\n") {
 		name, value, ok := strings.Cut(line, " ")
 		if !ok {
 			continue
 		}
-		dst := map[string]*float64{
-			`hypersync_request_duration_seconds_count{op="push"}`: &p.count,
-			`hypersync_request_duration_seconds_sum{op="push"}`:   &p.request,
-			`hypersync_database_duration_seconds_sum{op="push"}`:  &p.database,
-			`hypersync_lock_wait_seconds_sum`:                     &p.lockWait,
-		}[name]
+		dst := fields[name]
 		if dst != nil {
 			*dst, _ = strconv.ParseFloat(value, 64)
 		}

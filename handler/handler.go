@@ -241,6 +241,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	if err != nil {
 		status, body = http.StatusInternalServerError, []byte(`{"status":"error","error":"internal","message":"encoding the answer failed"}`)
 	}
+	writeBody(w, status, body)
+}
+
+// writeBody answers status with a JSON body.
+func writeBody(w http.ResponseWriter, status int, body []byte) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)

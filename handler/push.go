@@ -155,17 +155,15 @@ func writePushResponse(w http.ResponseWriter, resp *PushResponse) {
 	}
 	buf = append(buf, `],"rejectedChanges":`...)
 	buf = append(buf, rejected...)
-	buf = append(buf, '}')
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusCreated)
-	_, _ = w.Write(buf)
+	writeBody(w, http.StatusCreated, append(buf, '}'))
 }
 
 // outcomeTally counts a push's changes by shape and outcome, for the
 // Observer: one call per pair instead of one per change. Pairs are few:
 // shapes are configured, and unknown ones share one label.
-type outcomeTally []struct {
+type outcomeTally []outcomeCount
+
+type outcomeCount struct {
 	shape, outcome string
 	n              int
 }
@@ -177,10 +175,7 @@ func (t *outcomeTally) add(shape, outcome string) {
 			return
 		}
 	}
-	*t = append(*t, struct {
-		shape, outcome string
-		n              int
-	}{shape, outcome, 1})
+	*t = append(*t, outcomeCount{shape, outcome, 1})
 }
 
 // typedChange is one change as the client sends it. A nil field was null

@@ -149,8 +149,6 @@ func (s *scanner) str() (start, end int, escaped, ok bool) {
 			default:
 				return 0, 0, false, false
 			}
-		default:
-			s.i++
 		}
 	}
 	return 0, 0, false, false
@@ -194,12 +192,15 @@ func (s *scanner) name() (string, bool) {
 	if !ok || escaped {
 		return "", false
 	}
+	return s.text[start+1 : end-1], s.colon()
+}
+
+// colon scans the colon between an object member's name and its value.
+func (s *scanner) colon() bool {
 	s.ws()
-	if !s.eat(':') {
-		return "", false
-	}
+	ok := s.eat(':')
 	s.ws()
-	return s.text[start+1 : end-1], true
+	return ok
 }
 
 func (s *scanner) literal(word string) bool {
@@ -225,15 +226,8 @@ func (s *scanner) skip(depth int) bool {
 			return s.list(']', func() bool { return s.skip(depth + 1) })
 		}
 		return s.list('}', func() bool {
-			if _, _, _, ok := s.str(); !ok {
-				return false
-			}
-			s.ws()
-			if !s.eat(':') {
-				return false
-			}
-			s.ws()
-			return s.skip(depth + 1)
+			_, _, _, ok := s.str()
+			return ok && s.colon() && s.skip(depth+1)
 		})
 	case c == 't':
 		return s.literal("true")
@@ -372,14 +366,9 @@ func (s *scanner) payload(tc *typedChange) bool {
 			return false
 		}
 		name, ok := s.decoded(start, end, escaped)
-		if !ok {
+		if !ok || !s.colon() {
 			return false
 		}
-		s.ws()
-		if !s.eat(':') {
-			return false
-		}
-		s.ws()
 		v := s.i
 		if !s.skip(2) {
 			return false

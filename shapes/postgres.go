@@ -813,35 +813,6 @@ func appendPGTime(buf []byte, v []byte) []byte {
 	return append(buf, v...)
 }
 
-// AppendJSONString appends s as a JSON string.
-func AppendJSONString[T string | []byte](buf []byte, s T) []byte {
-	const hex = "0123456789abcdef"
-	buf = append(buf, '"')
-	start := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' {
-			continue
-		}
-		buf = append(buf, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			buf = append(buf, '\\', c)
-		case '\n':
-			buf = append(buf, '\\', 'n')
-		case '\r':
-			buf = append(buf, '\\', 'r')
-		case '\t':
-			buf = append(buf, '\\', 't')
-		default:
-			buf = append(buf, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-		}
-		start = i + 1
-	}
-	buf = append(buf, s[start:]...)
-	return append(buf, '"')
-}
-
 // quoteLiteral quotes a string constant. Field names come from the
 // configuration, never from requests.
 func quoteLiteral(s string) string {

@@ -170,27 +170,20 @@ func (b *rowBuilder) build(s *Shape, ch *Change, r *row) error {
 		r.vals[i] = raw
 		b.mask = append(b.mask, '1')
 	}
+	for i := range s.Keys {
+		if r.vals[i] == nil {
+			return fmt.Errorf("payload lacks key field %q", s.Keys[i].Field)
+		}
+		if bytes.TrimSpace(r.vals[i])[0] == 'n' {
+			return fmt.Errorf("key field %q is null", s.Keys[i].Field)
+		}
+	}
 	if len(s.Keys) == 1 {
-		// one key column: its canonical text is the key
-		raw := r.vals[0]
-		if raw == nil {
-			return fmt.Errorf("payload lacks key field %q", s.Keys[0].Field)
-		}
-		if bytes.TrimSpace(raw)[0] == 'n' {
-			return fmt.Errorf("key field %q is null", s.Keys[0].Field)
-		}
-		r.key = s.cols[0].keyPart(raw)
+		r.key = s.cols[0].keyPart(r.vals[0]) // one key column: its text is the key
 	} else {
 		var key strings.Builder
 		for i := range s.Keys {
-			raw := r.vals[i]
-			if raw == nil {
-				return fmt.Errorf("payload lacks key field %q", s.Keys[i].Field)
-			}
-			if bytes.TrimSpace(raw)[0] == 'n' {
-				return fmt.Errorf("key field %q is null", s.Keys[i].Field)
-			}
-			key.WriteString(s.cols[i].keyPart(raw))
+			key.WriteString(s.cols[i].keyPart(r.vals[i]))
 			key.WriteByte(0)
 		}
 		r.key = key.String()
