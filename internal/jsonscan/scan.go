@@ -97,20 +97,24 @@ func (s *Scanner) Null() bool { return s.literal("null") }
 // whitespace before it skipped; member must scan the name, typically with
 // Name, and the value, and report whether they were fine.
 func (s *Scanner) Object(member func() bool) bool {
-	return s.Eat('{') && s.list('}', member)
+	return s.list('{', '}', member)
 }
 
 // Array scans an array. It calls elem at each element, with the
 // whitespace before it skipped; elem must scan the element and report
 // whether it was fine.
 func (s *Scanner) Array(elem func() bool) bool {
-	return s.Eat('[') && s.list(']', elem)
+	return s.list('[', ']', elem)
 }
 
-// list scans the members of an object or the elements of an array, after
-// the opening bracket and up to the closing one, calling each for every
-// member or element.
-func (s *Scanner) list(closing byte, each func() bool) bool {
+// list scans the members of an object or the elements of an array, from
+// the opening bracket to the closing one, calling each for every member or
+// element. It eats the opening bracket itself so that Object and Array,
+// which callers use in their hot loops, stay cheap enough to inline.
+func (s *Scanner) list(opening, closing byte, each func() bool) bool {
+	if !s.Eat(opening) {
+		return false
+	}
 	s.SkipSpace()
 	if s.Eat(closing) {
 		return true
@@ -241,14 +245,13 @@ var plain = func() (t [256]bool) {
 func isHex(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' }
 
 // Value scans any value, as Skip does, and returns its bytes as they are
-// in the input. Its capacity ends with it, so that appending to it cannot
-// overwrite what follows.
-func (s *Scanner) Value(depth int) ([]byte, bool) {
+// in the input; they mean nothing when ok is false. Their capacity ends
+// with them, so that appending to them cannot overwrite what follows.
+func (s *Scanner) Value(depth int) (v []byte, ok bool) {
+	// No early return on failure: it would cost Value its inlining.
 	start := s.i
-	if !s.Skip(depth) {
-		return nil, false
-	}
-	return s.b[start:s.i:s.i], true
+	ok = s.Skip(depth)
+	return s.b[start:s.i:s.i], ok
 }
 
 // Skip scans any value. depth is how deep the caller has nested already,
@@ -263,11 +266,10 @@ func (s *Scanner) Skip(depth int) bool {
 		if depth >= MaxDepth {
 			return false
 		}
-		s.i++
 		if c == '[' {
-			return s.list(']', func() bool { return s.Skip(depth + 1) })
+			return s.list('[', ']', func() bool { return s.Skip(depth + 1) })
 		}
-		return s.list('}', func() bool {
+		return s.list('{', '}', func() bool {
 			// Names are not decoded: nobody reads them.
 			_, _, _, ok := s.str()
 			return ok && s.colon() && s.Skip(depth+1)
