@@ -190,7 +190,7 @@ type typedChange struct {
 	invalid  string // why the change is not a change at all
 	badField string // a field of the wrong type: changeId, shapeKey, userId, updatedAt or payload
 
-	scanned [4]string // where scanPush keeps the strings the pointers point to
+	scanned [numStringFields]string // where scanPush keeps the strings the pointers point to, by changeField
 }
 
 // retype decodes one change field by field, noting the first field of the

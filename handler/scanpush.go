@@ -36,13 +36,70 @@ func scanPush(body []byte) (items []*typedChange, ok bool) {
 		case strings.EqualFold(name, "changes"):
 			return false // a repeat, or a case-insensitive match
 		}
-		return s.Skip(0)
+		return s.Skip(envelopeDepth)
 	})
 	if !ok || !s.End() || !found || items == nil {
 		return nil, false
 	}
 	return items, true
 }
+
+// changeField is a field of a change.
+type changeField int
+
+// The fields of a change. The string fields come first: they index
+// typedChange.scanned.
+const (
+	fieldChangeID changeField = iota
+	fieldShapeKey
+	fieldUserID
+	fieldUpdatedAt
+	fieldPayload
+	numChangeFields
+
+	numStringFields = fieldPayload // the fields before payload are strings
+
+	noField changeField = -1 // a member that is none of the fields
+)
+
+// changeFieldNames are the names of the fields as the client sends them.
+var changeFieldNames = [numChangeFields]string{
+	fieldChangeID:  "changeId",
+	fieldShapeKey:  "shapeKey",
+	fieldUserID:    "userId",
+	fieldUpdatedAt: "updatedAt",
+	fieldPayload:   "payload",
+}
+
+// stringField returns where tc points to the value of the string field f.
+func (tc *typedChange) stringField(f changeField) **string {
+	switch f {
+	case fieldChangeID:
+		return &tc.ChangeID
+	case fieldShapeKey:
+		return &tc.ShapeKey
+	case fieldUserID:
+		return &tc.UserID
+	case fieldUpdatedAt:
+		return &tc.UpdatedAt
+	}
+	panic("not a string field of a change")
+}
+
+// The depths scanPush passes to jsonscan for the values it skips, by
+// where they are: members of the body, of a change, of a payload.
+const (
+	envelopeDepth = iota
+	changeDepth
+	payloadDepth
+)
+
+// Changes are allocated in chunks and payload fields in blocks, not one
+// by one.
+const (
+	changeChunk = 64
+	fieldBlock  = 8 * changeChunk // a block has room for 8 fields a change
+)
 
 // pushScanner is the scanner of one push body.
 type pushScanner struct {
@@ -52,9 +109,8 @@ type pushScanner struct {
 
 // changes scans the changes array.
 func (s *pushScanner) changes() ([]*typedChange, bool) {
-	// Changes are allocated in chunks, not one by one.
 	var chunk []typedChange
-	s.fields = make([]shapes.Field, 0, 8*64)
+	s.fields = make([]shapes.Field, 0, fieldBlock)
 	items := []*typedChange{}
 	ok := s.Array(func() bool {
 		if s.Null() {
@@ -62,7 +118,7 @@ func (s *pushScanner) changes() ([]*typedChange, bool) {
 			return true
 		}
 		if len(chunk) == 0 {
-			chunk = make([]typedChange, 64)
+			chunk = make([]typedChange, changeChunk)
 		}
 		tc := &chunk[0]
 		chunk = chunk[1:]
@@ -72,35 +128,32 @@ func (s *pushScanner) changes() ([]*typedChange, bool) {
 	return items, ok
 }
 
-// The fields of a change, as bits, to notice repeats.
-var changeFields = [...]string{"changeId", "shapeKey", "userId", "updatedAt", "payload"}
-
 // change scans one change object into tc.
 func (s *pushScanner) change(tc *typedChange) bool {
-	var seen uint8
+	var seen [numChangeFields]bool
 	return s.Object(func() bool {
 		name, escaped, ok := s.Name()
 		if !ok || escaped {
 			return false
 		}
-		field := -1
-		for f, fn := range changeFields {
-			if name == fn {
+		field := noField
+		for f := range numChangeFields {
+			if name == changeFieldNames[f] {
 				field = f
 				break
 			}
-			if strings.EqualFold(name, fn) {
-				return false
+			if strings.EqualFold(name, changeFieldNames[f]) {
+				return false // encoding/json would take it as f
 			}
 		}
 		switch {
-		case field < 0:
-			return s.Skip(1)
-		case seen&(1<<field) != 0:
-			return false
+		case field == noField:
+			return s.Skip(changeDepth)
+		case seen[field]:
+			return false // a repeat: encoding/json would keep the last
 		}
-		seen |= 1 << field
-		if field == 4 {
+		seen[field] = true
+		if field == fieldPayload {
 			return s.payload(tc)
 		}
 		if s.Null() {
@@ -111,17 +164,7 @@ func (s *pushScanner) change(tc *typedChange) bool {
 			return false
 		}
 		tc.scanned[field] = v
-		p := &tc.scanned[field]
-		switch field {
-		case 0:
-			tc.ChangeID = p
-		case 1:
-			tc.ShapeKey = p
-		case 2:
-			tc.UserID = p
-		case 3:
-			tc.UpdatedAt = p
-		}
+		*tc.stringField(field) = &tc.scanned[field]
 		return true
 	})
 }
@@ -140,12 +183,12 @@ func (s *pushScanner) payload(tc *typedChange) bool {
 		if !ok {
 			return false
 		}
-		v, ok := s.Value(2)
+		v, ok := s.Value(payloadDepth)
 		if !ok {
 			return false
 		}
 		if len(s.fields) == cap(s.fields) {
-			grown := make([]shapes.Field, 0, max(2*(len(s.fields)-from), 8*64))
+			grown := make([]shapes.Field, 0, max(2*(len(s.fields)-from), fieldBlock))
 			s.fields = append(grown, s.fields[from:]...)
 			from = 0
 		}
