@@ -84,7 +84,8 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		return
 	}
 	resp := PushResponse{Status: "OK", AcceptedChanges: make([]string, 0, len(changes)), RejectedChanges: []Rejection{}}
-	var counts [4]int
+	const numOutcomes = shapes.Rejected + 1 // Rejected is the last shapes.Outcome
+	var counts [numOutcomes]int
 	var rejectedBy map[string]int // code -> count, for one log line
 	var tally outcomeTally
 	for i, ch := range changes {
