@@ -18,6 +18,18 @@ import (
 func FuzzDecodePush(f *testing.F) {
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	h := &Handler{MaxBatch: 50, MaxBody: 1 << 16, Now: func() time.Time { return now }}
+	// Bodies at the edges of what scanPush takes, beside those in testdata.
+	change := `"shapeKey":"todos","userId":"alice","updatedAt":"2026-11-25T10:00:00Z"`
+	for _, body := range []string{
+		`{"changes":[{"change\u0049d":"a",` + change + `,"payload":{}}]}`,
+		`{"x":[1,{"y":null}],"changes":[null,{"changeId":"a",` + change + `,"payload":{"t\u006fdoId":"t","todoId":"u"}}]}`,
+		`{"changes":[{"ChangeId":"a","changeId":"b",` + change + `,"payload":{}}]}`,
+		`{"changes":[{"changeId":"a","changeId":"b",` + change + `,"payload":{}}]}`,
+		`{"changes":[{"changeId":"a",` + change + `,"payload":{"todoId":"t","meta":` + nestedArrays(scanPayloadLevels) + `}}]}`,
+		`{"changes":[{"changeId":"a",` + change + `,"payload":{"todoId":"t","meta":` + nestedArrays(scanPayloadLevels+1) + `}}]}`,
+	} {
+		f.Add([]byte(body))
+	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		checkScanAgrees(t, body)
 		r := httptest.NewRequest("POST", "/sync/push", bytes.NewReader(body))

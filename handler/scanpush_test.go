@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/hypersync/hypersync/internal/jsonscan"
 )
 
 // The 1.0.0 client's bodies take the fast path, and decode as
@@ -81,6 +83,26 @@ func TestScanPushLeavesOddBodiesToTheGeneralPath(t *testing.T) {
 		if _, ok := scanPush([]byte(body)); ok {
 			t.Errorf("scanPush took %s", body)
 		}
+	}
+}
+
+// scanPayloadLevels is how deeply a payload value may nest for scanPush to
+// take it: jsonscan.MaxDepth, less the depth at which payload values sit.
+const scanPayloadLevels = jsonscan.MaxDepth - payloadDepth
+
+func nestedArrays(levels int) string {
+	return strings.Repeat("[", levels) + strings.Repeat("]", levels)
+}
+
+// scanPush follows payload values as deep as it may, and leaves deeper
+// ones to the general path.
+func TestScanPushDepth(t *testing.T) {
+	for levels, want := range map[int]bool{scanPayloadLevels: true, scanPayloadLevels + 1: false} {
+		body := []byte(`{"changes":[{"changeId":"a","payload":{"todoId":"t","meta":` + nestedArrays(levels) + `}}]}`)
+		if _, ok := scanPush(body); ok != want {
+			t.Errorf("a payload value %d levels deep: scanPush ok=%v", levels, ok)
+		}
+		checkScanAgrees(t, body)
 	}
 }
 
