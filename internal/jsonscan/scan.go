@@ -9,11 +9,11 @@
 // string it returns is the one encoding/json decodes. It does not try to
 // handle everything encoding/json does. It refuses, by answering false,
 // invalid JSON and values nested deeper than MaxDepth, and it reports
-// names that hold escapes, which a caller matching names as written would
-// get wrong. It gives no error messages. A caller that gets false should
-// drop what it scanned and decode the input on a general path, typically
-// encoding/json, which gives the right error or the right result; after
-// false the scanner's position means nothing.
+// which names held escapes, so that a caller may refuse those too. It
+// gives no error messages. A caller that gets false should drop what it
+// scanned and decode the input on a general path, typically encoding/json,
+// which gives the right error or the right result; after false the
+// scanner's position means nothing.
 //
 // What encoding/json does on top of the JSON grammar is the caller's to
 // mimic or refuse: matching names case-insensitively, taking the last of
@@ -32,9 +32,10 @@ import (
 // refused, to bound the recursion; the general path has its own limit.
 const MaxDepth = 200
 
-// Scanner reads one JSON input from start to end. Its methods, except
-// SkipSpace, expect the scanner at the start of what they scan: callers
-// skip whitespace before a value, except where the methods say they do.
+// Scanner reads one JSON input from start to end. Its methods expect it
+// at the first byte of what they scan: the caller skips whitespace with
+// SkipSpace, but Object and Array skip it before each member or element,
+// and Name after the colon.
 type Scanner struct {
 	b    []byte
 	text string // b viewed as a string, for cutting strings from it
@@ -95,7 +96,8 @@ func (s *Scanner) Null() bool { return s.literal("null") }
 
 // Object scans an object. It calls member at each member's name, with the
 // whitespace before it skipped; member must scan the name, typically with
-// Name, and the value, and report whether they were fine.
+// Name, and the value, and report whether they were fine. Object and Array
+// do not count depth: a caller that recurses bounds it itself.
 func (s *Scanner) Object(member func() bool) bool {
 	return s.list('{', '}', member)
 }
@@ -135,10 +137,9 @@ func (s *Scanner) list(opening, closing byte, each func() bool) bool {
 }
 
 // Name scans an object member's name and the colon after it, and skips
-// the whitespace up to the value. The name is decoded; escaped reports
-// whether it held escapes, so that a caller that matches names against
-// the bytes it expects (encoding/json matches the decoded name) can
-// refuse them.
+// the whitespace up to the value. The name is decoded, as encoding/json
+// decodes it; escaped reports whether it held escapes, for a caller that
+// leaves such names, rare in practice, to its general path.
 func (s *Scanner) Name() (name string, escaped, ok bool) {
 	start, end, escaped, ok := s.str()
 	if !ok {
