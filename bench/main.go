@@ -47,6 +47,7 @@ var (
 	caddyBin   = flag.String("caddy", "", "a Caddy with hypersync; built from ./cmd/caddy when empty")
 	profile    = flag.String("profile", "", "save Caddy's CPU profile during the first 1-user push to this file")
 	dsnFlag    = flag.String("dsn", "", "an existing PostgreSQL database to use (it must be empty); a throwaway cluster when empty")
+	withPG     = flag.Bool("postgres", true, "measure the PostgreSQL rows")
 )
 
 const ddl = pgtest.TodosDDL + ";\n" + pgtest.TodosIndex
@@ -94,6 +95,92 @@ func (r *result) pair(run int, viaCaddy, direct func() (float64, error)) error {
 
 func run() error {
 	ctx := context.Background()
+	bin := *caddyBin
+	if bin == "" {
+		dir, err := os.MkdirTemp("", "hypersync-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		bin = filepath.Join(dir, "caddy")
+		fmt.Fprintln(os.Stderr, "building Caddy with hypersync…")
+		build := exec.Command("go", "build", "-o", bin, "./cmd/caddy")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			return fmt.Errorf("building caddy: %w", err)
+		}
+	}
+	var out outcome
+	if *withPG {
+		if err := runPostgres(ctx, bin, &out); err != nil {
+			return err
+		}
+	}
+	report(out)
+	if len(out.breakdown) > 0 {
+		fmt.Printf("\nwhere a push request's time goes, per request, from Caddy's hypersync metrics (median run):\n")
+	}
+	for _, b := range out.breakdown {
+		if len(b.sums) == 0 || b.sums[0].count == 0 {
+			continue
+		}
+		sort.Slice(b.sums, func(i, j int) bool { return b.sums[i].request/b.sums[i].count < b.sums[j].request/b.sums[j].count })
+		m := b.sums[len(b.sums)/2]
+		fmt.Printf("  %s: %.2f ms in the handler, of which %.2f ms in the store (%.2f ms waiting for the user's stamp)\n",
+			b.label, 1000*m.request/m.count, 1000*m.database/m.count, 1000*m.lockWait/m.count)
+	}
+	return nil
+}
+
+// outcome is what the sections measured, for the report.
+type outcome struct {
+	results           []result // PostgreSQL's
+	ran               bool     // the PostgreSQL section ran
+	p50               float64
+	heapRise, rssRise float64
+	enc               []string
+	breakdown         []breakdown
+}
+
+// breakdown is the push histograms' sums of one push row, per run.
+type breakdown struct {
+	label string
+	sums  []pushSums
+}
+
+// caddyPush measures one push through Caddy, adds the push histograms'
+// sums over it to sums, and saves a CPU profile of Caddy to profileFile
+// when that is not empty.
+func caddyPush(srv *caddyServer, users int, prefix, profileFile string, sums *[]pushSums) (float64, error) {
+	var profiled chan error
+	if profileFile != "" {
+		profiled = make(chan error, 1)
+		go func() { profiled <- srv.cpuProfile(profileFile, 3) }()
+		time.Sleep(100 * time.Millisecond)
+	}
+	before, err := srv.pushSums()
+	if err != nil {
+		return 0, err
+	}
+	rate, err := measurePush(users, srv.preparePush, prefix)
+	if err == nil {
+		var after pushSums
+		if after, err = srv.pushSums(); err == nil {
+			*sums = append(*sums, after.minus(before))
+		}
+	}
+	if profiled != nil {
+		if perr := <-profiled; err == nil {
+			err = perr
+		}
+	}
+	return rate, err
+}
+
+// runPostgres measures the PostgreSQL rows, on a throwaway cluster that
+// is gone when it returns.
+func runPostgres(ctx context.Context, bin string, out *outcome) error {
+	out.ran = true
 	dsn := *dsnFlag
 	if dsn == "" {
 		c, err := pgtest.StartCluster()
@@ -112,21 +199,6 @@ func run() error {
 		return fmt.Errorf("creating the table: %w", err)
 	}
 
-	bin := *caddyBin
-	if bin == "" {
-		dir, err := os.MkdirTemp("", "hypersync-bench-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(dir)
-		bin = filepath.Join(dir, "caddy")
-		fmt.Fprintln(os.Stderr, "building Caddy with hypersync…")
-		build := exec.Command("go", "build", "-o", bin, "./cmd/caddy")
-		build.Stdout, build.Stderr = os.Stderr, os.Stderr
-		if err := build.Run(); err != nil {
-			return fmt.Errorf("building caddy: %w", err)
-		}
-	}
 	users := []string{"u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7", "big", "small", "mem"}
 	srv, err := startCaddy(bin, dsn, users)
 	if err != nil {
@@ -134,37 +206,18 @@ func run() error {
 	}
 	defer srv.stop()
 
-	var results []result
-	breakdown := map[int][]pushSums{}
 	// push, 1 user and 8 users
 	for _, n := range []int{1, 8} {
 		var res result
+		sums := breakdown{label: fmt.Sprintf("%d user(s)", n)}
 		for r := 0; r < *runs; r++ {
 			prefix := fmt.Sprintf("p%d-%d-", n, r)
 			viaCaddy := func() (float64, error) {
-				var profiled chan error
-				if *profile != "" && n == 1 && r == 0 {
-					profiled = make(chan error, 1)
-					go func() { profiled <- srv.cpuProfile(*profile, 3) }()
-					time.Sleep(100 * time.Millisecond)
+				prof := ""
+				if n == 1 && r == 0 {
+					prof = *profile
 				}
-				before, err := srv.pushSums()
-				if err != nil {
-					return 0, err
-				}
-				rate, err := measurePush(n, srv.preparePush, prefix+"c")
-				if err == nil {
-					var after pushSums
-					if after, err = srv.pushSums(); err == nil {
-						breakdown[n] = append(breakdown[n], after.minus(before))
-					}
-				}
-				if profiled != nil {
-					if perr := <-profiled; err == nil {
-						err = perr
-					}
-				}
-				return rate, err
+				return caddyPush(srv, n, prefix+"c", prof, &sums.sums)
 			}
 			direct := func() (float64, error) {
 				return measurePush(n, func(user string, batch []change) (func() error, error) {
@@ -176,7 +229,8 @@ func run() error {
 			}
 		}
 		res.name, res.unit, res.target, res.better = fmt.Sprintf("push, %d user(s), batches of %d", n, *batchSize), "changes/s", "≥ 0.6×", "higher"
-		results = append(results, res)
+		out.results = append(out.results, res)
+		out.breakdown = append(out.breakdown, sums)
 	}
 
 	// full pull of pullRows rows
@@ -202,20 +256,18 @@ func run() error {
 		}
 	}
 	pull.name = fmt.Sprintf("full pull of %d rows (%.1f MB JSON)", *pullRows, float64(size)/1e6)
-	results = append(results, pull)
+	out.results = append(out.results, pull)
 
 	// compression
-	var enc []string
 	for _, e := range []string{"gzip", "zstd"} {
 		n, err := srv.pullBytes("big", "1970-01-01T00:00:00.000Z", e)
 		if err != nil {
 			return err
 		}
-		enc = append(enc, fmt.Sprintf("%s %.1f MB (%.0f%% saved)", e, float64(n)/1e6, 100*(1-float64(n)/float64(size))))
+		out.enc = append(out.enc, fmt.Sprintf("%s %.1f MB (%.0f%% saved)", e, float64(n)/1e6, 100*(1-float64(n)/float64(size))))
 	}
 
 	// small pull among many rows of other users
-	var p50 float64
 	if *smallOther > 0 {
 		if err := seedRows(ctx, pool, "", "o", *smallOther); err != nil {
 			return err
@@ -237,32 +289,18 @@ func run() error {
 			}
 			lat = append(lat, float64(time.Since(start).Microseconds())/1000)
 		}
-		p50 = median(lat)
+		out.p50 = median(lat)
 	}
 
 	// memory during a 1M-row pull
-	var heapRise, rssRise float64
 	if *bigRows > 0 {
 		if err := seedRows(ctx, pool, "mem", "m", *bigRows); err != nil {
 			return err
 		}
-		heapRise, rssRise, err = srv.measurePullMemory("mem")
+		out.heapRise, out.rssRise, err = srv.measurePullMemory("mem")
 		if err != nil {
 			return err
 		}
-	}
-
-	report(results, p50, heapRise, rssRise, enc)
-	fmt.Printf("\nwhere a push request's time goes, per request, from Caddy's hypersync metrics (median run):\n")
-	for _, n := range []int{1, 8} {
-		b := breakdown[n]
-		if len(b) == 0 || b[0].count == 0 {
-			continue
-		}
-		sort.Slice(b, func(i, j int) bool { return b[i].request/b[i].count < b[j].request/b[j].count })
-		m := b[len(b)/2]
-		fmt.Printf("  %d user(s): %.2f ms in the handler, of which %.2f ms in the store (%.2f ms waiting for the user's stamp)\n",
-			n, 1000*m.request/m.count, 1000*m.database/m.count, 1000*m.lockWait/m.count)
 	}
 	return nil
 }
@@ -305,29 +343,33 @@ func (s *caddyServer) pushSums() (pushSums, error) {
 	return p, nil
 }
 
-func report(results []result, p50, heapRise, rssRise float64, enc []string) {
+func report(out outcome) {
 	host, _ := os.Hostname()
 	fmt.Printf("\nhypersync benchmark — %s, %d CPUs, median of %d runs; each ratio is the median of the runs' own ratios\n\n", host, runtime.NumCPU(), *runs)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "work\tthrough Caddy\tdirect pgx\tratio\ttarget\tmet\tratio per run")
-	for _, r := range results {
-		ratio := median(r.ratios)
-		met := (r.better == "higher" && ratio >= 0.6) || (r.better == "lower" && ratio <= 1.2)
-		var each []string
-		for _, x := range r.ratios {
-			each = append(each, fmt.Sprintf("%.2f", x))
+	fmt.Fprintln(w, "work\tthrough Caddy\tdirect\tratio\ttarget\tmet\tratio per run")
+	rows := func(results []result) {
+		for _, r := range results {
+			ratio := median(r.ratios)
+			met := (r.better == "higher" && ratio >= 0.6) || (r.better == "lower" && ratio <= 1.2)
+			var each []string
+			for _, x := range r.ratios {
+				each = append(each, fmt.Sprintf("%.2f", x))
+			}
+			fmt.Fprintf(w, "%s\t%.0f %s\t%.0f %s\t%.2f×\t%s\t%v\t%s\n", r.name, median(r.caddy), r.unit, median(r.direct), r.unit, ratio, r.target, yes(met), strings.Join(each, " "))
 		}
-		fmt.Fprintf(w, "%s\t%.0f %s\t%.0f %s\t%.2f×\t%s\t%v\t%s\n", r.name, median(r.caddy), r.unit, median(r.direct), r.unit, ratio, r.target, yes(met), strings.Join(each, " "))
 	}
-	if p50 > 0 {
-		fmt.Fprintf(w, "pull of 100 new rows among %d of other users, p50\t%.2f ms\t\t\t< 5 ms\t%v\n", *smallOther, p50, yes(p50 < 5))
+	rows(out.results)
+	if out.p50 > 0 {
+		fmt.Fprintf(w, "pull of 100 new rows among %d of other users, p50\t%.2f ms\t\t\t< 5 ms\t%v\n", *smallOther, out.p50, yes(out.p50 < 5))
 	}
-	if *bigRows > 0 {
-		fmt.Fprintf(w, "Caddy's peak heap rise during a pull of %d rows\t%.1f MB (RSS %.1f MB)\t\t\t≤ 64 MB\t%v\n", *bigRows, heapRise, rssRise, yes(heapRise <= 64))
+	if out.ran && *bigRows > 0 {
+		fmt.Fprintf(w, "Caddy's peak heap rise during a pull of %d rows\t%.1f MB (RSS %.1f MB)\t\t\t≤ 64 MB\t%v\n", *bigRows, out.heapRise, out.rssRise, yes(out.heapRise <= 64))
 	}
 	w.Flush()
-	if len(enc) > 0 {
-		fmt.Printf("\nthe %d-row pull with `encode zstd gzip`: %s\n", *pullRows, strings.Join(enc, ", "))
+	fmt.Println("\ndirect: pgx on PostgreSQL")
+	if len(out.enc) > 0 {
+		fmt.Printf("\nthe %d-row pull with `encode zstd gzip`: %s\n", *pullRows, strings.Join(out.enc, ", "))
 	}
 }
 
@@ -510,7 +552,9 @@ func freePort() int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func startCaddy(bin, dsn string, users []string) (*caddyServer, error) {
+// startCaddy starts Caddy with hypersync on database (a PostgreSQL DSN or
+// sqlite:FILE), behind basic_auth for users, all with the password "pw".
+func startCaddy(bin, database string, users []string) (*caddyServer, error) {
 	hash, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
 	if err != nil {
 		return nil, err
@@ -540,7 +584,7 @@ http://127.0.0.1:%d {
 			}
 		}
 	}
-}`, admin, port, accounts.String(), dsn)
+}`, admin, port, accounts.String(), database)
 	dir, err := os.MkdirTemp("", "hypersync-bench-caddy-")
 	if err != nil {
 		return nil, err
