@@ -1,13 +1,16 @@
-// Command bench measures hypersync against PostgreSQL itself, in one run
-// on one machine:
+// Command bench measures hypersync against PostgreSQL and SQLite
+// themselves, in one run on one machine:
 //
-//	go run ./bench            # from the repository root
+//	go run ./bench                  # from the repository root
+//	go run ./bench -postgres=false  # the SQLite rows alone
 //
 // It starts a throwaway PostgreSQL cluster and a real Caddy (built from
 // this repository) with basic_auth and hypersync on loopback. It then does
 // the same work through Caddy, with the @jaaahn/hyper-sync 1.0.0 wire
 // format, and directly with pgx, and prints a table of absolute figures
-// and their ratios. Each figure is the median of -runs runs.
+// and their ratios. The SQLite rows do the same with a second Caddy whose
+// database is a SQLite file, against modernc.org/sqlite on a file of its
+// own. Each figure is the median of -runs runs.
 package main
 
 import (
@@ -47,7 +50,10 @@ var (
 	caddyBin   = flag.String("caddy", "", "a Caddy with hypersync; built from ./cmd/caddy when empty")
 	profile    = flag.String("profile", "", "save Caddy's CPU profile during the first 1-user push to this file")
 	dsnFlag    = flag.String("dsn", "", "an existing PostgreSQL database to use (it must be empty); a throwaway cluster when empty")
-	withPG     = flag.Bool("postgres", true, "measure the PostgreSQL rows")
+	withPG     = flag.Bool("postgres", true, "measure the PostgreSQL rows (-postgres=false: the SQLite rows alone)")
+	withSQLite = flag.Bool("sqlite", true, "measure the SQLite rows")
+	sqlitePull = flag.Int("sqlite-pull", 0, "rows in the SQLite full-pull measurement (0: as many as -pull)")
+	sqliteProf = flag.String("sqlite-profile", "", "save Caddy's CPU profile during the first SQLite push to this file")
 )
 
 const ddl = pgtest.TodosDDL + ";\n" + pgtest.TodosIndex
@@ -116,6 +122,11 @@ func run() error {
 			return err
 		}
 	}
+	if *withSQLite {
+		if err := runSQLite(ctx, bin, &out); err != nil {
+			return err
+		}
+	}
 	report(out)
 	if len(out.breakdown) > 0 {
 		fmt.Printf("\nwhere a push request's time goes, per request, from Caddy's hypersync metrics (median run):\n")
@@ -135,7 +146,8 @@ func run() error {
 // outcome is what the sections measured, for the report.
 type outcome struct {
 	results           []result // PostgreSQL's
-	ran               bool     // the PostgreSQL section ran
+	sqlite            []result
+	ran               bool // the PostgreSQL section ran
 	p50               float64
 	heapRise, rssRise float64
 	enc               []string
@@ -366,8 +378,9 @@ func report(out outcome) {
 	if out.ran && *bigRows > 0 {
 		fmt.Fprintf(w, "Caddy's peak heap rise during a pull of %d rows\t%.1f MB (RSS %.1f MB)\t\t\t≤ 64 MB\t%v\n", *bigRows, out.heapRise, out.rssRise, yes(out.heapRise <= 64))
 	}
+	rows(out.sqlite)
 	w.Flush()
-	fmt.Println("\ndirect: pgx on PostgreSQL")
+	fmt.Println("\ndirect: pgx on PostgreSQL; database/sql with modernc.org/sqlite on SQLite")
 	if len(out.enc) > 0 {
 		fmt.Printf("\nthe %d-row pull with `encode zstd gzip`: %s\n", *pullRows, strings.Join(out.enc, ", "))
 	}
