@@ -381,6 +381,14 @@ func report(out outcome) {
 	rows(out.sqlite)
 	w.Flush()
 	fmt.Println("\ndirect: pgx on PostgreSQL; database/sql with modernc.org/sqlite on SQLite")
+	fmt.Println("\neach run, through Caddy / direct:")
+	for _, r := range append(append([]result{}, out.results...), out.sqlite...) {
+		var each []string
+		for i := range r.caddy {
+			each = append(each, fmt.Sprintf("%.0f / %.0f", r.caddy[i], r.direct[i]))
+		}
+		fmt.Printf("  %s (%s): %s\n", r.name, r.unit, strings.Join(each, ", "))
+	}
 	if len(out.enc) > 0 {
 		fmt.Printf("\nthe %d-row pull with `encode zstd gzip`: %s\n", *pullRows, strings.Join(out.enc, ", "))
 	}
