@@ -559,6 +559,7 @@ func seedRows(ctx context.Context, pool *pgxpool.Pool, user, prefix string, n in
 
 type caddyServer struct {
 	cmd    *exec.Cmd
+	dir    string // the Caddyfile and the log
 	base   string
 	admin  string
 	client *http.Client
@@ -621,7 +622,7 @@ http://127.0.0.1:%d {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	s := &caddyServer{cmd: cmd, base: fmt.Sprintf("http://127.0.0.1:%d", port), admin: fmt.Sprintf("http://127.0.0.1:%d", admin),
+	s := &caddyServer{cmd: cmd, dir: dir, base: fmt.Sprintf("http://127.0.0.1:%d", port), admin: fmt.Sprintf("http://127.0.0.1:%d", admin),
 		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}}
 	for i := 0; ; i++ {
 		if _, err := s.pullBytes("u0", "", ""); err == nil {
@@ -629,6 +630,8 @@ http://127.0.0.1:%d {
 		}
 		if i > 100 {
 			log, _ := os.ReadFile(filepath.Join(dir, "caddy.log"))
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
 			return nil, fmt.Errorf("caddy did not start:\n%s", log)
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -638,6 +641,7 @@ http://127.0.0.1:%d {
 func (s *caddyServer) stop() {
 	_ = s.cmd.Process.Signal(os.Interrupt)
 	_ = s.cmd.Wait()
+	_ = os.RemoveAll(s.dir)
 }
 
 func (s *caddyServer) push(user string, batch []change) error {
