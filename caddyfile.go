@@ -66,17 +66,17 @@ func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			// A DSN from a placeholder is checked when the config loads.
-			if !strings.HasPrefix(h.Database, "{") {
+			if !strings.Contains(h.Database, "{") {
 				if err := shapes.CheckDSN(h.Database); err != nil {
-					return d.Err(err.Error())
+					return d.WrapErr(err)
 				}
 			}
 		case "user_id":
 			if !d.Args(&h.UserID) || d.NextArg() {
 				return d.ArgErr()
 			}
-			if !strings.Contains(h.UserID, "{") || !strings.Contains(h.UserID, "}") {
-				return d.Errf("user_id %q is not a placeholder such as {http.auth.user.id}", h.UserID)
+			if err := checkUserID(h.UserID); err != nil {
+				return d.WrapErr(err)
 			}
 		case "max_batch":
 			if err := positiveInt(d, &h.MaxBatch); err != nil {
@@ -243,7 +243,7 @@ func unmarshalShape(d *caddyfile.Dispenser) (shapes.ShapeConfig, error) {
 		return s, d.Errf("shape %q needs a key: key <field>...", s.Key)
 	}
 	if err := s.Validate(); err != nil {
-		return s, d.Err(err.Error())
+		return s, d.WrapErr(err)
 	}
 	return s, nil
 }

@@ -1,11 +1,11 @@
 package hypersync
 
 import (
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,11 +17,12 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/hypersync/hypersync/internal/pgtest"
+	"github.com/hypersync/hypersync/internal/testkit"
 	"github.com/hypersync/hypersync/shapes"
 )
 
 const integrationDDL = pgtest.TodosWithDescriptionDDL + `;
-CREATE INDEX ON todos (userId, lastSyncAt);
+CREATE INDEX todos_sync ON todos (userId, lastSyncAt);
 CREATE TABLE lists (listId TEXT PRIMARY KEY, name TEXT, userId TEXT NOT NULL, updatedAt timestamptz, lastSyncAt timestamptz)`
 
 // integrationCaddyfile is the SPA + sync site of the README, on a loopback
@@ -84,24 +85,55 @@ func itChange(id, user, key, title string, updated time.Time) string {
 }
 
 func TestThroughCaddy(t *testing.T) {
-	t.Run("postgres", func(t *testing.T) {
-		dsn := pgtest.NewDatabase(t)
-		pgtest.Exec(t, dsn, integrationDDL)
-		throughCaddy(t, dsn)
-	})
-	t.Run("sqlite", func(t *testing.T) {
-		path := filepath.Join(t.TempDir(), "it.db")
-		db, err := sql.Open("sqlite", path)
-		if err != nil {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) { throughCaddy(t, b.Open(t, integrationDDL)) })
+}
+
+// A hypersync without a matcher answers its own paths only, and passes
+// every other request on to the site's next handler.
+func TestHypersyncClaimsOnlyItsPaths(t *testing.T) {
+	dir := t.TempDir()
+	db := filepath.Join(dir, "claims.db")
+	site := filepath.Join(dir, "site")
+	if err := os.MkdirAll(filepath.Join(site, "app", "sync"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"index.html", "app/sync/pushes"} {
+		if err := os.WriteFile(filepath.Join(site, f), []byte("the app"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		ddl := strings.NewReplacer("DEFAULT NOW()", "", "timestamptz", "TIMESTAMP", "CREATE INDEX ON", "CREATE INDEX todos_sync ON").Replace(integrationDDL)
-		if _, err := db.Exec(ddl); err != nil {
-			t.Fatal(err)
+	}
+	tester := serveSites(t, nil, `http://localhost:9080 {
+	root * `+site+`
+	hypersync {
+		database sqlite:`+db+`
+		shape notes {
+			key noteId
+			fields body
+			create_table
 		}
-		db.Close()
-		throughCaddy(t, "sqlite:"+path)
-	})
+	}
+	file_server
+}
+`)
+	for _, c := range []struct {
+		path   string
+		status int
+		body   string
+	}{
+		{"/index.html", 200, "the app"},
+		{"/", 200, "the app"},
+		{"/app/sync/pushes", 200, "the app"},
+		{"/sync/pull/", 401, `"unauthenticated"`},
+		{"/api/push", 405, `"method-not-allowed"`},
+	} {
+		req, _ := http.NewRequest("GET", "http://localhost:9080"+c.path, nil)
+		resp := tester.AssertResponseCode(req, c.status)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(b), c.body) {
+			t.Errorf("GET %s: %d %q, want %d with %q", c.path, resp.StatusCode, b, c.status, c.body)
+		}
+	}
 }
 
 func throughCaddy(t *testing.T, dsn string) {

@@ -22,6 +22,9 @@ import (
 
 	"github.com/hypersync/hypersync/handler"
 	"github.com/hypersync/hypersync/shapes"
+	// The database drivers register their DSNs with package shapes.
+	_ "github.com/hypersync/hypersync/shapes/postgres"
+	_ "github.com/hypersync/hypersync/shapes/sqlite"
 )
 
 func init() {
@@ -79,6 +82,7 @@ type HyperSync struct {
 
 	dsn     string
 	db      *shapes.Database
+	store   *shapes.Store
 	handler *handler.Handler
 	logger  *zap.Logger
 }
@@ -91,11 +95,16 @@ func (HyperSync) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision opens (or reuses) the database pool and checks every shape
-// against its table. A table that does not match fails the config load;
-// a database that cannot be reached only logs a warning, and the check
-// runs again on first use.
+// Provision checks the configuration, then opens (or reuses) the database
+// pool and checks every shape against its table. A table that does not
+// match fails the config load; a database that cannot be reached only logs
+// a warning, and the check runs again on first use.
 func (h *HyperSync) Provision(ctx caddy.Context) error {
+	// Caddy calls Provision before Validate: check first, so that a config
+	// that cannot work opens no pool and creates no table.
+	if err := h.check(); err != nil {
+		return err
+	}
 	h.logger = ctx.Logger()
 	if h.UserID == "" {
 		h.UserID = DefaultUserID
@@ -126,38 +135,30 @@ func (h *HyperSync) Provision(ctx caddy.Context) error {
 	}
 	h.db = val.(*shapes.Database)
 
-	store, err := shapes.NewStore(h.db, h.Shapes, h.logger)
-	if err != nil {
+	if h.store, err = shapes.NewStore(h.db, h.Shapes, h.logger); err != nil {
 		return err
 	}
-	h.handler = &handler.Handler{
-		Store:     store,
-		Logger:    h.logger,
-		MaxBatch:  h.MaxBatch,
-		MaxBody:   h.MaxBody,
-		Timeout:   time.Duration(h.Timeout),
-		MaxPushes: h.MaxConcurrentPushes,
-		MaxPulls:  h.MaxConcurrentPulls,
-	}
-	if h.handler.Timeout == 0 {
-		h.handler.Timeout = handler.DefaultTimeout
-	}
+	cfg := h.handlerConfig()
+	cfg.Store, cfg.Logger = h.store, h.logger
 	if !h.DisableMetrics {
-		h.handler.Observer = promObserver{}
+		cfg.Observer = promObserver{}
 	}
-	h.handler.RequestID = func(r *http.Request) string {
+	cfg.RequestID = func(r *http.Request) string {
 		repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 		if repl == nil {
 			return ""
 		}
 		return repl.ReplaceAll("{http.request.uuid}", "")
 	}
+	if h.handler, err = handler.New(cfg); err != nil {
+		return err
+	}
 
 	live.Store(h, struct{}{})
 
 	checkCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := store.Check(checkCtx); err != nil {
+	if err := h.store.Check(checkCtx); err != nil {
 		if errors.Is(err, shapes.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
 			h.logger.Warn("database unreachable; shapes will be checked on first use",
 				zap.String("database", h.db.String()), zap.Error(err))
@@ -173,25 +174,47 @@ func (h *HyperSync) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// handlerConfig is the handler's part of the configuration.
+func (h *HyperSync) handlerConfig() handler.Config {
+	return handler.Config{
+		MaxBatch:  h.MaxBatch,
+		MaxBody:   h.MaxBody,
+		Timeout:   time.Duration(h.Timeout),
+		MaxPushes: h.MaxConcurrentPushes,
+		MaxPulls:  h.MaxConcurrentPulls,
+	}
+}
+
 // Validate checks the configuration's values.
-func (h *HyperSync) Validate() error {
+func (h *HyperSync) Validate() error { return h.check() }
+
+// check is the one check of the configuration, without side effects: the
+// Caddyfile parser, Provision and Validate all rely on it.
+func (h *HyperSync) check() error {
 	if len(h.Shapes) == 0 {
 		return fmt.Errorf("no shapes configured")
 	}
-	if !strings.Contains(h.UserID, "{") || !strings.Contains(h.UserID, "}") {
-		return fmt.Errorf("user_id %q is not a placeholder such as {http.auth.user.id}", h.UserID)
+	if h.UserID != "" {
+		if err := checkUserID(h.UserID); err != nil {
+			return err
+		}
 	}
-	if h.MaxBatch < 0 {
-		return fmt.Errorf("max_batch must be positive")
+	// A DSN from a placeholder is checked once it is resolved.
+	if h.Database != "" && !strings.Contains(h.Database, "{") {
+		if err := shapes.CheckDSN(h.Database); err != nil {
+			return fmt.Errorf("database: %w", err)
+		}
 	}
-	if h.MaxBody < 0 {
-		return fmt.Errorf("max_body must be positive")
+	if err := shapes.ValidateShapes(h.Shapes); err != nil {
+		return err
 	}
-	if h.Timeout < 0 {
-		return fmt.Errorf("timeout must be positive")
-	}
-	if h.MaxConcurrentPushes < 0 || h.MaxConcurrentPulls < 0 {
-		return fmt.Errorf("max_concurrent_pushes and max_concurrent_pulls must be positive")
+	return h.handlerConfig().Check()
+}
+
+// checkUserID accepts a placeholder such as {http.auth.user.id}.
+func checkUserID(s string) error {
+	if !strings.Contains(s, "{") || !strings.Contains(s, "}") {
+		return fmt.Errorf("user_id %q is not a placeholder such as {http.auth.user.id}", s)
 	}
 	return nil
 }
@@ -200,6 +223,9 @@ func (h *HyperSync) Validate() error {
 // config to let go of a pool closes it.
 func (h *HyperSync) Cleanup() error {
 	live.Delete(h)
+	if h.store != nil {
+		h.store.Close()
+	}
 	if h.db != nil {
 		_, err := databases.Delete(h.dsn)
 		return err
@@ -207,9 +233,13 @@ func (h *HyperSync) Cleanup() error {
 	return nil
 }
 
-// ServeHTTP answers push and pull. It never calls next: every request that
-// reaches it is a sync request, and other paths get a 404.
-func (h *HyperSync) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+// ServeHTTP answers push and pull, chosen by the path's last segment, and
+// passes every other request on to next: a hypersync without a matcher
+// claims only its own paths, and the site's other handlers serve the rest.
+func (h *HyperSync) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if handler.Op(r.URL.Path) == "" {
+		return next.ServeHTTP(w, r)
+	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	// ReplaceAll, not ReplaceKnown: an unset placeholder must give "", never
 	// its own text as a user id.

@@ -12,7 +12,7 @@ import (
 
 	"github.com/hypersync/hypersync/handler"
 	"github.com/hypersync/hypersync/internal/pgtest"
-	"github.com/hypersync/hypersync/shapes"
+	"github.com/hypersync/hypersync/internal/testkit"
 )
 
 // BenchmarkPush runs the whole push path in one process, from the request
@@ -32,16 +32,11 @@ func benchmarkPush(b *testing.B, mode string) {
 	if mode != "" {
 		dsn = pgtest.WithParam(dsn, "default_query_exec_mode", mode)
 	}
-	db, err := shapes.Open(dsn, shapes.Options{})
+	store := testkit.NewStore(b, testkit.OpenDB(b, dsn), testkit.TodosShape)
+	h, err := handler.New(handler.Config{Store: store, Logger: zap.NewNop(), Timeout: 10 * time.Second})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer db.Destruct()
-	store, err := shapes.NewStore(db, []shapes.ShapeConfig{{Key: "todos", KeyFields: []string{"todoId"}, Fields: []string{"title", "done", "deleted"}}}, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	h := &handler.Handler{Store: store, Logger: zap.NewNop(), Timeout: 10 * time.Second}
 	const batch = 300
 	bodies := make([][]byte, 0, 64)
 	next := 0

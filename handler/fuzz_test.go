@@ -17,7 +17,10 @@ import (
 // change, and every change it passes on is complete and within bounds.
 func FuzzDecodePush(f *testing.F) {
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	h := &Handler{MaxBatch: 50, MaxBody: 1 << 16, Now: func() time.Time { return now }}
+	h, err := New(Config{MaxBatch: 50, MaxBody: 1 << 16, Now: func() time.Time { return now }})
+	if err != nil {
+		f.Fatal(err)
+	}
 	// Bodies at the edges of what scanPush takes, beside those in testdata.
 	change := `"shapeKey":"todos","userId":"alice","updatedAt":"2026-11-25T10:00:00Z"`
 	for _, body := range []string{
@@ -42,7 +45,7 @@ func FuzzDecodePush(f *testing.F) {
 			}
 			return
 		}
-		if len(changes) != len(results) || len(changes) > h.MaxBatch {
+		if len(changes) != len(results) || len(changes) > h.cfg.MaxBatch {
 			t.Fatalf("%d changes, %d results", len(changes), len(results))
 		}
 		ids := map[string]bool{}

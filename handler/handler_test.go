@@ -1,13 +1,11 @@
 package handler_test
 
 import (
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/hypersync/hypersync/handler"
 	"github.com/hypersync/hypersync/internal/pgtest"
+	"github.com/hypersync/hypersync/internal/testkit"
 	"github.com/hypersync/hypersync/shapes"
 )
 
@@ -31,59 +30,23 @@ type env struct {
 }
 
 // stores are the databases every wire test runs on.
-type store struct {
-	name string
-	// openWith returns a fresh database holding the table ddl creates
-	openWith func(t *testing.T, ddl string) string
-}
-
-var stores = []store{
-	{"postgres", func(t *testing.T, ddl string) string {
-		dsn := pgtest.NewDatabase(t)
-		pgtest.Exec(t, dsn, ddl)
-		return dsn
-	}},
-	{"sqlite", func(t *testing.T, ddl string) string {
-		path := filepath.Join(t.TempDir(), "sync.db")
-		db, err := sql.Open("sqlite", path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
-		ddl = strings.NewReplacer("DEFAULT NOW()", "", "JSONB", "JSON", "DOUBLE PRECISION", "DOUBLE", "INTEGER", "INT4").Replace(ddl)
-		if _, err := db.Exec(ddl); err != nil {
-			t.Fatal(err)
-		}
-		return "sqlite:" + path
-	}},
-}
+var stores = testkit.Stores()
 
 // forEachStore runs f as a subtest on every database, with the todos table.
 func forEachStore(t *testing.T, f func(t *testing.T, dsn string)) {
-	for _, s := range stores {
-		t.Run(s.name, func(t *testing.T) { f(t, s.openWith(t, seedDDL)) })
-	}
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) { f(t, b.Open(t, seedDDL)) })
 }
 
-func newEnvOn(t *testing.T, dsn string, configure func(*handler.Handler)) *env {
-	db, err := shapes.Open(dsn, shapes.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+func newEnvOn(t *testing.T, dsn string, configure func(*handler.Config)) *env {
+	db := testkit.OpenDB(t, dsn)
 	// no fields listed: every column of the table is synced
-	store, err := shapes.NewStore(db, []shapes.ShapeConfig{{Key: "todos", KeyFields: []string{"todoId"}}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &handler.Handler{Store: store, Logger: zaptest.NewLogger(t), Timeout: 5 * time.Second}
+	store := testkit.NewStore(t, db, shapes.ShapeConfig{Key: "todos", KeyFields: []string{"todoId"}})
+	cfg := handler.Config{Store: store, Logger: zaptest.NewLogger(t), Timeout: 5 * time.Second}
 	if configure != nil {
-		configure(h)
+		configure(&cfg)
 	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.Serve(w, r, r.Header.Get("X-Test-User"))
-	}))
-	t.Cleanup(func() { srv.Close(); _ = db.Destruct() })
-	return &env{t: t, srv: srv, h: h, dsn: dsn}
+	srv := testkit.NewServer(t, store, cfg)
+	return &env{t: t, srv: srv.Server, h: srv.Handler, dsn: dsn}
 }
 
 type answer struct {
@@ -223,7 +186,10 @@ func TestSchemaCheckedOnFirstUse(t *testing.T) {
 }
 
 func TestUnusableUserIDs(t *testing.T) {
-	h := &handler.Handler{}
+	h, err := handler.New(handler.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, user := range []string{"", "a\x00b", "\xff\xfe", strings.Repeat("u", 1025)} {
 		w := httptest.NewRecorder()
 		h.Serve(w, httptest.NewRequest("GET", "/sync/pull", nil), user)
@@ -236,7 +202,7 @@ func TestUnusableUserIDs(t *testing.T) {
 // Change ids come back in acceptedChanges exactly as the client sent them,
 // whatever characters they hold, and the answer stays valid JSON.
 func TestAcceptedIDsRoundTrip(t *testing.T) {
-	e := newEnvOn(t, stores[1].openWith(t, seedDDL), nil)
+	e := newEnvOn(t, testkit.SQLite().Open(t, seedDDL), nil)
 	ids := []string{`quote"d`, `back\slash`, "new\nline", "tab\t", "ctl\u0001", "é😀", "</script>", "line\u2028sep"}
 	var changes []string
 	for i, id := range ids {

@@ -3,6 +3,7 @@ package handler_test
 import (
 	"encoding/json"
 	"fmt"
+	"math/rand"
 	"reflect"
 	"strings"
 	"testing"
@@ -24,7 +25,8 @@ meta JSONB,
 userId TEXT NOT NULL,
 updatedAt TIMESTAMP WITH TIME ZONE,
 lastSyncAt TIMESTAMP WITH TIME ZONE
-)`
+);
+CREATE INDEX todos_description ON todos (description)`
 
 type hostileCase struct {
 	name        string
@@ -39,6 +41,25 @@ type hostileCase struct {
 	accepted    int      // how many changes a 201 accepts
 	writes      []string // keys the case may write; every other row must stay as it was
 	check       func(t *testing.T, e *env, answer string)
+	// onStore overrides rejected and accepted on a store whose limits
+	// differ (SQLite has no index row size limit).
+	onStore map[string]storeOutcome
+}
+
+type storeOutcome struct {
+	rejected []string
+	accepted int
+}
+
+// incompressible returns n letters that no compression shrinks much, so
+// that PostgreSQL stores them at full size, in its indexes too.
+func incompressible(n int) string {
+	rng := rand.New(rand.NewSource(int64(n)))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte('a' + rng.Intn(26))
+	}
+	return string(b)
 }
 
 func ch(id, key, updated, payload string) string {
@@ -162,6 +183,17 @@ func hostileCases() []hostileCase {
 					t.Fatalf("score = %v", got)
 				}
 			}},
+		// A value can break a limit of the database rather than a rule of
+		// the shape: a key over PostgreSQL's btree row limit (2,704 bytes)
+		// fails its index. That change alone is rejected.
+		{name: "a key over the index row size limit beside a good change",
+			body:   push(ch("long-key", incompressible(3200), ts, `{"todoId":"KEY","title":"x"}`), good("beside-long")),
+			status: 201, accepted: 1, rejected: []string{"invalid-payload"}, writes: []string{"beside-long", incompressible(3200)},
+			onStore: map[string]storeOutcome{"sqlite": {accepted: 2}}},
+		{name: "a data value over the index row size limit of an indexed column", body: push(ch("long-desc", "long-desc", ts,
+			`{"todoId":"KEY","title":"x","description":"`+incompressible(9000)+`"}`), good("beside-desc")),
+			status: 201, accepted: 1, rejected: []string{"invalid-payload"}, writes: []string{"beside-desc", "long-desc"},
+			onStore: map[string]storeOutcome{"sqlite": {accepted: 2}}},
 		{name: "a paged pull says whether more is waiting", method: "GET", path: "/sync/pull?limit=1", status: 200,
 			check: func(t *testing.T, e *env, answer string) {
 				body := decode(t, answer)
@@ -217,9 +249,9 @@ func TestHostileInput(t *testing.T) {
 		t.Fatalf("only %d cases", len(cases))
 	}
 	for _, s := range stores {
-		t.Run(s.name, func(t *testing.T) {
-			dsn := s.openWith(t, hostileDDL)
-			e := newEnvOn(t, dsn, func(h *handler.Handler) {
+		t.Run(s.Name, func(t *testing.T) {
+			dsn := s.Open(t, hostileDDL)
+			e := newEnvOn(t, dsn, func(h *handler.Config) {
 				h.Now = func() time.Time { return time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC) }
 			})
 			// Rows that no case may touch: bob's, and alice's own.
@@ -269,8 +301,12 @@ func TestHostileInput(t *testing.T) {
 								t.Errorf("rejection %+v has no message", r)
 							}
 						}
-						if len(resp.AcceptedChanges) != tc.accepted || !reflect.DeepEqual(codes, tc.rejected) {
-							t.Fatalf("accepted %d, rejected %v; want %d and %v (%.300s)", len(resp.AcceptedChanges), codes, tc.accepted, tc.rejected, a.body)
+						want := storeOutcome{tc.rejected, tc.accepted}
+						if o, ok := tc.onStore[s.Name]; ok {
+							want = o
+						}
+						if len(resp.AcceptedChanges) != want.accepted || !reflect.DeepEqual(codes, want.rejected) {
+							t.Fatalf("accepted %d, rejected %v; want %d and %v (%.300s)", len(resp.AcceptedChanges), codes, want.accepted, want.rejected, a.body)
 						}
 					}
 					// Nothing else changed: bob's rows, and alice's other rows.

@@ -1,6 +1,8 @@
 package handler
 
 import (
+	_ "github.com/hypersync/hypersync/shapes/sqlite" // registers sqlite: DSNs
+
 	"context"
 	"net/http/httptest"
 	"path/filepath"
@@ -27,7 +29,10 @@ func TestConcurrencyBudgets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &Handler{Store: store, Logger: zap.NewNop(), MaxPulls: 2, MaxPushes: 1, QueueWait: 50 * time.Millisecond}
+	h, err := New(Config{Store: store, Logger: zap.NewNop(), MaxPulls: 2, MaxPushes: 1, QueueWait: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
 	var held []func()
 	for i := 0; i < 2; i++ {
 		held = append(held, h.acquire(context.Background(), false))

@@ -29,7 +29,7 @@ func TestDatabaseOutage(t *testing.T) {
 	dsn := pgtest.NewDatabase(t)
 	pgtest.Exec(t, dsn, seedDDL)
 	const timeout = 2 * time.Second
-	e := newEnvOn(t, dsn, func(h *handler.Handler) { h.Timeout = timeout })
+	e := newEnvOn(t, dsn, func(h *handler.Config) { h.Timeout = timeout })
 	client := &http.Client{Transport: &http.Transport{}}
 	defer client.CloseIdleConnections()
 	if a := e.pull("alice", ""); a.status != 200 {

@@ -25,36 +25,6 @@ const (
 	CodeInvalidUpdatedAt  = "invalid-updated-at"
 )
 
-// PushResponse is the push answer. The 1.0.0 client reads acceptedChanges
-// and ignores the rest.
-type PushResponse struct {
-	Status          string      `json:"status"`
-	AcceptedChanges []string    `json:"acceptedChanges"`
-	RejectedChanges []Rejection `json:"rejectedChanges"`
-}
-
-// Rejection tells why one change was not accepted.
-type Rejection struct {
-	ChangeID string `json:"changeId"`
-	// Index is the change's position in the request.
-	Index   int    `json:"index"`
-	Error   string `json:"error"`
-	Message string `json:"message"`
-}
-
-// requestError is a push request that cannot be processed at all.
-type requestError struct {
-	status int
-	code   string
-	msg    string
-}
-
-func (e *requestError) Error() string { return e.msg }
-
-func badRequest(code, format string, args ...any) *requestError {
-	return &requestError{http.StatusBadRequest, code, fmt.Sprintf(format, args...)}
-}
-
 func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Request, user string) {
 	start := time.Now()
 	changes, results, err := h.decodePush(w, r, user)
@@ -74,31 +44,30 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	}
 	// Changes rejected here reach the store marked, and it skips them.
 	dbStart := time.Now()
-	_, err = h.Store.Push(ctx, user, changes, results)
+	_, err = h.cfg.Store.Push(ctx, user, changes, results)
 	release()
-	if h.Observer != nil {
-		h.Observer.DatabaseTime("push", time.Since(dbStart))
+	if h.cfg.Observer != nil {
+		h.cfg.Observer.DatabaseTime("push", time.Since(dbStart))
 	}
 	if err != nil {
 		h.storeError(w, r, ctx, "push", err)
 		return
 	}
 	resp := PushResponse{Status: "OK", AcceptedChanges: make([]string, 0, len(changes)), RejectedChanges: []Rejection{}}
-	const numOutcomes = shapes.Rejected + 1 // Rejected is the last shapes.Outcome
-	var counts [numOutcomes]int
+	var counts [shapes.NumOutcomes]int
 	var rejectedBy map[string]int // code -> count, for one log line
 	var tally outcomeTally
 	for i, ch := range changes {
 		rr := results[i]
 		counts[rr.Outcome]++
-		if h.Observer != nil {
+		if h.cfg.Observer != nil {
 			outcome := rr.Code
 			if outcome == "" {
 				outcome = rr.Outcome.String()
 			}
 			// A made-up shape key must not become a label, and a label
 			// must not point into the request body.
-			shape, known := h.Store.Known(ch.Shape)
+			shape, known := h.cfg.Store.Known(ch.Shape)
 			if !known {
 				shape = "(unknown)"
 			}
@@ -115,7 +84,7 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		rejectedBy[rr.Code]++
 	}
 	for _, t := range tally {
-		h.Observer.Changes(t.shape, t.outcome, t.n)
+		h.cfg.Observer.Changes(t.shape, t.outcome, t.n)
 	}
 	writePushResponse(w, &resp)
 	if rejectedBy != nil {
@@ -125,38 +94,11 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		h.logger(r).Warn("changes rejected", zap.String("user", user), zap.Int("rejected", len(resp.RejectedChanges)),
 			zap.Any("codes", rejectedBy), zap.String("first_change_id", resp.RejectedChanges[0].ChangeID))
 	}
-	if c := h.Logger.Check(zapcore.DebugLevel, "push"); c != nil {
+	if c := h.cfg.Logger.Check(zapcore.DebugLevel, "push"); c != nil {
 		c.Write(zap.String("user", user), zap.Int("changes", len(changes)),
 			zap.Int("applied", counts[shapes.Applied]), zap.Int("stale", counts[shapes.Stale]+counts[shapes.Superseded]),
 			zap.Int("rejected", counts[shapes.Rejected]), zap.Duration("duration", time.Since(start)))
 	}
-}
-
-// writePushResponse answers 201 with resp. The accepted ids, which can be
-// thousands, are written directly; encoding/json writes the rejections.
-func writePushResponse(w http.ResponseWriter, resp *PushResponse) {
-	rejected, err := json.Marshal(resp.RejectedChanges)
-	if err != nil {
-		writeJSON(w, http.StatusCreated, resp) // it reports the failure
-		return
-	}
-	size := 64 + len(rejected)
-	for _, id := range resp.AcceptedChanges {
-		size += len(id) + 3
-	}
-	buf := make([]byte, 0, size)
-	buf = append(buf, `{"status":`...)
-	buf = shapes.AppendJSONString(buf, resp.Status)
-	buf = append(buf, `,"acceptedChanges":[`...)
-	for i, id := range resp.AcceptedChanges {
-		if i > 0 {
-			buf = append(buf, ',')
-		}
-		buf = shapes.AppendJSONString(buf, id)
-	}
-	buf = append(buf, `],"rejectedChanges":`...)
-	buf = append(buf, rejected...)
-	writeBody(w, http.StatusCreated, append(buf, '}'))
 }
 
 // outcomeTally counts a push's changes by shape and outcome, for the
@@ -249,10 +191,7 @@ func (h *Handler) decodePush(w http.ResponseWriter, r *http.Request, user string
 	} else {
 		return nil, nil, &requestError{http.StatusUnsupportedMediaType, "unsupported-media-type", "push takes Content-Type: application/json"}
 	}
-	maxBody := h.MaxBody
-	if maxBody <= 0 {
-		maxBody = DefaultMaxBody
-	}
+	maxBody := h.cfg.MaxBody
 	body, err := readBody(w, r, maxBody)
 	if err != nil {
 		var tooBig *http.MaxBytesError
@@ -264,10 +203,7 @@ func (h *Handler) decodePush(w http.ResponseWriter, r *http.Request, user string
 	if !utf8.Valid(body) {
 		return nil, nil, badRequest("invalid-json", "the request body is not valid UTF-8")
 	}
-	maxBatch := h.MaxBatch
-	if maxBatch <= 0 {
-		maxBatch = DefaultMaxBatch
-	}
+	maxBatch := h.cfg.MaxBatch
 	// Fast path: a well-typed body decodes in one pass (scanPush). Any
 	// change of the wrong shape sends the whole body down the slow path,
 	// which finds which change is wrong and rejects it alone.
@@ -295,15 +231,7 @@ func (h *Handler) decodePush(w http.ResponseWriter, r *http.Request, user string
 	if len(items) > maxBatch {
 		return nil, nil, &requestError{http.StatusRequestEntityTooLarge, "batch-too-large", fmt.Sprintf("a push may carry at most %d changes (max_batch); this one has %d", maxBatch, len(items))}
 	}
-	now := time.Now
-	if h.Now != nil {
-		now = h.Now
-	}
-	maxFuture := h.MaxFuture
-	if maxFuture <= 0 {
-		maxFuture = DefaultMaxFuture
-	}
-	latest := now().Add(maxFuture)
+	latest := h.cfg.Now().Add(h.cfg.MaxFuture)
 	changes := make([]shapes.Change, len(items))
 	results := make([]shapes.Result, len(items))
 	seen := make(map[string]bool, len(items))
@@ -353,7 +281,7 @@ func decodeChange(tc *typedChange, user string, latest time.Time) (ch shapes.Cha
 	if tc.UpdatedAt == nil || tc.badField == "updatedAt" {
 		return ch, CodeInvalidUpdatedAt, "updatedAt must be an RFC 3339 timestamp string"
 	}
-	t, err := shapes.ParseTime(*tc.UpdatedAt)
+	t, err := ParseTime(*tc.UpdatedAt)
 	if err != nil {
 		return ch, CodeInvalidUpdatedAt, "updatedAt must be an RFC 3339 timestamp"
 	}
@@ -370,8 +298,6 @@ func decodeChange(tc *typedChange, user string, latest time.Time) (ch shapes.Cha
 	ch.Payload = tc.Payload
 	return ch, "", ""
 }
-
-func validUTF8(s string) bool { return utf8.ValidString(s) }
 
 // readBody reads the whole body, at most max bytes, into a buffer sized
 // from Content-Length when the client sent one.

@@ -1,29 +1,11 @@
 package handler_test
 
 import (
-	"database/sql"
 	"strings"
 	"testing"
 
-	"github.com/hypersync/hypersync/internal/pgtest"
+	"github.com/hypersync/hypersync/internal/testkit"
 )
-
-// execDDL runs a statement on either store.
-func execDDL(t *testing.T, dsn, stmt string) {
-	t.Helper()
-	if path, ok := strings.CutPrefix(dsn, "sqlite:"); ok {
-		db, err := sql.Open("sqlite", path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
-		if _, err := db.Exec(stmt); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	pgtest.Exec(t, dsn, stmt)
-}
 
 // A column dropped while Caddy runs: the request that meets it answers
 // schema-mismatch, and the next one checks the table again and works,
@@ -34,7 +16,7 @@ func TestTableChangedUnderARunningHandler(t *testing.T) {
 		if a := e.push("alice", todo("c1", "alice", "2026-11-25T10:00:00.000Z", `{"todoId":"t1","title":"x","done":true}`)); a.status != 201 {
 			t.Fatalf("push: %d %s", a.status, a.body)
 		}
-		execDDL(t, dsn, `ALTER TABLE todos DROP COLUMN description`)
+		testkit.Exec(t, dsn, `ALTER TABLE todos DROP COLUMN description`)
 		a := e.push("alice", todo("c2", "alice", "2026-11-25T10:00:01.000Z", `{"todoId":"t2","title":"y","description":"gone"}`))
 		if a.status != 500 || a.json(t)["error"] != "schema-mismatch" {
 			t.Fatalf("push after the drop: %d %s, want 500 schema-mismatch", a.status, a.body)

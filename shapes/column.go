@@ -40,19 +40,14 @@ func (k Kind) String() string {
 type Column struct {
 	// Field is the payload field name clients use (todoId).
 	Field string
-	// Name is the column's name in the database (todoid).
-	Name string
-	// Type is the database's name for the column type, for messages.
-	Type string
-	// Cast is the type a value is cast to on its way in (PostgreSQL).
-	Cast string
-	Kind Kind
-	// Bits bounds KindInt values (16, 32 or 64).
-	Bits    int
-	NotNull bool
-
-	quoted []byte // Name as a JSON string
+	// ColumnInfo is what the catalog says of the column: its Name as the
+	// database spells it (todoid), its type and Kind.
+	ColumnInfo
 }
+
+// IsUUID reports whether the column's type is uuid, whose values are
+// checked as UUIDs and compared without case.
+func (c *Column) IsUUID() bool { return strings.EqualFold(c.Type, "uuid") }
 
 // checkValue reports why raw, a JSON value, cannot be stored in the column,
 // or returns nil. It is the same check on every store, so that a change is
@@ -78,7 +73,7 @@ func (c *Column) checkValue(raw json.RawMessage) error {
 			want = "a string"
 			break
 		}
-		if isUUIDType(c.Type) {
+		if c.IsUUID() {
 			var u string
 			if json.Unmarshal(raw, &u) != nil || !isUUID(u) {
 				return fmt.Errorf("field %q: %s is not a UUID", c.Field, clip(raw))
@@ -119,7 +114,7 @@ func (c *Column) checkValue(raw json.RawMessage) error {
 		if err := json.Unmarshal(raw, &s); err != nil {
 			return fmt.Errorf("field %q: %v", c.Field, err)
 		}
-		if _, err := ParseTime(s); err != nil {
+		if _, err := parseTime(s); err != nil {
 			return fmt.Errorf("field %q: %q is not an RFC 3339 timestamp", c.Field, clip([]byte(s)))
 		}
 	case KindArray:
@@ -133,20 +128,10 @@ func (c *Column) checkValue(raw json.RawMessage) error {
 	return nil
 }
 
-// ParseTime parses an RFC 3339 timestamp, with or without fractional seconds.
-func ParseTime(s string) (time.Time, error) {
+// parseTime parses an RFC 3339 timestamp, with or without fractional
+// seconds: what a payload's timestamp fields may hold.
+func parseTime(s string) (time.Time, error) {
 	return time.Parse(time.RFC3339Nano, s)
-}
-
-// FormatTime renders t the way the JavaScript client writes dates:
-// RFC 3339 in UTC with exactly three fractional digits.
-func FormatTime(t time.Time) string {
-	return string(AppendTime(nil, t))
-}
-
-// AppendTime appends FormatTime(t) to b.
-func AppendTime(b []byte, t time.Time) []byte {
-	return t.UTC().AppendFormat(b, "2006-01-02T15:04:05.000Z07:00")
 }
 
 func isNumber(raw []byte) bool {
@@ -210,7 +195,7 @@ func (c *Column) keyPart(raw json.RawMessage) string {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) >= 2 && raw[0] == '"' && bytes.IndexByte(raw, '\\') < 0 {
 		// a string without escapes: its text is what lies between the quotes
-		if isUUIDType(c.Type) {
+		if c.IsUUID() {
 			return "s" + strings.ToLower(string(raw[1:len(raw)-1]))
 		}
 		return "s" + string(raw[1:len(raw)-1])
@@ -219,7 +204,7 @@ func (c *Column) keyPart(raw json.RawMessage) string {
 	case len(raw) > 0 && raw[0] == '"':
 		var s string
 		if json.Unmarshal(raw, &s) == nil {
-			if isUUIDType(c.Type) {
+			if c.IsUUID() {
 				// uuids compare case-insensitively
 				return "s" + strings.ToLower(s)
 			}
@@ -254,10 +239,10 @@ func isUUID(s string) bool {
 	return true
 }
 
-// goValue converts a checked JSON value into a Go value of the column's
+// GoValue converts a checked JSON value into a Go value of the column's
 // kind: nil, bool, int64, float64, json.Number (numeric), time.Time, or a
 // string (text, and JSON or arrays as compact JSON text).
-func (c *Column) goValue(raw json.RawMessage) (any, error) {
+func (c *Column) GoValue(raw json.RawMessage) (any, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || raw[0] == 'n' {
 		return nil, nil
@@ -272,23 +257,23 @@ func (c *Column) goValue(raw json.RawMessage) (any, error) {
 	case KindNumeric:
 		return json.Number(raw), nil
 	case KindTimestamp:
-		return timeValue(raw)
+		return TimeValue(raw)
 	}
-	return c.textValue(raw)
+	return c.TextValue(raw)
 }
 
-// timeValue parses a checked, non-null timestamp value.
-func timeValue(raw []byte) (time.Time, error) {
-	s, err := jsonString(raw)
+// TimeValue parses a checked, non-null timestamp value.
+func TimeValue(raw []byte) (time.Time, error) {
+	s, err := JSONString(raw)
 	if err != nil {
 		return time.Time{}, err
 	}
-	return ParseTime(s)
+	return parseTime(s)
 }
 
-// textValue converts a checked, non-null value of a column whose values
+// TextValue converts a checked, non-null value of a column whose values
 // travel as text: text itself, numeric, JSON, arrays and other types.
-func (c *Column) textValue(raw []byte) (string, error) {
+func (c *Column) TextValue(raw []byte) (string, error) {
 	switch c.Kind {
 	case KindNumeric:
 		return string(raw), nil
@@ -300,8 +285,8 @@ func (c *Column) textValue(raw []byte) (string, error) {
 		return b.String(), nil
 	}
 	if raw[0] == '"' {
-		s, err := jsonString(raw)
-		if isUUIDType(c.Type) {
+		s, err := JSONString(raw)
+		if c.IsUUID() {
 			s = strings.ToLower(s)
 		}
 		return s, err
@@ -317,43 +302,13 @@ func (c *Column) textValue(raw []byte) (string, error) {
 	return b.String(), nil
 }
 
-// jsonString decodes a JSON string, without the decoder when it has no
+// JSONString decodes a JSON string, without the decoder when it has no
 // escapes.
-func jsonString(raw []byte) (string, error) {
+func JSONString(raw []byte) (string, error) {
 	if len(raw) >= 2 && raw[0] == '"' && raw[len(raw)-1] == '"' && bytes.IndexByte(raw, '\\') < 0 {
 		return string(raw[1 : len(raw)-1]), nil
 	}
 	var s string
 	err := json.Unmarshal(raw, &s)
 	return s, err
-}
-
-// AppendJSONString appends s as a JSON string. PostgreSQL pulls and the
-// handler's push answers write their strings with it.
-func AppendJSONString[T string | []byte](buf []byte, s T) []byte {
-	const hex = "0123456789abcdef"
-	buf = append(buf, '"')
-	start := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' {
-			continue
-		}
-		buf = append(buf, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			buf = append(buf, '\\', c)
-		case '\n':
-			buf = append(buf, '\\', 'n')
-		case '\r':
-			buf = append(buf, '\\', 'r')
-		case '\t':
-			buf = append(buf, '\\', 't')
-		default:
-			buf = append(buf, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-		}
-		start = i + 1
-	}
-	buf = append(buf, s[start:]...)
-	return append(buf, '"')
 }

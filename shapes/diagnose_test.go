@@ -1,4 +1,4 @@
-package shapes
+package shapes_test
 
 import (
 	"context"
@@ -6,13 +6,16 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hypersync/hypersync/internal/testkit"
+	"github.com/hypersync/hypersync/shapes"
+
 	"github.com/jackc/pgx/v5"
 )
 
 // Each problem Diagnose finds comes with SQL that, once run, leaves the
 // shape ready.
 func TestDiagnoseFixesWhatItFinds(t *testing.T) {
-	notes := ShapeConfig{Key: "notes", KeyFields: []string{"noteId"}, Fields: []string{"body", "stars"}, FieldTypes: map[string]string{"stars": "integer"}, CreateTable: true}
+	notes := shapes.ShapeConfig{Key: "notes", KeyFields: []string{"noteId"}, Fields: []string{"body", "stars"}, FieldTypes: map[string]string{"stars": "integer"}, CreateTable: true}
 	cases := []struct {
 		name    string
 		ddl     []string
@@ -24,11 +27,11 @@ func TestDiagnoseFixesWhatItFinds(t *testing.T) {
 		{"key without a unique constraint", []string{`CREATE TABLE notes (noteId text, body text, stars integer, userId text, updatedAt timestamptz, lastSyncAt timestamptz)`}, "not the table's primary key or a unique constraint"},
 		{"missing sync index", []string{`CREATE TABLE notes (noteId text PRIMARY KEY, body text, stars integer, userId text, updatedAt timestamptz, lastSyncAt timestamptz)`}, "no index leads with"},
 	}
-	forEachBackend(t, func(t *testing.T, b backendCase) {
+	testkit.ForEachBackend(t, func(t *testing.T, b testkit.Backend) {
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
-				dsn := b.open(t, tc.ddl...)
-				db, err := Open(dsn, Options{})
+				dsn := b.Open(t, tc.ddl...)
+				db, err := shapes.Open(dsn, shapes.Options{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -42,7 +45,7 @@ func TestDiagnoseFixesWhatItFinds(t *testing.T) {
 					t.Fatalf("diagnosis %+v, want the problem %q and a fix", d, tc.problem)
 				}
 				for _, stmt := range d.Fix {
-					if err := execOn(dsn, stmt); err != nil {
+					if err := testkit.ExecErr(dsn, stmt); err != nil {
 						t.Fatalf("fix %q: %v", stmt, err)
 					}
 				}
@@ -53,7 +56,7 @@ func TestDiagnoseFixesWhatItFinds(t *testing.T) {
 						t.Fatal(err)
 					}
 					for _, stmt := range d.Fix {
-						if err := execOn(dsn, stmt); err != nil {
+						if err := testkit.ExecErr(dsn, stmt); err != nil {
 							t.Fatalf("fix %q: %v", stmt, err)
 						}
 					}

@@ -1,45 +1,10 @@
 package shapes
 
-import (
-	"context"
-	"net"
-	"sync/atomic"
-)
-
-// SetNaiveStamps switches the reference server's broken stamping scheme on
-// or off, for the test that shows the concurrency check catches it.
-func SetNaiveStamps(on bool) { naiveStamps = on }
-
-// OpenCountingRoundTrips opens dsn with connections that count how many
-// times the client sends after having read: one count per round trip.
-func OpenCountingRoundTrips(dsn string) (*Database, func() int64, error) {
-	var turns atomic.Int64
-	dialer := &net.Dialer{}
-	db, err := Open(dsn, Options{dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := dialer.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return &turnConn{Conn: c, turns: &turns}, nil
-	}})
-	return db, turns.Load, err
-}
-
-type turnConn struct {
-	net.Conn
-	turns   *atomic.Int64
-	writing bool
-}
-
-func (c *turnConn) Write(b []byte) (int, error) {
-	if !c.writing {
-		c.writing = true
-		c.turns.Add(1)
-	}
-	return c.Conn.Write(b)
-}
-
-func (c *turnConn) Read(b []byte) (int, error) {
-	c.writing = false
-	return c.Conn.Read(b)
+// ForgetShapes does what a push that met a changed table does: the store
+// forgets its checked shapes, and the next request checks them again.
+func (s *Store) ForgetShapes() {
+	s.mu.Lock()
+	set := s.set
+	s.mu.Unlock()
+	s.recheckOn(set, ErrSchemaChanged)
 }

@@ -1,10 +1,12 @@
-package shapes
+package shapes_test
 
 import (
 	"context"
 	"fmt"
 	"sync"
 	"testing"
+
+	"github.com/hypersync/hypersync/shapes"
 
 	"github.com/hypersync/hypersync/internal/pgtest"
 )
@@ -14,14 +16,14 @@ import (
 // CREATE TABLE IF NOT EXISTS is not safe against itself under concurrency
 // (it can fail with "type already exists"), so none of them may fail.
 func TestConcurrentFirstChecks(t *testing.T) {
-	cfg := ShapeConfig{Key: "notes", KeyFields: []string{"noteId"}, Fields: []string{"body"}, CreateTable: true}
+	cfg := shapes.ShapeConfig{Key: "notes", KeyFields: []string{"noteId"}, Fields: []string{"body"}, CreateTable: true}
 	for round := 0; round < 10; round++ {
 		t.Run(fmt.Sprint(round), func(t *testing.T) {
 			dsn := pgtest.NewDatabase(t)
 			const instances = 8
-			stores := make([]*Store, instances)
+			stores := make([]*shapes.Store, instances)
 			for i := range stores {
-				db, err := Open(dsn, Options{})
+				db, err := shapes.Open(dsn, shapes.Options{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -29,7 +31,7 @@ func TestConcurrentFirstChecks(t *testing.T) {
 				if err := db.Ping(context.Background()); err != nil {
 					t.Fatal(err)
 				}
-				if stores[i], err = NewStore(db, []ShapeConfig{cfg}, nil); err != nil {
+				if stores[i], err = shapes.NewStore(db, []shapes.ShapeConfig{cfg}, nil); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -38,7 +40,7 @@ func TestConcurrentFirstChecks(t *testing.T) {
 			var wg sync.WaitGroup
 			for _, st := range stores {
 				wg.Add(1)
-				go func(st *Store) {
+				go func(st *shapes.Store) {
 					defer wg.Done()
 					<-start
 					errs <- st.Check(context.Background())

@@ -1,36 +1,38 @@
-package shapes
+package shapes_test
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/hypersync/hypersync/internal/testkit"
+	"github.com/hypersync/hypersync/shapes"
 )
 
 func TestPagedPull(t *testing.T) {
-	lists := ShapeConfig{Key: "lists", KeyFields: []string{"listId"}, Fields: []string{"name"}}
-	forEachBackend(t, func(t *testing.T, b backendCase) {
-		f := openStore(t, b.open(t, seedDDL, `CREATE TABLE lists (listId text PRIMARY KEY, name text, userId text NOT NULL, updatedAt timestamptz, lastSyncAt timestamptz)`), todosShape, lists)
+	lists := shapes.ShapeConfig{Key: "lists", KeyFields: []string{"listId"}, Fields: []string{"name"}}
+	testkit.ForEachBackend(t, func(t *testing.T, b testkit.Backend) {
+		f := testkit.OpenStore(t, b.Open(t, testkit.SeedDDL, `CREATE TABLE lists (listId text PRIMARY KEY, name text, userId text NOT NULL, updatedAt timestamptz, lastSyncAt timestamptz)`), testkit.TodosShape, lists)
 		// Five pushes of 3, 4, 1, 5 and 2 changes, over both shapes. Each
 		// push stamps its rows alike.
 		pushOf := map[string]int{}
 		n := 0
 		for p, size := range []int{3, 4, 1, 5, 2} {
-			var changes []Change
+			var changes []shapes.Change
 			for i := 0; i < size; i++ {
 				n++
 				if n%3 == 0 {
-					changes = append(changes, change("lists", at(n), fmt.Sprintf(`{"listId":"l%d","name":"list"}`, n)))
+					changes = append(changes, testkit.Change("lists", testkit.At(n), fmt.Sprintf(`{"listId":"l%d","name":"list"}`, n)))
 					pushOf[fmt.Sprintf("lists/l%d", n)] = p
 				} else {
-					changes = append(changes, change("todos", at(n), fmt.Sprintf(`{"todoId":"t%d","title":"todo"}`, n)))
+					changes = append(changes, testkit.Change("todos", testkit.At(n), fmt.Sprintf(`{"todoId":"t%d","title":"todo"}`, n)))
 					pushOf[fmt.Sprintf("todos/t%d", n)] = p
 				}
 			}
-			f.push("alice", changes...)
+			f.Push("alice", changes...)
 			time.Sleep(2 * time.Millisecond)
 		}
-		_, full := f.pull("alice", time.Unix(0, 0))
+		_, full := f.Pull("alice", time.Unix(0, 0))
 
 		for _, limit := range []int{1, 2, 4, 100} {
 			t.Run(fmt.Sprintf("limit %d", limit), func(t *testing.T) {
@@ -43,17 +45,13 @@ func TestPagedPull(t *testing.T) {
 						t.Fatal("paging does not end")
 					}
 					var rows []string
-					res, err := f.store.Pull(context.Background(), "alice", since, limit, func(r PulledRow) error {
-						key := map[string]string{"todos": "todoId", "lists": "listId"}[r.Shape.Config.Key]
-						var p map[string]any
-						if err := jsonUnmarshal(r.Payload, &p); err != nil {
-							return err
-						}
-						rows = append(rows, r.Shape.Config.Key+"/"+p[key].(string))
-						return nil
-					})
+					pulled, res, err := testkit.PullStore(f.Store, "alice", since, limit)
 					if err != nil {
 						t.Fatal(err)
+					}
+					for _, r := range pulled {
+						key := map[string]string{"todos": "todoId", "lists": "listId"}[r.Shape]
+						rows = append(rows, r.Shape+"/"+r.Payload[key].(string))
 					}
 					if len(rows) == 0 && res.HasMore {
 						t.Fatal("an empty page says more is coming")

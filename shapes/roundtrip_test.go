@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hypersync/hypersync/internal/pgtest"
+	"github.com/hypersync/hypersync/internal/testkit"
 	"github.com/hypersync/hypersync/shapes"
 )
 
@@ -14,8 +15,8 @@ import (
 // work is set-based, never one statement per change.
 func TestPushAndPullRoundTrips(t *testing.T) {
 	dsn := pgtest.NewDatabase(t)
-	pgtest.Exec(t, dsn, seedTable)
-	db, turns, err := shapes.OpenCountingRoundTrips(dsn)
+	pgtest.Exec(t, dsn, testkit.SeedTable)
+	db, turns, err := testkit.OpenCountingRoundTrips(dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +33,7 @@ func TestPushAndPullRoundTrips(t *testing.T) {
 		changes := make([]shapes.Change, n)
 		for i := range changes {
 			changes[i] = shapes.Change{ID: fmt.Sprint(i), Shape: "todos", UpdatedAt: time.Now(),
-				Payload: payloadOf(fmt.Sprintf(`{"todoId":"k%d-%d","title":"x","done":false,"deleted":false}`, round, i))}
+				Payload: testkit.PayloadOf(fmt.Sprintf(`{"todoId":"k%d-%d","title":"x","done":false,"deleted":false}`, round, i))}
 		}
 		before := turns()
 		results := make([]shapes.Result, n)

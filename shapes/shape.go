@@ -1,8 +1,8 @@
 package shapes
 
 import (
-	"encoding/json"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"sync"
@@ -23,11 +23,14 @@ type TableInfo struct {
 // ColumnInfo describes one column of a table.
 type ColumnInfo struct {
 	Name string
+	// Type is the database's name for the column type, for messages.
 	Type string
 	// Cast is the type to cast a value to on its way in, without length or
-	// precision, which the assignment to the column then enforces.
-	Cast       string
-	Kind       Kind
+	// precision, which the assignment to the column then enforces
+	// (PostgreSQL).
+	Cast string
+	Kind Kind
+	// Bits bounds KindInt values (16, 32 or 64) and KindFloat ones (32, 64).
 	Bits       int
 	NotNull    bool
 	HasDefault bool
@@ -52,21 +55,14 @@ type Shape struct {
 
 	cols    []Column       // Keys then Fields
 	byField map[string]int // payload field name -> index into cols
-	hasDef  []bool         // per col: the column has a default
-	sql     sync.Map       // generated statements, by column mask
-	quoted  []byte         // the shape key as a JSON string
-	// fieldKeys holds `"field":` per column, for writing payloads.
-	fieldKeys [][]byte
+	stmts   statements
 }
 
-// QuotedKey returns the shape key as a JSON string.
-func (s *Shape) QuotedKey() []byte { return s.quoted }
-
-// insertable reports whether a row carrying the columns of mask can be
+// Insertable reports whether a row carrying the columns of mask can be
 // inserted: it has every NOT NULL column that has no default.
-func (s *Shape) insertable(mask string) bool {
+func (s *Shape) Insertable(m Mask) bool {
 	for i, c := range s.cols {
-		if c.NotNull && !s.hasDef[i] && mask[i] != '1' {
+		if c.NotNull && !c.HasDefault && !m.Has(i) {
 			return false
 		}
 	}
@@ -81,15 +77,131 @@ func (s *Shape) QualifiedName() string {
 	return s.Schema + "." + s.Table
 }
 
-// Columns returns the key columns followed by the data columns.
+// Columns returns the key columns followed by the data columns: the
+// columns a payload carries, in the order rows and masks index them.
 func (s *Shape) Columns() []Column { return s.cols }
+
+// Statement returns the statement cached under key, building it on first
+// use. Drivers keep their SQL, or prepared statements, here.
+func (s *Shape) Statement(key StatementKey, build func() (any, error)) (any, error) {
+	return s.stmts.get(key, build)
+}
+
+// ShapeSet is the resolved shapes of a store: taken as one value, so that a
+// request never sees the shapes of one check with the order of another.
+type ShapeSet struct {
+	// Shapes lists the shapes in configuration order.
+	Shapes []*Shape
+	byKey  map[string]*Shape
+	stmts  statements
+}
+
+// Get returns the shape with the given shapeKey, or nil.
+func (s *ShapeSet) Get(key string) *Shape { return s.byKey[key] }
+
+// Statement returns a statement over the whole set (a pull reads every
+// shape in one), cached under key.
+func (s *ShapeSet) Statement(key StatementKey, build func() (any, error)) (any, error) {
+	return s.stmts.get(key, build)
+}
+
+// close releases what drivers cached on the set and its shapes.
+func (s *ShapeSet) close() {
+	s.stmts.close()
+	for _, sh := range s.Shapes {
+		sh.stmts.close()
+	}
+}
+
+// Op names a kind of statement; each driver numbers its own.
+type Op uint8
+
+// StatementKey is what a statement is cached under.
+type StatementKey struct {
+	Op   Op
+	Mask Mask
+}
+
+// statements caches a driver's statements. Values that are io.Closers,
+// such as prepared statements, are closed with the cache.
+type statements struct {
+	mu sync.Mutex
+	m  map[StatementKey]any
+}
+
+func (c *statements) get(key StatementKey, build func() (any, error)) (any, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if v, ok := c.m[key]; ok {
+		return v, nil
+	}
+	v, err := build()
+	if err != nil {
+		return nil, err
+	}
+	if c.m == nil {
+		c.m = map[StatementKey]any{}
+	}
+	c.m[key] = v
+	return v, nil
+}
+
+func (c *statements) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, v := range c.m {
+		if cl, ok := v.(io.Closer); ok {
+			_ = cl.Close()
+		}
+	}
+	c.m = nil
+}
+
+// Problem is the kind of a mismatch between a shape and its table.
+type Problem uint8
+
+const (
+	// ProblemNoTable: the table does not exist.
+	ProblemNoTable Problem = iota + 1
+	// ProblemNoColumn: no column answers to the field or option (Role).
+	ProblemNoColumn
+	// ProblemAmbiguousColumn: several columns match when case is ignored.
+	ProblemAmbiguousColumn
+	// ProblemSharedColumn: two fields or options map to one column.
+	ProblemSharedColumn
+	// ProblemColumnType: a bookkeeping column has the wrong type.
+	ProblemColumnType
+	// ProblemNoUniqueKey: the key columns are not a primary key or unique
+	// constraint.
+	ProblemNoUniqueKey
+)
+
+// Role is what a column is for in a shape.
+type Role uint8
+
+const (
+	RoleNone Role = iota
+	RoleUser
+	RoleUpdatedAt
+	RoleSyncedAt
+	RoleKey
+	RoleField
+)
+
+var roleNames = [...]string{"", "user_column", "updated_at_column", "synced_at_column", "key field", "field"}
+
+func (r Role) String() string { return roleNames[r] }
 
 // SchemaError is a mismatch between a shape's configuration and its table.
 type SchemaError struct {
-	Shape  string
-	Table  string
-	Column string
-	Reason string
+	Shape string
+	Table string
+	// Column names the column, or the configured name that found none;
+	// for ProblemNoUniqueKey, the key columns joined by ", ".
+	Column  string
+	Problem Problem
+	Role    Role
+	Reason  string
 }
 
 func (e *SchemaError) Error() string {
@@ -103,20 +215,19 @@ func (e *SchemaError) Error() string {
 	return b.String()
 }
 
-// resolveShape checks cfg against the table and builds the Shape.
-// info is nil when the table does not exist.
-func resolveShape(cfg ShapeConfig, info *TableInfo) (*Shape, error) {
+// Resolve checks cfg against the table and builds the Shape. info is nil
+// when the table does not exist.
+func Resolve(cfg ShapeConfig, info *TableInfo) (*Shape, error) {
 	cfg = cfg.WithDefaults()
 	if info == nil {
-		return nil, &SchemaError{Shape: cfg.Key, Table: cfg.Table, Reason: "table does not exist"}
+		return nil, &SchemaError{Shape: cfg.Key, Table: cfg.Table, Problem: ProblemNoTable, Reason: "table does not exist"}
 	}
 	s := &Shape{Config: cfg, Schema: info.Schema, Table: info.Name}
-	s.quoted, _ = json.Marshal(cfg.Key)
 	qname := s.QualifiedName()
-	fail := func(col, format string, args ...any) error {
-		return &SchemaError{Shape: cfg.Key, Table: qname, Column: col, Reason: fmt.Sprintf(format, args...)}
+	fail := func(p Problem, role Role, col, format string, args ...any) error {
+		return &SchemaError{Shape: cfg.Key, Table: qname, Column: col, Problem: p, Role: role, Reason: fmt.Sprintf(format, args...)}
 	}
-	find := func(field, role string) (*ColumnInfo, error) {
+	find := func(field string, role Role) (*ColumnInfo, error) {
 		var exact *ColumnInfo
 		var folded []*ColumnInfo
 		for i := range info.Columns {
@@ -133,51 +244,50 @@ func resolveShape(cfg ShapeConfig, info *TableInfo) (*Shape, error) {
 		case len(folded) == 1:
 			return folded[0], nil
 		case len(folded) > 1:
-			return nil, fail(field, "%s %q matches several columns when case is ignored; name one exactly", role, field)
+			return nil, fail(ProblemAmbiguousColumn, role, field, "%s %q matches several columns when case is ignored; name one exactly", role, field)
 		}
-		return nil, fail(field, "no column for %s %q", role, field)
+		return nil, fail(ProblemNoColumn, role, field, "no column for %s %q", role, field)
 	}
 	used := map[string]string{}
-	take := func(field, role string) (Column, *ColumnInfo, error) {
+	take := func(field string, role Role) (Column, *ColumnInfo, error) {
 		ci, err := find(field, role)
 		if err != nil {
 			return Column{}, nil, err
 		}
 		if other, dup := used[ci.Name]; dup {
-			return Column{}, nil, fail(ci.Name, "%s %q maps to the same column as %s", role, field, other)
+			return Column{}, nil, fail(ProblemSharedColumn, role, ci.Name, "%s %q maps to the same column as %s", role, field, other)
 		}
 		used[ci.Name] = fmt.Sprintf("%q", field)
-		return Column{Field: field, Name: ci.Name, Type: ci.Type, Cast: ci.Cast, Kind: ci.Kind, Bits: ci.Bits, NotNull: ci.NotNull}, ci, nil
+		return Column{Field: field, ColumnInfo: *ci}, ci, nil
 	}
 
 	var err error
 	var ci *ColumnInfo
-	if s.User, ci, err = take(cfg.UserColumn, "user_column"); err != nil {
+	if s.User, ci, err = take(cfg.UserColumn, RoleUser); err != nil {
 		return nil, err
 	}
 	if ci.Kind != KindText && ci.Kind != KindOther {
-		return nil, fail(ci.Name, "user_column must hold text, but its type is %s", ci.Type)
+		return nil, fail(ProblemColumnType, RoleUser, ci.Name, "user_column must hold text, but its type is %s", ci.Type)
 	}
 	for _, bk := range []struct {
 		dst  *Column
 		name string
-		role string
-	}{{&s.UpdatedAt, cfg.UpdatedAtColumn, "updated_at_column"}, {&s.SyncedAt, cfg.SyncedAtColumn, "synced_at_column"}} {
+		role Role
+	}{{&s.UpdatedAt, cfg.UpdatedAtColumn, RoleUpdatedAt}, {&s.SyncedAt, cfg.SyncedAtColumn, RoleSyncedAt}} {
 		if *bk.dst, ci, err = take(bk.name, bk.role); err != nil {
 			return nil, err
 		}
 		if ci.Kind != KindTimestamp {
-			return nil, fail(ci.Name, "%s must be a timestamp, but its type is %s", bk.role, ci.Type)
+			return nil, fail(ProblemColumnType, bk.role, ci.Name, "%s must be a timestamp, but its type is %s", bk.role, ci.Type)
 		}
 	}
 
 	for _, f := range cfg.KeyFields {
-		col, ci, err := take(f, "key field")
+		col, _, err := take(f, RoleKey)
 		if err != nil {
 			return nil, err
 		}
 		s.Keys = append(s.Keys, col)
-		s.hasDef = append(s.hasDef, ci.HasDefault)
 	}
 	keyCols := make([]string, len(s.Keys))
 	for i, k := range s.Keys {
@@ -185,7 +295,7 @@ func resolveShape(cfg ShapeConfig, info *TableInfo) (*Shape, error) {
 	}
 	unique := findColumnSet(info.Unique, keyCols)
 	if unique == nil {
-		return nil, fail(strings.Join(keyCols, ", "), "the key columns are not the table's primary key or a unique constraint")
+		return nil, fail(ProblemNoUniqueKey, RoleKey, strings.Join(keyCols, ", "), "the key columns are not the table's primary key or a unique constraint")
 	}
 	for _, k := range s.Keys {
 		if k.Name == unique[0] {
@@ -195,41 +305,26 @@ func resolveShape(cfg ShapeConfig, info *TableInfo) (*Shape, error) {
 
 	if len(cfg.Fields) > 0 {
 		for _, f := range cfg.Fields {
-			col, ci, err := take(f, "field")
+			col, _, err := take(f, RoleField)
 			if err != nil {
 				return nil, err
 			}
 			s.Fields = append(s.Fields, col)
-			s.hasDef = append(s.hasDef, ci.HasDefault)
 		}
 	} else {
 		for _, ci := range info.Columns {
 			if _, taken := used[ci.Name]; taken {
 				continue
 			}
-			col, ci, err := take(ci.Name, "field")
+			col, _, err := take(ci.Name, RoleField)
 			if err != nil {
 				return nil, err
 			}
 			s.Fields = append(s.Fields, col)
-			s.hasDef = append(s.hasDef, ci.HasDefault)
 		}
 	}
 
-	for _, c := range []*Column{&s.User, &s.UpdatedAt, &s.SyncedAt} {
-		c.quoted, _ = json.Marshal(c.Name)
-	}
-	for _, list := range [][]Column{s.Keys, s.Fields} {
-		for i := range list {
-			list[i].quoted, _ = json.Marshal(list[i].Name)
-		}
-	}
 	s.cols = append(append([]Column{}, s.Keys...), s.Fields...)
-	s.fieldKeys = make([][]byte, len(s.cols))
-	for i, c := range s.cols {
-		k, _ := json.Marshal(c.Field)
-		s.fieldKeys[i] = append(k, ':')
-	}
 	s.byField = make(map[string]int, len(s.cols))
 	for i, c := range s.cols {
 		s.byField[c.Field] = i

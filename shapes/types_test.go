@@ -1,36 +1,26 @@
-package shapes
+package shapes_test
 
 import (
 	"encoding/json"
 	"strings"
 	"testing"
 
-	"github.com/hypersync/hypersync/internal/pgtest"
+	"github.com/hypersync/hypersync/internal/testkit"
+	"github.com/hypersync/hypersync/shapes"
 )
 
-const typesDDL = `CREATE TABLE things (
-	id text PRIMARY KEY,
-	t text, b boolean, i int4, big bigint, n numeric, d double precision,
-	ts timestamptz, u uuid, j jsonb, tags text[],
-	userId text NOT NULL, updatedAt timestamptz, lastSyncAt timestamptz)`
-
-var thingsShape = ShapeConfig{Key: "things", KeyFields: []string{"id"}}
-
 func TestTypesRoundTrip(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, b backendCase) {
-		f := openStore(t, b.open(t, typesDDL), thingsShape)
-		wantOutcomes(t, f.push("alice", change("things", at(1), `{
+	testkit.ForEachBackend(t, func(t *testing.T, b testkit.Backend) {
+		f := testkit.OpenStore(t, b.Open(t, testkit.TypesDDL), testkit.ThingsShape)
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Change("things", testkit.At(1), `{
 			"id":"x1","t":"hé \"quoted\" 'single'","b":true,"i":-42,"big":9007199254740993,"n":1234.125,
 			"d":1.5,"ts":"2026-01-02T03:04:05.678+02:00","u":"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
 			"j":{"nested":[1,"two",{"three":null}]},"tags":["a","b,c"]}`)), "applied")
-		var raw json.RawMessage
-		_, err := f.store.Pull(t.Context(), "alice", at(0).AddDate(-100, 0, 0), 0, func(r PulledRow) error {
-			raw = append(raw[:0], r.Payload...)
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
+		pulled, _, err := testkit.PullStore(f.Store, "alice", testkit.At(0).AddDate(-100, 0, 0), 0)
+		if err != nil || len(pulled) != 1 {
+			t.Fatal(pulled, err)
 		}
+		raw := pulled[0].Raw
 		var got map[string]json.RawMessage
 		if err := json.Unmarshal(raw, &got); err != nil {
 			t.Fatalf("payload %s: %v", raw, err)
@@ -61,7 +51,7 @@ func TestTypesRoundTrip(t *testing.T) {
 
 func compactJSON(t *testing.T, raw json.RawMessage) string {
 	var v any
-	dec := json.NewDecoder(jsonReader(raw))
+	dec := json.NewDecoder(strings.NewReader(string(raw)))
 	dec.UseNumber()
 	if err := dec.Decode(&v); err != nil {
 		return "invalid: " + string(raw)
@@ -89,19 +79,19 @@ func TestTypeRejections(t *testing.T) {
 		{"NUL in text", `{"id":"r","t":"a\u0000b"}`},
 		{"NUL inside json", `{"id":"r","j":{"k":"\u0000"}}`},
 	}
-	forEachBackend(t, func(t *testing.T, b backendCase) {
-		f := openStore(t, b.open(t, typesDDL), thingsShape)
+	testkit.ForEachBackend(t, func(t *testing.T, b testkit.Backend) {
+		f := testkit.OpenStore(t, b.Open(t, testkit.TypesDDL), testkit.ThingsShape)
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
-				good := change("things", at(1), `{"id":"ok-`+tc.name+`","t":"fine"}`)
-				got := f.push("alice", change("things", at(1), tc.payload), good)
-				wantOutcomes(t, got, "rejected:invalid-payload,applied")
+				good := testkit.Change("things", testkit.At(1), `{"id":"ok-`+tc.name+`","t":"fine"}`)
+				got := f.Push("alice", testkit.Change("things", testkit.At(1), tc.payload), good)
+				testkit.WantOutcomes(t, got, "rejected:invalid-payload,applied")
 				if got[0].Message == "" {
 					t.Fatal("a rejection carries no message")
 				}
 			})
 		}
-		rows := f.pullAll("alice", "id")
+		rows := f.PullAll("alice", "id")
 		if _, bad := rows["r"]; bad {
 			t.Fatalf("a rejected change was written: %v", rows["r"])
 		}
@@ -113,36 +103,36 @@ func TestTypeRejections(t *testing.T) {
 
 func TestTableLayouts(t *testing.T) {
 	t.Run("schema-qualified table", func(t *testing.T) {
-		forEachBackend(t, func(t *testing.T, b backendCase) {
-			if b.name == "sqlite" {
+		testkit.ForEachBackend(t, func(t *testing.T, b testkit.Backend) {
+			if b.Name == "sqlite" {
 				t.Skip("SQLite has no schemas")
 			}
-			f := openStore(t, b.open(t, `CREATE SCHEMA app`, `CREATE TABLE app.todos (
+			f := testkit.OpenStore(t, b.Open(t, `CREATE SCHEMA app`, `CREATE TABLE app.todos (
 				"todoId" text PRIMARY KEY, title text, "userId" text NOT NULL, "updatedAt" timestamptz, "lastSyncAt" timestamptz)`,
 				`CREATE TABLE public.todos (x int)`),
-				ShapeConfig{Key: "todos", Table: "app.todos", KeyFields: []string{"todoId"}})
-			wantOutcomes(t, f.push("alice", change("todos", at(1), `{"todoId":"t1","title":"in app"}`)), "applied")
-			rows := f.pullAll("alice", "todoId")
+				shapes.ShapeConfig{Key: "todos", Table: "app.todos", KeyFields: []string{"todoId"}})
+			testkit.WantOutcomes(t, f.Push("alice", testkit.Change("todos", testkit.At(1), `{"todoId":"t1","title":"in app"}`)), "applied")
+			rows := f.PullAll("alice", "todoId")
 			if rows["t1"]["title"] != "in app" {
 				t.Fatalf("rows = %v", rows)
 			}
 		})
 	})
 	t.Run("composite key", func(t *testing.T) {
-		forEachBackend(t, func(t *testing.T, b backendCase) {
-			f := openStore(t, b.open(t, `CREATE TABLE items (
+		testkit.ForEachBackend(t, func(t *testing.T, b testkit.Backend) {
+			f := testkit.OpenStore(t, b.Open(t, `CREATE TABLE items (
 				listId text NOT NULL, pos integer NOT NULL, label text,
 				userId text NOT NULL, updatedAt timestamptz, lastSyncAt timestamptz,
 				PRIMARY KEY (listId, pos))`),
-				ShapeConfig{Key: "items", KeyFields: []string{"listId", "pos"}, Fields: []string{"label"}})
-			wantOutcomes(t, f.push("alice",
-				change("items", at(1), `{"listId":"l1","pos":1,"label":"a"}`),
-				change("items", at(1), `{"listId":"l1","pos":2,"label":"b"}`),
-				change("items", at(1), `{"listId":"l2","pos":1,"label":"c"}`),
-				change("items", at(2), `{"listId":"l1","pos":1,"label":"a2"}`),
-				change("items", at(2), `{"listId":"l1","label":"no pos"}`),
+				shapes.ShapeConfig{Key: "items", KeyFields: []string{"listId", "pos"}, Fields: []string{"label"}})
+			testkit.WantOutcomes(t, f.Push("alice",
+				testkit.Change("items", testkit.At(1), `{"listId":"l1","pos":1,"label":"a"}`),
+				testkit.Change("items", testkit.At(1), `{"listId":"l1","pos":2,"label":"b"}`),
+				testkit.Change("items", testkit.At(1), `{"listId":"l2","pos":1,"label":"c"}`),
+				testkit.Change("items", testkit.At(2), `{"listId":"l1","pos":1,"label":"a2"}`),
+				testkit.Change("items", testkit.At(2), `{"listId":"l1","label":"no pos"}`),
 			), "superseded,applied,applied,applied,rejected:invalid-payload")
-			rows, _ := f.pull("alice", at(0).AddDate(-1, 0, 0))
+			rows, _ := f.Pull("alice", testkit.At(0).AddDate(-1, 0, 0))
 			got := map[string]any{}
 			for _, r := range rows {
 				got[r.Payload["listId"].(string)+"/"+string(r.Payload["pos"].(json.Number))] = r.Payload["label"]
@@ -158,45 +148,4 @@ func TestTableLayouts(t *testing.T) {
 			}
 		})
 	})
-}
-
-// Pushes send binary arrays built by hand (binaryColumn) in pgx's modes
-// that prepare or describe statements, or typed slices pgx encodes
-// (typedColumn) in the others. Every mode must store the same values, edge
-// values included.
-func TestBinaryAndTypedArgumentsAgree(t *testing.T) {
-	payloads := []string{
-		`{"id":"a","t":"plain","b":true,"i":-2147483648,"big":-9223372036854775808,"d":-0.0,"ts":"1969-12-31T23:59:59.999999Z","u":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","n":-1e-20,"j":[],"tags":[]}`,
-		`{"id":"b","t":"esc\"aped\\ \u00e9 \ud83d\ude00 \n","b":false,"i":2147483647,"big":9223372036854775807,"d":1.7976931348623157e308,"ts":"1999-12-31T23:59:59.999Z","n":123456789012345678901234567890.5}`,
-		`{"id":"c","t":"","d":5e-324,"ts":"2000-01-01T00:00:00Z","tags":["x",null,"\"q\""],"j":null}`,
-		`{"id":"d","t":null,"b":null,"i":null,"big":null,"d":null,"ts":"2262-04-11T23:47:16.854775Z","u":null,"n":null,"tags":null}`,
-		`{"id":"e","ts":"0001-01-01T00:00:00Z","d":1e-300,"i":0}`,
-	}
-	modes := []string{"cache_statement", "cache_describe", "describe_exec", "exec", "simple_protocol"}
-	stored := map[string]string{}
-	for _, mode := range modes {
-		t.Run(mode, func(t *testing.T) {
-			dsn := pgtest.NewDatabase(t)
-			pgtest.Exec(t, dsn, typesDDL)
-			f := openStore(t, pgtest.WithParam(dsn, "default_query_exec_mode", mode), thingsShape)
-			if binary := f.db.d.(*postgres).binary; binary != (mode != "exec" && mode != "simple_protocol") {
-				t.Fatalf("binary arrays = %v in mode %s", binary, mode)
-			}
-			var changes []Change
-			for _, p := range payloads {
-				changes = append(changes, change("things", at(1), p))
-			}
-			wantOutcomes(t, f.push("alice", changes...), "applied,applied,applied,applied,applied")
-			out, _ := json.Marshal(f.pullAll("alice", "id"))
-			stored[mode] = string(out)
-		})
-	}
-	for _, mode := range modes[1:] {
-		if stored[mode] != stored[modes[0]] {
-			t.Fatalf("%s stored\n%s\n%s stored\n%s", modes[0], stored[modes[0]], mode, stored[mode])
-		}
-	}
-	if !strings.Contains(stored[modes[0]], `"ts":"1969-12-31T23:59:59.999Z"`) {
-		t.Fatalf("timestamps before 1970 went wrong: %s", stored[modes[0]])
-	}
 }

@@ -1,4 +1,4 @@
-package shapes
+package postgres
 
 import (
 	"bytes"
@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/hypersync/hypersync/shapes"
 )
 
 // A push sends each column of a group as one array argument. pgx encodes
@@ -113,28 +115,28 @@ func (w *arrayWriter) appendTimestamptz(t time.Time) {
 }
 
 // binaryColumn is column i of rows as an encodedArray.
-func binaryColumn(c *Column, rows []*row, i int) (any, error) {
+func binaryColumn(c *shapes.Column, rows []*shapes.Row, i int) (any, error) {
 	n := len(rows)
 	var w *arrayWriter
 	switch c.Kind {
-	case KindBool:
+	case shapes.KindBool:
 		w = newArrayWriter(pgtype.BoolOID, n, 5*n)
-	case KindInt:
+	case shapes.KindInt:
 		w = newArrayWriter(pgtype.Int8OID, n, 8*n)
-	case KindFloat:
+	case shapes.KindFloat:
 		w = newArrayWriter(pgtype.Float8OID, n, 8*n)
-	case KindTimestamp:
+	case shapes.KindTimestamp:
 		w = newArrayWriter(pgtype.TimestamptzOID, n, 8*n)
 	default:
 		size := 0
 		for _, r := range rows {
-			size += len(r.vals[i])
+			size += len(r.Vals[i])
 		}
 		w = newArrayWriter(pgtype.TextOID, n, size)
 	}
 	for _, r := range rows {
-		raw := bytes.TrimSpace(r.vals[i])
-		if len(raw) == 0 || raw[0] == 'n' {
+		raw := trimmed(r.Vals[i])
+		if raw == nil {
 			w.null()
 			continue
 		}
@@ -145,52 +147,52 @@ func binaryColumn(c *Column, rows []*row, i int) (any, error) {
 	return w.done(), nil
 }
 
-func binaryStamps(rows []*row) any {
+func binaryStamps(rows []*shapes.Row) any {
 	w := newArrayWriter(pgtype.TimestamptzOID, len(rows), 8*len(rows))
 	for _, r := range rows {
-		w.appendTimestamptz(r.updatedAt)
+		w.appendTimestamptz(r.UpdatedAt)
 	}
 	return w.done()
 }
 
 // appendValue appends a checked, non-null value of column c.
-func (w *arrayWriter) appendValue(c *Column, raw []byte) error {
+func (w *arrayWriter) appendValue(c *shapes.Column, raw []byte) error {
 	switch c.Kind {
-	case KindBool:
+	case shapes.KindBool:
 		w.begin(1)
 		if raw[0] == 't' {
 			w.buf = append(w.buf, 1)
 		} else {
 			w.buf = append(w.buf, 0)
 		}
-	case KindInt:
+	case shapes.KindInt:
 		v, err := strconv.ParseInt(string(raw), 10, 64)
 		if err != nil {
 			return err
 		}
 		w.begin(8)
 		w.buf = binary.BigEndian.AppendUint64(w.buf, uint64(v))
-	case KindFloat:
+	case shapes.KindFloat:
 		v, err := strconv.ParseFloat(string(raw), 64)
 		if err != nil {
 			return err
 		}
 		w.begin(8)
 		w.buf = binary.BigEndian.AppendUint64(w.buf, math.Float64bits(v))
-	case KindTimestamp:
-		t, err := timeValue(raw)
+	case shapes.KindTimestamp:
+		t, err := shapes.TimeValue(raw)
 		if err != nil {
 			return err
 		}
 		w.appendTimestamptz(t)
 	default:
-		if c.Kind == KindText && plainString(raw) && !isUUIDType(c.Type) {
+		if c.Kind == shapes.KindText && plainString(raw) && !c.IsUUID() {
 			// the common case: the text is what lies between the quotes
 			w.begin(len(raw) - 2)
 			w.buf = append(w.buf, raw[1:len(raw)-1]...)
 			return nil
 		}
-		s, err := c.textValue(raw)
+		s, err := c.TextValue(raw)
 		if err != nil {
 			return err
 		}
@@ -203,4 +205,14 @@ func (w *arrayWriter) appendValue(c *Column, raw []byte) error {
 // plainString reports whether raw is a JSON string without escapes.
 func plainString(raw []byte) bool {
 	return len(raw) >= 2 && raw[0] == '"' && raw[len(raw)-1] == '"' && bytes.IndexByte(raw, '\\') < 0
+}
+
+// trimmed returns a value without surrounding space, or nil when it is
+// missing or JSON null.
+func trimmed(raw []byte) []byte {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || raw[0] == 'n' {
+		return nil
+	}
+	return raw
 }

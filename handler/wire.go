@@ -1,0 +1,225 @@
+package handler
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/hypersync/hypersync/shapes"
+)
+
+// TimeLayout is how every timestamp leaves hypersync: the form of the
+// JavaScript client's Date.toISOString, RFC 3339 in UTC with exactly three
+// fractional digits. The client keeps milliseconds only, and so does every
+// timestamp hypersync writes.
+const TimeLayout = "2006-01-02T15:04:05.000Z07:00"
+
+// AppendTime appends t in TimeLayout, in UTC.
+func AppendTime(b []byte, t time.Time) []byte { return t.UTC().AppendFormat(b, TimeLayout) }
+
+// ParseTime reads a timestamp a client sends: any RFC 3339 time.
+func ParseTime(s string) (time.Time, error) { return time.Parse(time.RFC3339Nano, s) }
+
+// PushResponse is the push answer. The 1.0.0 client reads acceptedChanges
+// and ignores the rest.
+type PushResponse struct {
+	Status          string      `json:"status"`
+	AcceptedChanges []string    `json:"acceptedChanges"`
+	RejectedChanges []Rejection `json:"rejectedChanges"`
+}
+
+// Rejection tells why one change was not accepted.
+type Rejection struct {
+	ChangeID string `json:"changeId"`
+	// Index is the change's position in the request.
+	Index   int    `json:"index"`
+	Error   string `json:"error"`
+	Message string `json:"message"`
+}
+
+// errorBody is every error answer: {"status":"error","error":"<code>","message":"..."}.
+type errorBody struct {
+	Status  string `json:"status"`
+	Error   string `json:"error"`
+	Message string `json:"message"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		status, body = http.StatusInternalServerError, []byte(`{"status":"error","error":"internal","message":"encoding the answer failed"}`)
+	}
+	writeBody(w, status, body)
+}
+
+// writeBody answers status with a JSON body.
+func writeBody(w http.ResponseWriter, status int, body []byte) {
+	setJSONHeaders(w)
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}
+
+func setJSONHeaders(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+}
+
+// writePushResponse answers 201 with resp. The accepted ids, which can be
+// thousands, are written directly; encoding/json writes the rejections.
+func writePushResponse(w http.ResponseWriter, resp *PushResponse) {
+	rejected, err := json.Marshal(resp.RejectedChanges)
+	if err != nil {
+		writeJSON(w, http.StatusCreated, resp) // it reports the failure
+		return
+	}
+	size := 64 + len(rejected)
+	for _, id := range resp.AcceptedChanges {
+		size += len(id) + 3
+	}
+	buf := make([]byte, 0, size)
+	buf = append(buf, `{"status":`...)
+	buf = AppendJSONString(buf, resp.Status)
+	buf = append(buf, `,"acceptedChanges":[`...)
+	for i, id := range resp.AcceptedChanges {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = AppendJSONString(buf, id)
+	}
+	buf = append(buf, `],"rejectedChanges":`...)
+	buf = append(buf, rejected...)
+	writeBody(w, http.StatusCreated, append(buf, '}'))
+}
+
+// The pull answer is written as it streams:
+//
+//	{"changes":[<change>,...],"syncedAt":"<time>"[,"hasMore":<bool>]}
+//
+// and each change as {"shapeKey":…,"payload":{…},"userId":…,"updatedAt":…}.
+
+// rowWriter writes pulled rows as changes. It keeps, per shape, the JSON
+// of the shape key and of each field name, computed once per pull.
+type rowWriter struct {
+	quotedUser []byte
+	shapes     map[*shapes.Shape]*shapeJSON
+}
+
+type shapeJSON struct {
+	key    []byte   // the shape key as a JSON string
+	fields [][]byte // `"field":` per column
+}
+
+func newRowWriter(user string) *rowWriter {
+	return &rowWriter{quotedUser: AppendJSONString(nil, user), shapes: map[*shapes.Shape]*shapeJSON{}}
+}
+
+func (rw *rowWriter) jsonOf(sh *shapes.Shape) *shapeJSON {
+	if s := rw.shapes[sh]; s != nil {
+		return s
+	}
+	s := &shapeJSON{key: AppendJSONString(nil, sh.Config.Key)}
+	for _, c := range sh.Columns() {
+		s.fields = append(s.fields, append(AppendJSONString(nil, c.Field), ':'))
+	}
+	rw.shapes[sh] = s
+	return s
+}
+
+// appendChange appends one pulled row as a change.
+func (rw *rowWriter) appendChange(buf []byte, row shapes.PulledRow) []byte {
+	s := rw.jsonOf(row.Shape)
+	buf = append(buf, `{"shapeKey":`...)
+	buf = append(buf, s.key...)
+	buf = append(buf, `,"payload":`...)
+	buf = AppendPayload(buf, row.Shape, row.Values, s.fields)
+	buf = append(buf, `,"userId":`...)
+	buf = append(buf, rw.quotedUser...)
+	buf = append(buf, `,"updatedAt":`...)
+	buf = appendValue(buf, shapes.KindTimestamp, row.UpdatedAt)
+	return append(buf, '}')
+}
+
+// AppendPayload appends a pulled row's values as the payload object, keyed
+// by field name. fields, when not nil, holds `"field":` per column.
+func AppendPayload(buf []byte, sh *shapes.Shape, vals []shapes.Value, fields [][]byte) []byte {
+	buf = append(buf, '{')
+	for j, c := range sh.Columns() {
+		if j > 0 {
+			buf = append(buf, ',')
+		}
+		if fields != nil {
+			buf = append(buf, fields[j]...)
+		} else {
+			buf = append(AppendJSONString(buf, c.Field), ':')
+		}
+		buf = appendValue(buf, c.Kind, vals[j])
+	}
+	return append(buf, '}')
+}
+
+// appendValue appends one value as JSON (see shapes.Value for the forms
+// drivers give).
+func appendValue(buf []byte, k shapes.Kind, v shapes.Value) []byte {
+	switch {
+	case v.Null:
+		return append(buf, "null"...)
+	case k == shapes.KindTimestamp && v.Text == nil:
+		buf = append(buf, '"')
+		buf = AppendTime(buf, v.Time)
+		return append(buf, '"')
+	}
+	switch k {
+	case shapes.KindBool, shapes.KindInt, shapes.KindJSON, shapes.KindArray, shapes.KindOther:
+		return append(buf, v.Text...) // true/false, digits, or JSON text
+	case shapes.KindFloat, shapes.KindNumeric:
+		if t := v.Text; len(t) > 0 && (t[0] == 'N' || t[0] == 'I' || t[0] == '-' && len(t) > 1 && t[1] == 'I') {
+			return AppendJSONString(buf, t) // NaN and Infinity are not JSON numbers
+		}
+		return append(buf, v.Text...)
+	}
+	return AppendJSONString(buf, v.Text)
+}
+
+// appendPullEnd closes the changes array and writes the cursor.
+func appendPullEnd(buf []byte, res shapes.PullResult, paged bool) []byte {
+	buf = append(buf, `],"syncedAt":"`...)
+	buf = AppendTime(buf, res.Cursor)
+	buf = append(buf, '"')
+	if paged {
+		if res.HasMore {
+			buf = append(buf, `,"hasMore":true`...)
+		} else {
+			buf = append(buf, `,"hasMore":false`...)
+		}
+	}
+	return append(buf, '}')
+}
+
+// AppendJSONString appends s as a JSON string.
+func AppendJSONString[T string | []byte](buf []byte, s T) []byte {
+	const hex = "0123456789abcdef"
+	buf = append(buf, '"')
+	start := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' {
+			continue
+		}
+		buf = append(buf, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			buf = append(buf, '\\', c)
+		case '\n':
+			buf = append(buf, '\\', 'n')
+		case '\r':
+			buf = append(buf, '\\', 'r')
+		case '\t':
+			buf = append(buf, '\\', 't')
+		default:
+			buf = append(buf, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		}
+		start = i + 1
+	}
+	buf = append(buf, s[start:]...)
+	return append(buf, '"')
+}

@@ -1,0 +1,362 @@
+package testkit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hypersync/hypersync/handler"
+	"github.com/hypersync/hypersync/shapes"
+)
+
+// Convergence is a run of simulated devices against several instances of
+// hypersync on one database. Each device keeps a local table, a queue of
+// unpushed changes and a lastPull cursor truncated to the millisecond, as
+// the 1.0.0 client keeps them. Devices edit, push, pull and go offline at
+// random, on instances picked at random. At the end every device syncs,
+// and the run checks that every device holds exactly the database's final
+// version of each of its user's rows, and that the database holds the
+// newest version any push had accepted.
+type Convergence struct {
+	// Servers are the instances' base URLs; the user goes in X-Test-User.
+	Servers []string
+	// DSN is the database, read directly at the end.
+	DSN string
+	// Users, and the devices each one has.
+	Users   []string
+	Devices int
+	// Skews are the devices' clock errors, dealt round-robin.
+	Skews []time.Duration
+	// Keys is how many rows each user edits: few make conflicts, many make
+	// mostly new rows.
+	Keys int
+	// Resend makes a push answer get lost now and then, so that its
+	// changes are sent again. Offline makes devices drop off for a while.
+	Resend, Offline bool
+	Duration        time.Duration
+}
+
+// Report is what a convergence run did and found.
+type Report struct {
+	Devices, Stored       int
+	Pushed, Resent, Pulls int64
+	// Checked counts (device, row) pairs compared; Misses those that were
+	// wrong, plus accepted versions the database lost.
+	Checked, Misses int
+}
+
+func (r Report) String() string {
+	return fmt.Sprintf("%d devices; %d changes pushed (%d sent again), %d pulls; %d rows in the database; %d device rows checked, %d misses",
+		r.Devices, r.Pushed, r.Resent, r.Pulls, r.Stored, r.Checked, r.Misses)
+}
+
+// version is one value of a row: the title, and its client updatedAt.
+type version struct {
+	Title     string
+	UpdatedAt time.Time
+}
+
+func (v version) newer(o version) bool { return v.UpdatedAt.After(o.UpdatedAt) }
+
+type queuedChange struct {
+	id  string
+	key string
+	v   version
+}
+
+type device struct {
+	user     string
+	skew     time.Duration
+	rng      *rand.Rand
+	local    map[string]version
+	queue    []queuedChange
+	lastPull time.Time
+	seq      int
+}
+
+type run struct {
+	c         Convergence
+	client    *http.Client
+	mu        sync.Mutex
+	accepted  map[string]version // user/key -> newest version any push had accepted
+	usedTimes map[string]bool    // key@updatedAt already used, so that no two versions tie
+	pushed    atomic.Int64
+	resent    atomic.Int64
+	pulls     atomic.Int64
+}
+
+// Converge runs c and returns its report. Errors of the protocol (a push
+// or pull that fails) fail the test at once; misses are for the caller to
+// judge.
+func Converge(t *testing.T, c Convergence) Report {
+	t.Helper()
+	if c.Keys == 0 {
+		c.Keys = 25
+	}
+	if len(c.Skews) == 0 {
+		c.Skews = []time.Duration{0}
+	}
+	r := &run{c: c, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 32}},
+		accepted: map[string]version{}, usedTimes: map[string]bool{}}
+	defer r.client.CloseIdleConnections()
+	var devices []*device
+	for u, user := range c.Users {
+		for i := 0; i < c.Devices; i++ {
+			devices = append(devices, &device{user: user, skew: c.Skews[(u+i)%len(c.Skews)],
+				rng: rand.New(rand.NewSource(int64(10*u + i))), local: map[string]version{}, lastPull: time.Unix(0, 0)})
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.Duration)
+	defer cancel()
+	errs := make(chan error, len(devices))
+	var wg sync.WaitGroup
+	for _, d := range devices {
+		wg.Add(1)
+		go func(d *device) { defer wg.Done(); r.live(ctx, d, errs) }(d)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	// Every device comes online and syncs until its queue is empty, then
+	// pulls once more what the others pushed last.
+	for _, d := range devices {
+		for i := 0; len(d.queue) > 0 || i == 0; i++ {
+			if err := r.sync(d, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, d := range devices {
+		if err := r.sync(d, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	db := map[string]map[string]version{}
+	rep := Report{Devices: len(devices), Pushed: r.pushed.Load(), Resent: r.resent.Load(), Pulls: r.pulls.Load()}
+	err := Query(c.DSN, `SELECT userId, todoId, title, updatedAt FROM todos`, func(scan func(...any) error) error {
+		var user, key string
+		var v version
+		var upd any
+		if err := scan(&user, &key, &v.Title, &upd); err != nil {
+			return err
+		}
+		switch u := upd.(type) {
+		case time.Time:
+			v.UpdatedAt = u
+		case string: // SQLite
+			t, err := time.Parse(time.RFC3339Nano, u)
+			if err != nil {
+				return err
+			}
+			v.UpdatedAt = t
+		default:
+			return fmt.Errorf("updatedAt %v (%T)", upd, upd)
+		}
+		if db[user] == nil {
+			db[user] = map[string]version{}
+		}
+		db[user][key] = v
+		rep.Stored++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range devices {
+		want := db[d.user]
+		if len(d.local) > len(want) {
+			rep.Misses += len(d.local) - len(want)
+		}
+		for k, v := range want {
+			rep.Checked++
+			if got, ok := d.local[k]; !ok || got.Title != v.Title || !got.UpdatedAt.Equal(v.UpdatedAt) {
+				rep.Misses++
+			}
+		}
+	}
+	for k, v := range r.accepted {
+		user, key, _ := strings.Cut(k, "/")
+		if got := db[user][key]; got.Title != v.Title || !got.UpdatedAt.Equal(v.UpdatedAt) {
+			rep.Misses++
+		}
+	}
+	return rep
+}
+
+// stamp returns a device's updatedAt for an edit of key: its skewed clock,
+// never older than the local row, and unique for the key.
+func (r *run) stamp(d *device, key string) time.Time {
+	t := time.Now().Add(d.skew).Truncate(time.Millisecond)
+	if cur, ok := d.local[key]; ok && !t.After(cur.UpdatedAt) {
+		t = cur.UpdatedAt.Add(time.Millisecond)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for r.usedTimes[key+"@"+t.Format(time.RFC3339Nano)] {
+		t = t.Add(time.Millisecond)
+	}
+	r.usedTimes[key+"@"+t.Format(time.RFC3339Nano)] = true
+	return t
+}
+
+func (r *run) do(d *device, req *http.Request) (*http.Response, []byte, error) {
+	req.Header.Set("X-Test-User", d.user)
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp, body, err
+}
+
+func (r *run) server(d *device) string { return r.c.Servers[d.rng.Intn(len(r.c.Servers))] }
+
+// sync pushes the queue (a random batch size, sometimes keeping accepted
+// changes to send them again) and pulls.
+func (r *run) sync(d *device, resend bool) error {
+	for len(d.queue) > 0 {
+		n := min(1+d.rng.Intn(50), len(d.queue))
+		batch := d.queue[:n]
+		var changes []map[string]any
+		for _, c := range batch {
+			changes = append(changes, map[string]any{"changeId": c.id, "shapeKey": "todos", "pushed": 0, "userId": d.user,
+				"updatedAt": c.v.UpdatedAt.UTC().Format("2006-01-02T15:04:05.000Z"),
+				"payload":   map[string]any{"todoId": c.key, "title": c.v.Title}})
+		}
+		body, _ := json.Marshal(map[string]any{"changes": changes})
+		req, _ := http.NewRequest("POST", r.server(d)+"/sync/push", bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		resp, answer, err := r.do(d, req)
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != 201 {
+			return fmt.Errorf("push: %d %s", resp.StatusCode, answer)
+		}
+		var pr handler.PushResponse
+		if err := json.Unmarshal(answer, &pr); err != nil {
+			return err
+		}
+		if len(pr.RejectedChanges) > 0 {
+			return fmt.Errorf("push rejected %+v", pr.RejectedChanges)
+		}
+		ok := map[string]bool{}
+		for _, id := range pr.AcceptedChanges {
+			ok[id] = true
+		}
+		r.pushed.Add(int64(len(batch)))
+		var keep []queuedChange
+		r.mu.Lock()
+		for _, c := range batch {
+			if !ok[c.id] {
+				keep = append(keep, c)
+				continue
+			}
+			k := d.user + "/" + c.key
+			if cur, seen := r.accepted[k]; !seen || c.v.newer(cur) {
+				r.accepted[k] = c.v
+			}
+			if resend && d.rng.Intn(10) == 0 {
+				keep = append(keep, c) // the answer "got lost": send it again later
+				r.resent.Add(1)
+			}
+		}
+		r.mu.Unlock()
+		d.queue = append(keep, d.queue[n:]...)
+		if resend && len(keep) > 0 {
+			break // resends go out at a later sync
+		}
+	}
+	req, _ := http.NewRequest("GET", r.server(d)+"/sync/pull/?lastPull="+d.lastPull.UTC().Format("2006-01-02T15:04:05.000Z"), nil)
+	resp, answer, err := r.do(d, req)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("pull: %d %s", resp.StatusCode, answer)
+	}
+	var out struct {
+		Changes []struct {
+			Payload   map[string]any
+			UserID    string
+			UpdatedAt time.Time
+		}
+		SyncedAt time.Time
+	}
+	if err := json.Unmarshal(answer, &out); err != nil {
+		return err
+	}
+	r.pulls.Add(1)
+	for _, c := range out.Changes {
+		if c.UserID != d.user {
+			return fmt.Errorf("%s pulled a row of %s", d.user, c.UserID)
+		}
+		key, _ := c.Payload["todoId"].(string)
+		title, _ := c.Payload["title"].(string)
+		v := version{Title: title, UpdatedAt: c.UpdatedAt}
+		// the client's upsertRemoteChangeFn keeps the newest updatedAt
+		if cur, ok := d.local[key]; !ok || v.newer(cur) {
+			d.local[key] = v
+		}
+	}
+	// The client keeps syncedAt as a JS Date: milliseconds only.
+	d.lastPull = out.SyncedAt.Truncate(time.Millisecond)
+	return nil
+}
+
+// live is one device's life until ctx ends.
+func (r *run) live(ctx context.Context, d *device, errs chan<- error) {
+	offlineUntil := time.Time{}
+	for ctx.Err() == nil {
+		switch p := d.rng.Intn(100); {
+		case p < 45: // a local edit, unless a long queue is waiting
+			if len(d.queue) > 60 {
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			key := fmt.Sprintf("%s-%d", d.user, d.rng.Intn(r.c.Keys))
+			d.seq++
+			v := version{Title: fmt.Sprintf("%s/%p/%d", d.user, d, d.seq), UpdatedAt: r.stamp(d, key)}
+			d.local[key] = v
+			d.queue = append(d.queue, queuedChange{id: fmt.Sprintf("%p-%d", d, d.seq), key: key, v: v})
+		case p < 80:
+			if time.Now().Before(offlineUntil) {
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			if err := r.sync(d, r.c.Resend); err != nil {
+				errs <- err
+				return
+			}
+		case p < 85 && r.c.Offline: // an offline gap
+			offlineUntil = time.Now().Add(time.Duration(50+d.rng.Intn(400)) * time.Millisecond)
+		default:
+			time.Sleep(time.Duration(1+d.rng.Intn(3)) * time.Millisecond)
+		}
+	}
+}
+
+// CompletenessRun is the convergence run that pull completeness is judged
+// by: one user's eight devices push mostly new rows and pull, as fast as
+// they can, on two instances. Every row version a push stamps is one that
+// every device must end up holding. The naive-stamp proof in
+// shapes/postgres runs it too.
+func CompletenessRun(t *testing.T, dsn string, a, b *shapes.Store) Report {
+	cfg := handler.Config{Timeout: 30 * time.Second}
+	s1, s2 := NewServer(t, a, cfg), NewServer(t, b, cfg)
+	return Converge(t, Convergence{Servers: []string{s1.URL, s2.URL}, DSN: dsn,
+		Users: []string{"alice"}, Devices: 8, Keys: 1 << 20, Duration: 4 * time.Second})
+}

@@ -1,0 +1,30 @@
+package postgres
+
+import (
+	"time"
+
+	"github.com/hypersync/hypersync/shapes"
+)
+
+// IsBinary reports whether db's pushes send binary arrays.
+func IsBinary(db *shapes.Database) bool { return db.Driver().(*driver).binary }
+
+// NaiveDialect is PostgreSQL with the reference server's stamps (see
+// write.go), for the test that proves the concurrency check catches them.
+func NaiveDialect() *shapes.Dialect {
+	d := *dialect
+	d.Name = "postgres-naive"
+	d.Open = func(dsn string, opts shapes.Options) (shapes.Driver, error) {
+		return open(dsn, opts, config{naiveStamps: true})
+	}
+	return &d
+}
+
+// GroupArgs builds a group's arguments as a push sends them.
+func GroupArgs(user string, g shapes.Group, binary bool) error {
+	_, err := (&driver{binary: binary}).groupArgs(user, g)
+	return err
+}
+
+// ParseTime reads a timestamp as the pull receives it.
+func ParseTime(v []byte) (time.Time, bool) { return parseTime(v) }

@@ -1,0 +1,168 @@
+// Package postgres is hypersync's PostgreSQL driver: it turns the groups
+// of rows a shapes.Store plans into SQL, and pulled rows back into values.
+// Importing it registers the postgres:// and postgresql:// DSNs with
+// package shapes.
+//
+// Files: postgres.go opens the pool and maps errors; inspect.go reads the
+// catalog; write.go holds the stamp scheme and the upserts; pgarray.go
+// sends a push's columns as binary arrays; pull.go reads pulls.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/hypersync/hypersync/shapes"
+)
+
+var dialect = &shapes.Dialect{
+	Name:     "postgres",
+	Forms:    []string{"postgres://…", "postgresql://…"},
+	Prefixes: []string{"postgres://", "postgresql://"},
+	FieldTypes: map[string]string{
+		"text": "text", "integer": "bigint", "real": "double precision",
+		"boolean": "boolean", "timestamp": "timestamptz", "json": "jsonb",
+	},
+	StampType: "timestamptz",
+	CursorDDL: `CREATE TABLE IF NOT EXISTS "` + shapes.CursorTable + `" (
+		user_id text PRIMARY KEY,
+		stamp timestamptz NOT NULL)`,
+	Open: func(dsn string, opts shapes.Options) (shapes.Driver, error) { return open(dsn, opts, config{}) },
+}
+
+func init() { shapes.Register(dialect) }
+
+// config holds what only this package's tests set.
+type config struct {
+	// naiveStamps switches on the broken scheme of the reference server
+	// (see write.go), to prove that the concurrency test catches it.
+	naiveStamps bool
+}
+
+type driver struct {
+	pool     *pgxpool.Pool
+	binary   bool // arguments travel as encodedArrays (see pgarray.go)
+	logger   *zap.Logger
+	lockWait func(time.Duration)
+	config
+}
+
+func open(dsn string, opts shapes.Options, c config) (*driver, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parsing the PostgreSQL DSN %s: %w", shapes.RedactDSN(dsn), err)
+	}
+	if !strings.Contains(dsn, "pool_max_conns") {
+		// room for the handler's default push and pull budgets (8 + 8)
+		cfg.MaxConns = 20
+	}
+	cfg.ConnConfig.RuntimeParams["timezone"] = "UTC"
+	cfg.ConnConfig.RuntimeParams["datestyle"] = "ISO, MDY" // the timestamp text parseTime reads
+	if cfg.ConnConfig.RuntimeParams["application_name"] == "" {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "hypersync"
+	}
+	if opts.Dial != nil {
+		cfg.ConnConfig.DialFunc = opts.Dial
+	}
+	binary := binaryMode(cfg.ConnConfig.DefaultQueryExecMode)
+	if binary {
+		cfg.AfterConnect = func(_ context.Context, c *pgx.Conn) error {
+			registerEncodedArrays(c.TypeMap())
+			return nil
+		}
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating the PostgreSQL pool: %w", err)
+	}
+	return &driver{pool: pool, binary: binary, logger: opts.Logger, lockWait: opts.LockWait, config: c}, nil
+}
+
+func (p *driver) Close() { p.pool.Close() }
+
+func (p *driver) Ping(ctx context.Context) error { return pgError(p.pool.Ping(ctx)) }
+
+// Stats reports the pool's counters.
+func (p *driver) Stats() shapes.PoolStats {
+	st := p.pool.Stat()
+	return shapes.PoolStats{Acquired: int(st.AcquiredConns()), Idle: int(st.IdleConns()), Total: int(st.TotalConns()),
+		EmptyAcquires: st.EmptyAcquireCount(), EmptyAcquireWait: st.EmptyAcquireWaitTime()}
+}
+
+// ddlLock is the advisory lock that serialises hypersync's own DDL.
+const ddlLock = 0x6879_7065_7273_796e // "hypersyn"
+
+// DDL runs CREATE … IF NOT EXISTS statements in one transaction, under an
+// advisory lock. Without it, instances starting together against a fresh
+// database race: CREATE TABLE IF NOT EXISTS checks before it inserts into
+// the catalog, and the loser fails with a duplicate type or key.
+func (p *driver) DDL(ctx context.Context, stmts ...string) error {
+	tx, err := p.pool.Begin(ctx)
+	if err != nil {
+		return pgError(err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(ddlLock)); err != nil {
+		return pgError(err)
+	}
+	for _, stmt := range stmts {
+		if _, err := tx.Exec(ctx, stmt); err != nil {
+			return pgError(err)
+		}
+	}
+	return pgError(tx.Commit(ctx))
+}
+
+// refusedByValue reports an error that a value in the statement caused:
+// class 22 (data exception: a type, range or encoding error), 23 (a
+// constraint) and 54 (a program limit, such as an index row over the btree
+// limit of 2,704 bytes, which a long key makes).
+func refusedByValue(pgErr *pgconn.PgError) bool {
+	switch pgErr.Code[:2] {
+	case "22", "23", "54":
+		return true
+	}
+	return false
+}
+
+// pgError classifies an error: ErrUnavailable when the database cannot be
+// used right now, ErrSchemaChanged when a table no longer matches, and a
+// *shapes.RefusedError when a value was refused. Others pass through.
+func pgError(err error) error {
+	if err == nil || errors.Is(err, shapes.ErrUnavailable) || errors.Is(err, shapes.ErrRefused) || errors.Is(err, context.Canceled) {
+		return err
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		if refusedByValue(pgErr) {
+			return &shapes.RefusedError{Message: pgErr.Message}
+		}
+		switch pgErr.Code[:2] {
+		case "08", "53", "57", "58", "XX":
+			return fmt.Errorf("%w: %v", shapes.ErrUnavailable, err)
+		case "42":
+			// undefined column or table, wrong type: the table changed
+			return fmt.Errorf("%w: %s", shapes.ErrSchemaChanged, pgErr.Message)
+		}
+		return err
+	}
+	var netErr net.Error
+	var connErr *pgconn.ConnectError
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr), errors.As(err, &connErr),
+		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), pgconn.SafeToRetry(err),
+		strings.Contains(err.Error(), "conn closed"), strings.Contains(err.Error(), "closed pool"):
+		return fmt.Errorf("%w: %v", shapes.ErrUnavailable, err)
+	}
+	return err
+}

@@ -1,0 +1,87 @@
+package shapes
+
+import (
+	"fmt"
+	"strings"
+)
+
+// QuoteIdent quotes an identifier. PostgreSQL and SQLite quote alike.
+// Identifiers come from the configuration and the catalog, never from
+// requests, and the configuration refuses NUL bytes in them.
+func QuoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+// QuoteTable quotes an optionally schema-qualified table name.
+func QuoteTable(schema, table string) string {
+	if schema == "" {
+		return QuoteIdent(table)
+	}
+	return QuoteIdent(schema) + "." + QuoteIdent(table)
+}
+
+// QuoteLiteral quotes a string constant.
+func QuoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// CursorTable is the table, created by hypersync, that holds each user's
+// latest sync stamp. Its row per user is the lock that orders that user's
+// pushes, and the watermark a pull reads.
+const CursorTable = "hypersync_cursors"
+
+// syncIndexSQL is the statement that creates the index pulls read through:
+// (user, sync stamp), which finds one user's rows written after a stamp.
+func syncIndexSQL(schema, table, user, synced string, ifNotExists bool) string {
+	cond := ""
+	if ifNotExists {
+		cond = "IF NOT EXISTS "
+	}
+	return fmt.Sprintf("CREATE INDEX %s%s ON %s (%s, %s)", cond, QuoteIdent(table+"_"+user+"_"+synced+"_idx"),
+		QuoteTable(schema, table), QuoteIdent(user), QuoteIdent(synced))
+}
+
+// IndexSQL returns the statement that creates the index a shape's pulls
+// need.
+func IndexSQL(sh *Shape) string {
+	return syncIndexSQL(sh.Schema, sh.Table, sh.User.Name, sh.SyncedAt.Name, false)
+}
+
+// CreateTableSQL renders the CREATE TABLE and CREATE INDEX statements of a
+// create_table shape in a dialect.
+func CreateTableSQL(cfg ShapeConfig, d *Dialect) []string {
+	cfg = cfg.WithDefaults()
+	schema, table, _ := SplitTableName(cfg.Table)
+	var b strings.Builder
+	fmt.Fprintf(&b, "CREATE TABLE IF NOT EXISTS %s (\n", QuoteTable(schema, table))
+	col := func(name, typ, extra string) {
+		fmt.Fprintf(&b, "\t%s %s%s,\n", QuoteIdent(name), typ, extra)
+	}
+	typeOf := func(f string) string {
+		if t := cfg.FieldTypes[f]; t != "" {
+			return d.FieldTypes[t]
+		}
+		return d.FieldTypes["text"]
+	}
+	for _, f := range cfg.KeyFields {
+		col(f, typeOf(f), " NOT NULL")
+	}
+	for _, f := range cfg.Fields {
+		col(f, typeOf(f), "")
+	}
+	col(cfg.UserColumn, d.FieldTypes["text"], " NOT NULL")
+	col(cfg.UpdatedAtColumn, d.StampType, " NOT NULL")
+	col(cfg.SyncedAtColumn, d.StampType, " NOT NULL")
+	keys := make([]string, len(cfg.KeyFields))
+	for i, k := range cfg.KeyFields {
+		keys[i] = QuoteIdent(k)
+	}
+	fmt.Fprintf(&b, "\tPRIMARY KEY (%s)\n)", strings.Join(keys, ", "))
+	return []string{b.String(), syncIndexSQL(schema, table, cfg.UserColumn, cfg.SyncedAtColumn, true)}
+}
+
+// SchemaSQL renders the CREATE TABLE and CREATE INDEX statements of a shape
+// for a kind of database ("postgres" or "sqlite"), without a database.
+func SchemaSQL(kind string, cfg ShapeConfig) []string {
+	d := LookupDialect(kind)
+	if d == nil {
+		return nil
+	}
+	return CreateTableSQL(cfg, d)
+}

@@ -1,0 +1,9 @@
+package sqlite
+
+import "github.com/hypersync/hypersync/shapes"
+
+// Values converts a row's values as a push writes them.
+func Values(sh *shapes.Shape, r *shapes.Row) error {
+	_, err := appendValues(nil, sh, r)
+	return err
+}
