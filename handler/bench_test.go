@@ -2,8 +2,10 @@ package handler_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"github.com/hypersync/hypersync/handler"
 	"github.com/hypersync/hypersync/internal/pgtest"
 	"github.com/hypersync/hypersync/internal/testkit"
+	"github.com/hypersync/hypersync/shapes"
 )
 
 // BenchmarkPush runs the whole push path in one process, from the request
@@ -74,4 +77,40 @@ func benchmarkPush(b *testing.B, mode string) {
 		}
 	}
 	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "changes/s")
+}
+
+// discard is a ResponseWriter that keeps nothing.
+type discard struct{ h http.Header }
+
+func (d *discard) Header() http.Header         { return d.h }
+func (d *discard) Write(b []byte) (int, error) { return len(b), nil }
+func (d *discard) WriteHeader(int)             {}
+
+// BenchmarkPull measures a full pull of 20,000 rows on PostgreSQL through
+// the handler: the driver's reading and the handler's writing of the JSON.
+func BenchmarkPull(b *testing.B) {
+	dsn := pgtest.NewDatabase(b)
+	pgtest.Exec(b, dsn, pgtest.TodosDDL, pgtest.TodosIndex)
+	store := testkit.NewStore(b, testkit.OpenDB(b, dsn), testkit.TodosShape)
+	const rows = 20000
+	for i := 0; i < rows; i += 1000 {
+		changes := make([]shapes.Change, 1000)
+		for j := range changes {
+			changes[j] = shapes.Change{ID: fmt.Sprint(i + j), Shape: "todos", UpdatedAt: time.Now(),
+				Payload: testkit.PayloadOf(fmt.Sprintf(`{"todoId":"t%d","title":"Buy milk and bread for the week %d","done":false,"deleted":false}`, i+j, i+j))}
+		}
+		if _, err := store.Push(context.Background(), "alice", changes, make([]shapes.Result, len(changes))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	h, err := handler.New(handler.Config{Store: store, Logger: zap.NewNop()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		w := &discard{h: http.Header{}}
+		h.Serve(w, httptest.NewRequest("GET", "/sync/pull/", nil), "alice")
+	}
+	b.ReportMetric(float64(b.N*rows)/b.Elapsed().Seconds(), "rows/s")
 }

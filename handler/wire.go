@@ -14,8 +14,26 @@ import (
 // timestamp hypersync writes.
 const TimeLayout = "2006-01-02T15:04:05.000Z07:00"
 
-// AppendTime appends t in TimeLayout, in UTC.
-func AppendTime(b []byte, t time.Time) []byte { return t.UTC().AppendFormat(b, TimeLayout) }
+// AppendTime appends t in TimeLayout, in UTC. A pull writes one or more
+// per row, so the years 0 to 9999 are written digit by digit, which costs
+// a fifth of AppendFormat; TestAppendTimeIsTimeLayout holds the two equal.
+func AppendTime(b []byte, t time.Time) []byte {
+	t = t.UTC()
+	year, month, day := t.Date()
+	if year < 0 || year > 9999 {
+		return t.AppendFormat(b, TimeLayout)
+	}
+	hour, minute, sec := t.Clock()
+	ms := t.Nanosecond() / 1e6
+	two := func(b []byte, n int) []byte { return append(b, byte('0'+n/10), byte('0'+n%10)) }
+	b = two(two(b, year/100), year%100)
+	b = two(append(b, '-'), int(month))
+	b = two(append(b, '-'), day)
+	b = two(append(b, 'T'), hour)
+	b = two(append(b, ':'), minute)
+	b = two(append(b, ':'), sec)
+	return append(b, '.', byte('0'+ms/100), byte('0'+ms/10%10), byte('0'+ms%10), 'Z')
+}
 
 // ParseTime reads a timestamp a client sends: any RFC 3339 time.
 func ParseTime(s string) (time.Time, error) { return time.Parse(time.RFC3339Nano, s) }

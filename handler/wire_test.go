@@ -44,3 +44,18 @@ func TestAppendValueTimestamps(t *testing.T) {
 		}
 	}
 }
+
+// AppendTime writes what TimeLayout says, for every kind of time.
+func TestAppendTimeIsTimeLayout(t *testing.T) {
+	times := []time.Time{time.Unix(0, 0), time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC),
+		time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(-5, 3, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2026, 11, 25, 12, 0, 0, 5e8, time.FixedZone("", 7200)), time.Date(1969, 12, 31, 23, 59, 59, 999500000, time.UTC)}
+	for i := 0; i < 2000; i++ {
+		times = append(times, time.Unix(int64(i)*7919*86400+int64(i)*104729, int64(i)*1234567))
+	}
+	for _, tm := range times {
+		if got, want := string(AppendTime(nil, tm)), tm.UTC().Format(TimeLayout); got != want {
+			t.Fatalf("%v: %s, want %s", tm, got, want)
+		}
+	}
+}
