@@ -137,18 +137,17 @@ func cmdCheck(fl caddycmd.Flags) (int, error) {
 				bad++
 			case d.OK:
 				fmt.Printf("  ✓ shape %q: table %s is ready\n", d.Shape, d.Table)
+				for _, w := range d.Warnings {
+					fmt.Printf("    ⚠ %s\n", w)
+				}
+				printFix(d.Fix)
 			default:
 				bad++
 				fmt.Printf("  ✗ shape %q: table %s\n", d.Shape, d.Table)
 				for _, p := range d.Problems {
 					fmt.Printf("      %s\n", p)
 				}
-				if len(d.Fix) > 0 {
-					fmt.Printf("    to fix it:\n")
-					for _, stmt := range d.Fix {
-						fmt.Printf("      %s;\n", strings.ReplaceAll(stmt, "\n", "\n      "))
-					}
-				}
+				printFix(d.Fix)
 			}
 		}
 		cancel()
@@ -180,4 +179,15 @@ func cmdSchema(fl caddycmd.Flags) (int, error) {
 		fmt.Println()
 	}
 	return caddy.ExitCodeSuccess, nil
+}
+
+// printFix prints the SQL that fixes what check found.
+func printFix(fix []string) {
+	if len(fix) == 0 {
+		return
+	}
+	fmt.Printf("    to fix it:\n")
+	for _, stmt := range fix {
+		fmt.Printf("      %s;\n", strings.ReplaceAll(stmt, "\n", "\n      "))
+	}
 }

@@ -14,6 +14,9 @@ type Diagnosis struct {
 	Table    string   `json:"table"`
 	OK       bool     `json:"ok"`
 	Problems []string `json:"problems,omitempty"`
+	// Warnings are gaps that leave the shape working, such as a table
+	// whose rows written outside hypersync do not reach devices.
+	Warnings []string `json:"warnings,omitempty"`
 	// Fix holds statements that would repair the table. hypersync never
 	// runs them: an existing table is never altered.
 	Fix []string `json:"fix,omitempty"`
@@ -59,6 +62,10 @@ func (db *Database) Diagnose(ctx context.Context, cfg ShapeConfig) (Diagnosis, e
 		return d, nil
 	}
 	d.OK = true
+	if stamping, markers := db.dialect.Stamping(sh.StampTarget()); !stamped(info.Stamps, markers) {
+		d.Warnings = []string{"no current stamping trigger: rows written outside hypersync (psql, a backend job, a migration) do not reach devices"}
+		d.Fix = stamping
+	}
 	return d, nil
 }
 

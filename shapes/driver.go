@@ -124,10 +124,16 @@ type Dialect struct {
 	Forms []string
 	// FieldTypes maps create_table's portable types to column types.
 	FieldTypes map[string]string
-	// StampType is the column type of the bookkeeping timestamps.
-	StampType string
+	// StampType is the column type of the bookkeeping timestamps, and
+	// StampDefault the default create_table gives them, where the
+	// stamping objects cannot fill them before NOT NULL is checked.
+	StampType, StampDefault string
 	// CursorDDL creates CursorTable when it is missing.
 	CursorDDL string
+	// Stamping renders the objects that stamp writes made outside
+	// hypersync (see stamp.go), and the markers Inspect finds on a table
+	// whose objects are current.
+	Stamping func(t StampTarget) (ddl []string, markers []string)
 	// Open opens a driver for dsn, without connecting.
 	Open func(dsn string, opts Options) (Driver, error)
 }

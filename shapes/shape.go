@@ -18,6 +18,9 @@ type TableInfo struct {
 	Unique [][]string
 	// Indexes lists the column lists of every index, leading column first.
 	Indexes [][]string
+	// Stamps lists the markers of the stamping objects found on the table
+	// (see stamp.go).
+	Stamps []string
 }
 
 // ColumnInfo describes one column of a table.
@@ -49,6 +52,9 @@ type Shape struct {
 	User, UpdatedAt, SyncedAt Column
 	// SyncIndex reports whether an index leads with (user, synced_at).
 	SyncIndex bool
+	// Stamped reports whether the table has current stamping objects, so
+	// that writes made outside hypersync reach devices.
+	Stamped bool
 	// KeyLead is the key column that leads the key's unique index: a
 	// condition on it can always use that index.
 	KeyLead Column

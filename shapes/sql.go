@@ -66,14 +66,15 @@ func CreateTableSQL(cfg ShapeConfig, d *Dialect) []string {
 		col(f, typeOf(f), "")
 	}
 	col(cfg.UserColumn, d.FieldTypes["text"], " NOT NULL")
-	col(cfg.UpdatedAtColumn, d.StampType, " NOT NULL")
-	col(cfg.SyncedAtColumn, d.StampType, " NOT NULL")
+	col(cfg.UpdatedAtColumn, d.StampType, " NOT NULL"+d.StampDefault)
+	col(cfg.SyncedAtColumn, d.StampType, " NOT NULL"+d.StampDefault)
 	keys := make([]string, len(cfg.KeyFields))
 	for i, k := range cfg.KeyFields {
 		keys[i] = QuoteIdent(k)
 	}
 	fmt.Fprintf(&b, "\tPRIMARY KEY (%s)\n)", strings.Join(keys, ", "))
-	return []string{b.String(), syncIndexSQL(schema, table, cfg.UserColumn, cfg.SyncedAtColumn, true)}
+	stamping, _ := d.Stamping(stampTargetOf(cfg))
+	return append([]string{b.String(), syncIndexSQL(schema, table, cfg.UserColumn, cfg.SyncedAtColumn, true)}, stamping...)
 }
 
 // SchemaSQL renders the CREATE TABLE and CREATE INDEX statements of a shape

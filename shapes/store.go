@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -154,9 +155,15 @@ func (s *Store) resolve(ctx context.Context) (*ShapeSet, error) {
 		if err != nil {
 			return nil, err
 		}
+		stamping, markers := dl.Stamping(sh.StampTarget())
+		sh.Stamped = stamped(info.Stamps, markers)
 		if !sh.SyncIndex {
 			s.logger.Warn("no index leads with the user and sync-stamp columns; pulls will scan the table",
 				zap.String("shape", sh.Config.Key), zap.String("create_index", IndexSQL(sh)+";"))
+		}
+		if !sh.Stamped {
+			s.logger.Warn("the table has no current stamping trigger; rows written outside hypersync (psql, a backend job) will not reach devices",
+				zap.String("shape", sh.Config.Key), zap.String("create_trigger", strings.Join(stamping, ";\n")+";"))
 		}
 		set.byKey[cfg.Key] = sh
 		set.Shapes = append(set.Shapes, sh)

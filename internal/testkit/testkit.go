@@ -154,6 +154,55 @@ func ExecErr(dsn, stmt string) error {
 	return err
 }
 
+// Conn is a connection to either kind of database, for tests that write
+// as another client would (psql, a backend job, the sqlite3 shell).
+type Conn struct {
+	pg *pgx.Conn
+	db *sql.DB
+}
+
+// Connect opens a Conn to dsn. Parameters are written $1, $2, … for both.
+func Connect(t testing.TB, dsn string) *Conn {
+	t.Helper()
+	c := &Conn{}
+	var err error
+	if path, ok := IsSQLite(dsn); ok {
+		c.db, err = sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
+		if err == nil {
+			c.db.SetMaxOpenConns(1)
+		}
+	} else {
+		c.pg, err = pgx.Connect(context.Background(), dsn)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// Exec runs one statement and returns how many rows it changed.
+func (c *Conn) Exec(ctx context.Context, stmt string, args ...any) (int64, error) {
+	if c.db != nil {
+		res, err := c.db.ExecContext(ctx, stmt, args...)
+		if err != nil {
+			return 0, err
+		}
+		return res.RowsAffected()
+	}
+	tag, err := c.pg.Exec(ctx, stmt, args...)
+	return tag.RowsAffected(), err
+}
+
+// Close closes the connection.
+func (c *Conn) Close() {
+	if c.db != nil {
+		c.db.Close()
+	} else if c.pg != nil {
+		c.pg.Close(context.Background())
+	}
+}
+
 // Query runs a query on either kind of database and calls row for each
 // result row, with a scan function.
 func Query(dsn, query string, row func(scan func(...any) error) error) error {

@@ -73,6 +73,23 @@ func (p *driver) Inspect(ctx context.Context, schema, table string) (*shapes.Tab
 			info.Unique = append(info.Unique, cols)
 		}
 	}
+	if err := rows.Err(); err != nil {
+		return nil, pgError(err)
+	}
+	// the markers of enabled trigger functions on the table (stamp.go)
+	rows, err = p.pool.Query(ctx, `SELECT p.prosrc FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+		WHERE t.tgrelid = $1 AND NOT t.tgisinternal AND t.tgenabled <> 'D'`, oid)
+	if err != nil {
+		return nil, pgError(err)
+	}
+	for rows.Next() {
+		var src string
+		if err := rows.Scan(&src); err != nil {
+			rows.Close()
+			return nil, pgError(err)
+		}
+		info.Stamps = append(info.Stamps, stampMarker.FindAllString(src, -1)...)
+	}
 	return info, pgError(rows.Err())
 }
 

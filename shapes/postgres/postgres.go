@@ -37,7 +37,8 @@ var dialect = &shapes.Dialect{
 	CursorDDL: `CREATE TABLE IF NOT EXISTS "` + shapes.CursorTable + `" (
 		user_id text PRIMARY KEY,
 		stamp timestamptz NOT NULL)`,
-	Open: func(dsn string, opts shapes.Options) (shapes.Driver, error) { return open(dsn, opts, config{}) },
+	Stamping: stamping,
+	Open:     func(dsn string, opts shapes.Options) (shapes.Driver, error) { return open(dsn, opts, config{}) },
 }
 
 func init() { shapes.Register(dialect) }

@@ -36,7 +36,15 @@ import (
 // snapshot sees it. The answer is therefore exactly the user's rows
 // stamped in (lastPull, S], and S is returned as syncedAt. Stamps are whole
 // milliseconds, so the client's millisecond truncation of syncedAt loses
-// nothing and repeats nothing. The pull takes no lock and never waits.
+// nothing and repeats nothing; after a write from outside hypersync, whose
+// stamps rise by microseconds (stamp.go), the truncated cursor can only
+// bring a row of that millisecond again, never skip one. The pull takes no
+// lock and never waits.
+//
+// A write from outside hypersync takes the same lock through the stamping
+// trigger, after its row lock, where a push takes its row locks after the
+// cursor's: two such writers on one row can deadlock, and PostgreSQL ends
+// one of them, which Write retries and an outside writer should too.
 
 const stampSQL = `INSERT INTO "` + shapes.CursorTable + `" AS c (user_id, stamp)
 VALUES ($1, date_trunc('milliseconds', clock_timestamp()))
@@ -50,6 +58,10 @@ RETURNING stamp`
 // that the concurrency test catches the rows it loses.
 const naiveStampSQL = `INSERT INTO "` + shapes.CursorTable + `" AS c (user_id, stamp) VALUES ($1, now())
 ON CONFLICT (user_id) DO UPDATE SET stamp = now() RETURNING stamp`
+
+// markWriterSQL tells the stamping trigger (stamp.go) that the
+// transaction is hypersync's own, which stamps its rows itself.
+const markWriterSQL = `SELECT set_config('` + writerSetting + `', 'hypersync', true)`
 
 func (p *driver) stampSQL() string {
 	if p.naiveStamps {
@@ -88,6 +100,7 @@ func (p *driver) Write(ctx context.Context, w shapes.Write) (time.Time, error) {
 // upsert and one statement per group, run as one implicit transaction.
 func (p *driver) writeBatch(ctx context.Context, w shapes.Write) (time.Time, error) {
 	b := &pgx.Batch{}
+	b.Queue(markWriterSQL)
 	b.Queue(p.stampSQL(), w.User)
 	for _, g := range w.Groups {
 		args, err := p.groupArgs(w.User, g)
@@ -99,6 +112,10 @@ func (p *driver) writeBatch(ctx context.Context, w shapes.Write) (time.Time, err
 	sent := time.Now()
 	br := p.pool.SendBatch(ctx, b)
 	var stamp time.Time
+	if _, err := br.Exec(); err != nil {
+		br.Close()
+		return time.Time{}, err
+	}
 	if err := br.QueryRow().Scan(&stamp); err != nil {
 		br.Close()
 		return time.Time{}, err
@@ -152,6 +169,9 @@ func (p *driver) writeIsolated(ctx context.Context, w shapes.Write) (time.Time, 
 		return time.Time{}, err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
+	if _, err := tx.Exec(ctx, markWriterSQL); err != nil {
+		return time.Time{}, err
+	}
 	var stamp time.Time
 	if err := tx.QueryRow(ctx, p.stampSQL(), w.User).Scan(&stamp); err != nil {
 		return time.Time{}, err

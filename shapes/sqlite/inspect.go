@@ -82,7 +82,23 @@ func (s *driver) Inspect(ctx context.Context, schema, table string) (*shapes.Tab
 			info.Unique = append(info.Unique, list)
 		}
 	}
-	return info, classify(rows.Err())
+	if err := rows.Err(); err != nil {
+		return nil, classify(err)
+	}
+	// the markers of the table's triggers (stamp.go)
+	trows, err := s.r.QueryContext(ctx, `SELECT sql FROM `+master+` WHERE type = 'trigger' AND tbl_name = ? COLLATE NOCASE`, info.Name)
+	if err != nil {
+		return nil, classify(err)
+	}
+	defer trows.Close()
+	for trows.Next() {
+		var text string
+		if err := trows.Scan(&text); err != nil {
+			return nil, classify(err)
+		}
+		info.Stamps = append(info.Stamps, stampMarkers.FindAllString(text, -1)...)
+	}
+	return info, classify(trows.Err())
 }
 
 func containsEmpty(list []string) bool {

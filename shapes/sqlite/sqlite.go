@@ -36,8 +36,12 @@ var dialect = &shapes.Dialect{
 		"boolean": "BOOLEAN", "timestamp": "TIMESTAMP", "json": "JSON",
 	},
 	StampType: "TIMESTAMP",
-	CursorDDL: `CREATE TABLE IF NOT EXISTS "` + shapes.CursorTable + `" (user_id TEXT PRIMARY KEY, stamp TEXT NOT NULL)`,
-	Open:      func(dsn string, opts shapes.Options) (shapes.Driver, error) { return open(dsn, opts) },
+	// AFTER triggers stamp a row once it is in: an insert that leaves the
+	// columns out needs a value to pass NOT NULL first.
+	StampDefault: " DEFAULT CURRENT_TIMESTAMP",
+	CursorDDL:    `CREATE TABLE IF NOT EXISTS "` + shapes.CursorTable + `" (user_id TEXT PRIMARY KEY, stamp TEXT NOT NULL)`,
+	Stamping:     stamping,
+	Open:         func(dsn string, opts shapes.Options) (shapes.Driver, error) { return open(dsn, opts) },
 }
 
 func init() { shapes.Register(dialect) }

@@ -338,7 +338,7 @@ func (gw *groupWriter) write(g shapes.Group, st groupStmts) error {
 		}
 		// Some rows lost: find which, by what the statement left.
 		for i, r := range chunk {
-			if err := gw.outcome(owner, g.Shape, r, gw.upd[i]); err != nil {
+			if err := gw.outcome(owner, g.Shape, r, gw.upd[i], len(chunk) == 1); err != nil {
 				return err
 			}
 		}
@@ -346,10 +346,15 @@ func (gw *groupWriter) write(g shapes.Group, st groupStmts) error {
 	return nil
 }
 
-// outcome reads back the row r wrote or lost to: it was applied if it now
-// carries r's user, updatedAt and this push's stamp; else it was stale,
-// or another user's.
-func (gw *groupWriter) outcome(owner *sql.Stmt, sh *shapes.Shape, r *shapes.Row, upd string) error {
+// outcome reads back the row r wrote or lost to, after an upsert that did
+// not write every row of its chunk (lost: of a chunk of one, that row). A
+// row was applied if it now carries r's user and updatedAt and a stamp of
+// this push: at least the push's own, which a stamping trigger fired by a
+// second write of the row in this push may have raised. No other row can
+// pass for it: the planner gives a push's changes to one row strictly
+// rising updatedAts, one per round. Else the row was stale, or another
+// user's.
+func (gw *groupWriter) outcome(owner *sql.Stmt, sh *shapes.Shape, r *shapes.Row, upd string, lost bool) error {
 	keys, err := appendValues(nil, sh, r)
 	if err != nil {
 		return err
@@ -361,7 +366,7 @@ func (gw *groupWriter) outcome(owner *sql.Stmt, sh *shapes.Shape, r *shapes.Row,
 	switch {
 	case user.String != gw.user:
 		r.Outcome = shapes.RowForeign
-	case storedUpd.String == upd && synced.String == gw.stamp:
+	case !lost && storedUpd.String == upd && synced.String >= gw.stamp:
 		r.Outcome = shapes.RowApplied
 	default:
 		r.Outcome = shapes.RowStale

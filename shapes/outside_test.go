@@ -1,0 +1,193 @@
+package shapes_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hypersync/hypersync/handler"
+	"github.com/hypersync/hypersync/internal/testkit"
+	"github.com/hypersync/hypersync/shapes"
+)
+
+// stampedStore opens the README's table with the stamping objects that
+// Diagnose prints, run as an admin would run them.
+func stampedStore(t *testing.T, b testkit.Backend) *testkit.Fixture {
+	t.Helper()
+	f := testkit.OpenStore(t, stampedTable(t, b), testkit.TodosShape)
+	if list, _ := f.Store.Shapes(context.Background()); !list[0].Stamped {
+		t.Fatal("the store does not see the stamping objects")
+	}
+	return f
+}
+
+// stampedTable makes the README's table and runs the SQL Diagnose gives for
+// its missing stamping objects.
+func stampedTable(t *testing.T, b testkit.Backend) string {
+	t.Helper()
+	dsn := b.Open(t, testkit.SeedTable)
+	db := testkit.OpenDB(t, dsn)
+	// Diagnose's fix needs the cursor table, which a store's first check makes.
+	if err := testkit.NewStore(t, db, testkit.TodosShape).Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	d, err := db.Diagnose(context.Background(), testkit.TodosShape)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.OK || len(d.Warnings) == 0 || len(d.Fix) == 0 {
+		t.Fatalf("a table without stamping objects: %+v, want a warning and the SQL that fixes it", d)
+	}
+	testkit.Exec(t, dsn, d.Fix...)
+	if d, err = db.Diagnose(context.Background(), testkit.TodosShape); err != nil || len(d.Warnings) > 0 || len(d.Fix) > 0 {
+		t.Fatalf("after the fix: %+v, %v", d, err)
+	}
+	return dsn
+}
+
+// pullOne pulls alice's rows after since and returns them by todoId.
+func pullOne(t *testing.T, f *testkit.Fixture, since time.Time) (map[string]testkit.Pulled, time.Time) {
+	t.Helper()
+	rows, cursor := f.Pull("alice", since)
+	out := map[string]testkit.Pulled{}
+	for _, r := range rows {
+		out[r.Payload["todoId"].(string)] = r
+	}
+	return out, cursor
+}
+
+// A row that another client writes straight into the table reaches the
+// owner's devices with the same completeness as a push, and keeps
+// last-write-wins working: an update that leaves updatedAt as it was, or
+// moves it back, gets a newer one.
+func TestOutsideWritesReachDevices(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		f := stampedStore(t, b)
+		ctx := context.Background()
+		sql := testkit.Connect(t, f.DSN)
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Change("todos", testkit.At(1), `{"todoId":"t1","title":"pushed","done":false,"deleted":false}`)), "applied")
+		_, cursor := pullOne(t, f, time.Unix(0, 0))
+
+		// hypersync's own writes skip the trigger: the row carries the push's stamp
+		var rawStamp, rawCursor string
+		if err := testkit.Query(f.DSN, `SELECT CAST(lastSyncAt AS TEXT), (SELECT CAST(stamp AS TEXT) FROM hypersync_cursors WHERE user_id = 'alice') FROM todos WHERE todoId = 't1'`,
+			func(scan func(...any) error) error { return scan(&rawStamp, &rawCursor) }); err != nil || rawStamp != rawCursor {
+			t.Fatalf("after a push, the row's stamp %q and the cursor %q differ (%v)", rawStamp, rawCursor, err)
+		}
+
+		steps := []struct {
+			name, stmt string
+			key        string
+			title      string
+			newer      time.Time // the updatedAt the row must have passed
+			exactly    string    // or the updatedAt it must have
+		}{
+			{"an insert without updatedAt or stamp", `INSERT INTO todos (todoId, title, userId) VALUES ('t2', 'from psql', 'alice')`, "t2", "from psql", testkit.BaseTime, ""},
+			{"an update that leaves updatedAt alone", `UPDATE todos SET title = 'fixed by an admin' WHERE todoId = 't1'`, "t1", "fixed by an admin", testkit.At(1), ""},
+			{"an update that moves updatedAt back", `UPDATE todos SET title = 'from a backup', updatedAt = '2000-01-01T00:00:00Z' WHERE todoId = 't1'`, "t1", "from a backup", testkit.At(1), ""},
+			{"an update with a later updatedAt keeps it", `UPDATE todos SET title = 'scheduled', updatedAt = '2030-01-01T00:00:00Z' WHERE todoId = 't2'`, "t2", "scheduled", time.Time{}, "2030-01-01T00:00:00.000Z"},
+		}
+		last := map[string]string{}
+		for _, s := range steps {
+			if _, err := sql.Exec(ctx, s.stmt); err != nil {
+				t.Fatalf("%s: %v", s.name, err)
+			}
+			got, next := pullOne(t, f, cursor)
+			row, ok := got[s.key]
+			if !ok || row.Payload["title"] != s.title {
+				t.Fatalf("%s: the next pull brought %+v, want %s titled %q", s.name, got, s.key, s.title)
+			}
+			upd, err := time.Parse(time.RFC3339Nano, row.UpdatedAt)
+			switch {
+			case err != nil:
+				t.Fatalf("%s: updatedAt %q: %v", s.name, row.UpdatedAt, err)
+			case s.exactly != "" && row.UpdatedAt != s.exactly:
+				t.Fatalf("%s: updatedAt %s, want %s", s.name, row.UpdatedAt, s.exactly)
+			case s.exactly == "" && (!upd.After(s.newer) || last[s.key] != "" && row.UpdatedAt <= last[s.key]):
+				t.Fatalf("%s: updatedAt %s is not newer than %v and the previous version's %s", s.name, row.UpdatedAt, s.newer, last[s.key])
+			}
+			last[s.key] = row.UpdatedAt
+			if !next.After(cursor) {
+				t.Fatalf("%s: the cursor did not move: %v", s.name, next)
+			}
+			cursor = next
+		}
+		// last-write-wins against the outside writes: an old change loses
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Change("todos", testkit.At(2), `{"todoId":"t1","title":"late"}`)), "stale")
+		if got, _ := pullOne(t, f, time.Unix(0, 0)); got["t1"].Payload["title"] != "from a backup" || got["t2"].Payload["title"] != "scheduled" {
+			t.Fatalf("final rows %+v", got)
+		}
+	})
+}
+
+// Without the stamping objects, an outside update is never pulled: the
+// check above would catch their absence.
+func TestOutsideWritesWithoutStampingAreMissed(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		f := testkit.OpenStore(t, b.Open(t, testkit.SeedTable), testkit.TodosShape)
+		if list, _ := f.Store.Shapes(context.Background()); list[0].Stamped {
+			t.Fatal("a table without stamping objects is reported stamped")
+		}
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Change("todos", testkit.At(1), `{"todoId":"t1","title":"pushed","done":false,"deleted":false}`)), "applied")
+		_, cursor := pullOne(t, f, time.Unix(0, 0))
+		testkit.Exec(t, f.DSN, `UPDATE todos SET title = 'fixed by an admin' WHERE todoId = 't1'`)
+		if got, _ := pullOne(t, f, cursor); len(got) != 0 {
+			t.Fatalf("an unstamped outside write was pulled: %+v", got)
+		}
+	})
+}
+
+// create_table makes the stamping objects with the table.
+func TestCreateTableStamps(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		cfg := shapes.ShapeConfig{Key: "notes", KeyFields: []string{"noteId"}, Fields: []string{"body"}, CreateTable: true}
+		f := testkit.OpenStore(t, b.Open(t), cfg)
+		if list, _ := f.Store.Shapes(context.Background()); !list[0].Stamped {
+			t.Fatal("create_table made no stamping objects")
+		}
+		testkit.Exec(t, f.DSN, `INSERT INTO notes ("noteId", body, "userId") VALUES ('n1', 'from psql', 'alice')`)
+		rows, _ := f.Pull("alice", time.Unix(0, 0))
+		if len(rows) != 1 || !strings.Contains(string(rows[0].Raw), "from psql") || rows[0].UpdatedAt == "" {
+			t.Fatalf("pulled %+v", rows)
+		}
+	})
+}
+
+// The completeness run with a client writing the table directly besides the
+// devices: every device ends with every row, in its final version, on two
+// instances on PostgreSQL and on SQLite. Without the stamping objects the
+// same run misses rows, which is what makes this one mean something.
+func TestOutsideWritesUnderConcurrency(t *testing.T) {
+	run := func(t *testing.T, dsn string, two bool) testkit.Report {
+		a := testkit.NewStore(t, testkit.OpenDB(t, dsn), testkit.TodosShape)
+		b := a
+		if two {
+			b = testkit.NewStore(t, testkit.OpenDB(t, dsn), testkit.TodosShape)
+		}
+		cfg := handler.Config{Timeout: 30 * time.Second}
+		s1, s2 := testkit.NewServer(t, a, cfg), testkit.NewServer(t, b, cfg)
+		return testkit.Converge(t, testkit.Convergence{Servers: []string{s1.URL, s2.URL}, DSN: dsn,
+			Users: []string{"alice", "bob", "carol"}, Devices: 2, Keys: 40, SQLWriter: true, Duration: 4 * time.Second,
+			Skews: []time.Duration{0, -2 * time.Second, 1500 * time.Millisecond}})
+	}
+	for _, b := range testkit.Stores() {
+		t.Run(b.Name, func(t *testing.T) {
+			rep := run(t, stampedTable(t, b), b.Name == "postgres")
+			t.Log(rep)
+			if rep.SQLWrites < 30 || rep.Checked < 100 {
+				t.Fatalf("the run did too little to mean anything: %v", rep)
+			}
+			if rep.Misses != 0 {
+				t.Fatalf("%d misses with the stamping objects installed", rep.Misses)
+			}
+		})
+		t.Run(b.Name+" without stamping", func(t *testing.T) {
+			rep := run(t, b.Open(t, testkit.SeedTable), b.Name == "postgres")
+			t.Log(rep)
+			if rep.Misses == 0 {
+				t.Fatal("no misses without the stamping objects: the run cannot tell whether they work")
+			}
+		})
+	}
+}
