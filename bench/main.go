@@ -151,7 +151,9 @@ type outcome struct {
 	p50               float64
 	heapRise, rssRise float64
 	enc               []string
-	breakdown         []breakdown
+	// the direct bulk insert, with the stamping trigger and without (ms)
+	outsideWith, outsideWithout []float64
+	breakdown                   []breakdown
 }
 
 // breakdown is the push histograms' sums of one push row, per run.
@@ -209,6 +211,10 @@ func runPostgres(ctx context.Context, bin string, out *outcome) error {
 	defer pool.Close()
 	if _, err := pool.Exec(ctx, ddl); err != nil {
 		return fmt.Errorf("creating the table: %w", err)
+	}
+
+	if out.outsideWith, out.outsideWithout, err = measureOutsideWrites(ctx, pool, dsn); err != nil {
+		return fmt.Errorf("outside writes: %w", err)
 	}
 
 	users := []string{"u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7", "big", "small", "mem"}
@@ -391,6 +397,15 @@ func report(out outcome) {
 	}
 	if len(out.enc) > 0 {
 		fmt.Printf("\nthe %d-row pull with `encode zstd gzip`: %s\n", *pullRows, strings.Join(out.enc, ", "))
+	}
+	if len(out.outsideWith) > 0 {
+		var ratios, each []string
+		for i := range out.outsideWith {
+			ratios = append(ratios, fmt.Sprintf("%.2f", out.outsideWith[i]/out.outsideWithout[i]))
+			each = append(each, fmt.Sprintf("%.0f / %.0f", out.outsideWith[i], out.outsideWithout[i]))
+		}
+		fmt.Printf("\nwrites from outside hypersync: one INSERT … SELECT of %d rows, with the stamping trigger / without: median %.0f ms / %.0f ms; per run %s ms; ratios %s\n",
+			outsideRows, median(out.outsideWith), median(out.outsideWithout), strings.Join(each, ", "), strings.Join(ratios, " "))
 	}
 }
 
