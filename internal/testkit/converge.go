@@ -61,7 +61,9 @@ type Report struct {
 	// Checked counts (device, row) pairs compared; Misses those that were
 	// wrong, plus accepted versions the database lost. Ties are devices that
 	// received the final version but hold another of the same updatedAt,
-	// which only a writer that bumps updatedAt can make.
+	// and accepted versions that lost to the SQL writer's of the same
+	// updatedAt, which only a writer that bumps updatedAt can make (no two
+	// device versions of a key share an updatedAt, see stamp).
 	Checked, Misses, Ties int
 }
 
@@ -77,6 +79,10 @@ type version struct {
 }
 
 func (v version) newer(o version) bool { return v.UpdatedAt.After(o.UpdatedAt) }
+
+// same compares by instant, not by ==: a time read from PostgreSQL is in
+// time.Local, one decoded from JSON in UTC.
+func (v version) same(o version) bool { return v.Title == o.Title && v.UpdatedAt.Equal(o.UpdatedAt) }
 
 type queuedChange struct {
 	id  string
@@ -231,8 +237,8 @@ func Converge(t *testing.T, c Convergence) Report {
 			rep.Checked++
 			got, ok := d.local[k]
 			switch {
-			case ok && got.Title == v.Title && got.UpdatedAt.Equal(v.UpdatedAt):
-			case ok && got.UpdatedAt.Equal(v.UpdatedAt) && d.received[k] == v:
+			case ok && got.same(v):
+			case ok && got.UpdatedAt.Equal(v.UpdatedAt) && d.received[k].same(v):
 				// The device got the final version, and kept its own of
 				// the same updatedAt, as last-write-wins by updatedAt
 				// must: a tie, not a miss.
