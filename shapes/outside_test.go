@@ -197,3 +197,103 @@ func TestOutsideWritesUnderConcurrency(t *testing.T) {
 		})
 	}
 }
+
+// Outside writes in the corners the stamping objects must get right.
+func TestOutsideWriteCorners(t *testing.T) {
+	ctx := context.Background()
+	t.Run("postgres: timestamp(3) without time zone, written from another time zone", func(t *testing.T) {
+		// format_type spells such a column timestamp(3) without time zone;
+		// the trigger must store UTC in it, whatever the writer's zone
+		b := testkit.Postgres()
+		dsn := b.Open(t, `CREATE TABLE todos (todoId text PRIMARY KEY, title text, userId text NOT NULL,
+			updatedAt timestamp(3), lastSyncAt timestamp(3))`, `CREATE INDEX todos_sync ON todos (userId, lastSyncAt)`)
+		shape := shapes.ShapeConfig{Key: "todos", KeyFields: []string{"todoId"}, Fields: []string{"title"}}
+		db := testkit.OpenDB(t, dsn)
+		if err := testkit.NewStore(t, db, shape).Check(ctx); err != nil {
+			t.Fatal(err)
+		}
+		d, err := db.Diagnose(ctx, shape)
+		if err != nil {
+			t.Fatal(err)
+		}
+		testkit.Exec(t, dsn, d.Fix...)
+		f := testkit.OpenStore(t, dsn, shape)
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Change("todos", testkit.At(1), `{"todoId":"t1","title":"pushed"}`)), "applied")
+		_, cursor := pullOne(t, f, time.Unix(0, 0))
+		sql := testkit.Connect(t, dsn)
+		if _, err := sql.Exec(ctx, `SET TIME ZONE 'America/New_York'`); err != nil {
+			t.Fatal(err)
+		}
+		before := time.Now().UTC().Truncate(time.Millisecond)
+		if _, err := sql.Exec(ctx, `INSERT INTO todos (todoId, title, userId) VALUES ('t2', 'from New York', 'alice')`); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := pullOne(t, f, cursor)
+		upd, _ := time.Parse(time.RFC3339Nano, got["t2"].UpdatedAt)
+		if got["t2"].Payload["title"] != "from New York" || upd.Before(before) || upd.After(before.Add(time.Minute)) {
+			t.Fatalf("pulled %+v, want t2 with an updatedAt of about %v", got, before)
+		}
+	})
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		f := stampedStore(t, b)
+		sql := testkit.Connect(t, f.DSN)
+		t.Run("an owner without a cursor, a row without a stamp", func(t *testing.T) {
+			if _, err := sql.Exec(ctx, `INSERT INTO todos (todoId, title, userId, lastSyncAt) VALUES ('n1', 'seeded', 'newcomer', NULL)`); err != nil {
+				t.Fatal(err)
+			}
+			if rows, _ := f.Pull("newcomer", time.Unix(0, 0)); len(rows) != 1 {
+				t.Fatalf("the newcomer pulled %+v", rows)
+			}
+		})
+		t.Run("a row without an owner is refused by the table, not by the trigger", func(t *testing.T) {
+			_, err := sql.Exec(ctx, `INSERT INTO todos (todoId, title, userId) VALUES ('x1', 'nobody', NULL)`)
+			if err == nil || !strings.Contains(strings.ToLower(err.Error()), "null") || strings.Contains(err.Error(), "hypersync_cursors") {
+				t.Fatalf("insert without an owner: %v, want the table's NOT NULL", err)
+			}
+		})
+		t.Run("a paged pull goes through a bulk write", func(t *testing.T) {
+			if _, err := sql.Exec(ctx, `INSERT INTO todos (todoId, title, userId)
+				SELECT 'bulk-' || g, 'bulk', 'bulker' FROM (WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < 500) SELECT g FROM s) AS r`); err != nil {
+				t.Fatal(err)
+			}
+			seen := map[string]bool{}
+			since := time.Unix(0, 0)
+			for page := 0; ; page++ {
+				if page > 20 {
+					t.Fatalf("paging does not end: %d rows seen", len(seen))
+				}
+				rows, res, err := testkit.PullStore(f.Store, "bulker", since, 100)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, r := range rows {
+					seen[r.Payload["todoId"].(string)] = true
+				}
+				since = res.Cursor.Truncate(time.Millisecond) // as the client keeps it
+				if !res.HasMore {
+					break
+				}
+			}
+			if len(seen) != 500 {
+				t.Fatalf("%d of 500 rows pulled", len(seen))
+			}
+		})
+		t.Run("a push that writes a row twice stays hypersync's", func(t *testing.T) {
+			// two partial changes to one row: two statement rounds
+			testkit.WantOutcomes(t, f.Push("alice",
+				testkit.Change("todos", testkit.At(10), `{"todoId":"p1","title":"first","done":false,"deleted":false}`),
+				testkit.Change("todos", testkit.At(10).Add(300*time.Microsecond), `{"todoId":"p1","done":true}`)), "applied,applied")
+			var upd, synced, cursor string
+			if err := testkit.Query(f.DSN, `SELECT CAST(updatedAt AS TEXT), CAST(lastSyncAt AS TEXT), (SELECT CAST(stamp AS TEXT) FROM hypersync_cursors WHERE user_id = 'alice') FROM todos WHERE todoId = 'p1'`,
+				func(scan func(...any) error) error { return scan(&upd, &synced, &cursor) }); err != nil {
+				t.Fatal(err)
+			}
+			if synced != cursor {
+				t.Fatalf("the row's stamp %s is not the cursor %s: the trigger took hypersync's write for another's", synced, cursor)
+			}
+			if !strings.Contains(upd, "10:00:00.010") {
+				t.Fatalf("updatedAt %s, want the second change's", upd)
+			}
+		})
+	})
+}

@@ -64,6 +64,10 @@ type Row struct {
 // Mask returns which columns the row carries.
 func (r *Row) Mask() Mask { return r.mask }
 
+// Key returns the row's canonical key: equal for changes to one row of a
+// shape.
+func (r *Row) Key() string { return r.key }
+
 // Row validates one change against the shape, as a push does, and returns
 // the row to write.
 func (s *Shape) Row(ch Change) (*Row, error) {

@@ -53,7 +53,8 @@ func stampTargetOf(cfg ShapeConfig) StampTarget {
 
 // StampTarget is the target of a resolved shape's table.
 func (s *Shape) StampTarget() StampTarget {
-	local := func(c Column) bool { return strings.HasPrefix(c.Type, "timestamp without") }
+	// format_type writes timestamp(3) without time zone for a precision
+	local := func(c Column) bool { return strings.Contains(c.Type, "without time zone") }
 	t := StampTarget{Schema: s.Schema, Table: s.Table, User: s.User.Name, UpdatedAt: s.UpdatedAt.Name, SyncedAt: s.SyncedAt.Name,
 		UpdatedAtLocal: local(s.UpdatedAt), SyncedAtLocal: local(s.SyncedAt)}
 	for _, k := range s.Keys {

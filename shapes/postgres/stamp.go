@@ -27,9 +27,10 @@ import (
 //
 // hypersync's pushes set hypersync.writer for their transaction and stamp
 // their rows themselves; the trigger's WHEN clause skips them, at the cost
-// of one setting lookup per row. SET search_path FROM CURRENT binds the
-// function to the schema of hypersync_cursors as the creating session
-// sees it, whatever the writing session's search_path.
+// of one setting lookup per row. The function runs as its owner (SECURITY
+// DEFINER), so that a writer needs no rights on hypersync_cursors, and SET
+// search_path FROM CURRENT binds it to the schema of hypersync_cursors as
+// the creating session sees it, whatever the writing session's.
 
 const writerSetting = "hypersync.writer"
 
@@ -47,12 +48,15 @@ func stamping(t shapes.StampTarget) ([]string, []string) {
 	if t.SyncedAtLocal {
 		stampExpr = "(new_stamp AT TIME ZONE 'UTC')"
 	}
-	fnSQL := fmt.Sprintf(`CREATE OR REPLACE FUNCTION %[1]s() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $hypersync$
+	fnSQL := fmt.Sprintf(`CREATE OR REPLACE FUNCTION %[1]s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $hypersync$
 -- %[2]s: stamps rows written outside hypersync, so that they reach devices
 DECLARE
 	now_ms timestamptz := date_trunc('milliseconds', clock_timestamp());
 	new_stamp timestamptz;
 BEGIN
+	IF NEW.%[6]s IS NULL THEN
+		RETURN NEW; -- a row without an owner reaches nobody
+	END IF;
 	-- the wire carries milliseconds: so does updatedAt, the clock devices compare
 	%[3]s := date_trunc('milliseconds', %[3]s);
 	IF TG_OP = 'UPDATE' AND (%[3]s IS NULL OR %[3]s <= OLD.%[4]s) THEN
@@ -63,7 +67,7 @@ BEGIN
 	INSERT INTO "`+shapes.CursorTable+`" AS c (user_id, stamp) VALUES (NEW.%[6]s, now_ms)
 	ON CONFLICT (user_id) DO UPDATE SET stamp = CASE
 		-- the cursor row was written by this transaction: its stamp is this transaction's
-		WHEN c.xmin::text = (pg_current_xact_id()::text::bigint %% 4294967296)::text THEN c.stamp
+		WHEN c.xmin::text = (txid_current() %% 4294967296)::text THEN c.stamp
 		ELSE greatest(now_ms, c.stamp + interval '1 millisecond') END
 	RETURNING c.stamp INTO new_stamp;
 	%[8]s := %[7]s;

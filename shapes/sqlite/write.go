@@ -246,7 +246,29 @@ func (s *driver) Write(ctx context.Context, w shapes.Write) (time.Time, error) {
 		return time.Time{}, err
 	}
 	gw := groupWriter{ctx: ctx, tx: tx, user: w.User, stamp: stamp.Format(stampLayout)}
+	// A group that writes a row again (a later change to it in the same
+	// push) takes the next millisecond as its stamp, written to the cursor
+	// first: the row's stamp then changes and equals the cursor, which is
+	// how the stamping triggers (stamp.go) know the write is hypersync's.
+	type rowKey struct {
+		shape *shapes.Shape
+		key   string
+	}
+	written := map[rowKey]bool{}
 	for i, g := range w.Groups {
+		again := false
+		for _, r := range g.Rows {
+			k := rowKey{g.Shape, r.Key()}
+			again = again || written[k]
+			written[k] = true
+		}
+		if again {
+			stamp = stamp.Add(time.Millisecond)
+			gw.stamp = stamp.Format(stampLayout)
+			if _, err := tx.StmtContext(ctx, cur.set).ExecContext(ctx, w.User, gw.stamp); err != nil {
+				return time.Time{}, classify(err)
+			}
+		}
 		err := gw.write(g, stmts[i])
 		if err == nil {
 			continue
