@@ -3,7 +3,7 @@
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { startCaddy, startPostgres, launchBrowser, Device, unique, ensureOutputDir } from "./harness.js";
+import { startCaddy, startPostgres, launchBrowser, Device, unique, ensureOutputDir, sqlExec } from "./harness.js";
 
 const stores = [
   { name: "sqlite", database: async () => ({ url: undefined, stop() {} }) },
@@ -46,6 +46,21 @@ for (const store of stores) {
       } finally {
         for (const d of devices) await d.close();
       }
+    });
+
+    scenario("a row written straight into the database (psql, the sqlite3 shell) shows on the owner's device", async () => {
+      const a = await open("alice", "A");
+      await a.syncNow();
+      const title = unique("from a backend job");
+      const id = unique("job").replace(/\W/g, "-");
+      sqlExec(caddy, db.url, `INSERT INTO todos ("todoId", title, done, deleted, "userId") VALUES ('${id}', '${title}', false, false, 'alice')`);
+      await a.syncNow();
+      assert.ok((await a.titles()).includes(title), `A does not show "${title}", written directly in the database`);
+      const fixed = unique("fixed by an admin");
+      sqlExec(caddy, db.url, `UPDATE todos SET title = '${fixed}' WHERE "todoId" = '${id}'`);
+      await a.syncNow();
+      const titles = await a.titles();
+      assert.ok(titles.includes(fixed) && !titles.includes(title), `A shows ${JSON.stringify(titles)}, want the admin's fix`);
     });
 
     scenario("two devices of one user: what A writes, B receives", async () => {

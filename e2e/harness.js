@@ -82,6 +82,7 @@ export async function startCaddy({ databaseUrl } = {}) {
   return {
     baseURL,
     log,
+    dir: cwd,
     stop: () => new Promise((resolve) => {
       if (proc.exitCode !== null) return resolve();
       proc.once("exit", resolve);
@@ -202,4 +203,14 @@ export const unique = (label) => `${label} ${Date.now().toString(36)}-${++seq}`;
 export function ensureOutputDir() {
   mkdirSync(outputDir, { recursive: true });
   return outputDir;
+}
+
+// sqlExec runs one statement as another client of the demo's database
+// would: psql for PostgreSQL, the sqlite3 shell for the demo's SQLite file.
+export function sqlExec(caddy, databaseUrl, stmt) {
+  if (databaseUrl) {
+    execFileSync("psql", ["-v", "ON_ERROR_STOP=1", "-q", databaseUrl, "-c", stmt], { stdio: ["ignore", "ignore", "inherit"] });
+  } else {
+    execFileSync("sqlite3", ["-cmd", ".timeout 10000", join(caddy.dir, "data", "hypersync.db"), stmt], { stdio: ["ignore", "ignore", "inherit"] });
+  }
 }

@@ -43,6 +43,14 @@ ensure_chromium() {
 	apt_install chromium
 }
 
+# The browser suite writes the demo's database as another client would:
+# with psql, and with the sqlite3 shell.
+ensure_sql_clients() {
+	if command -v psql >/dev/null && command -v sqlite3 >/dev/null; then return; fi
+	step "installing psql and the sqlite3 shell"
+	apt_install postgresql-client sqlite3
+}
+
 # build_demo installs the demo's npm packages and bundles it into
 # examples/todo/dist.
 build_demo() {
