@@ -26,6 +26,9 @@ type Store struct {
 	// users counts the requests working on each set; a set that was
 	// replaced is closed when its last request ends.
 	users map[*ShapeSet]int
+	// closed: Close was called; a request still arriving (a reload's
+	// last) closes what it used when it ends.
+	closed bool
 }
 
 // NewStore returns a Store for cfgs. It does not touch the database: call
@@ -123,8 +126,11 @@ func (s *Store) release(set *ShapeSet) {
 	s.users[set]--
 	if s.users[set] == 0 {
 		delete(s.users, set)
-		if set != s.set {
+		if set != s.set || s.closed {
 			set.close()
+			if set == s.set {
+				s.set = nil
+			}
 		}
 	}
 }
@@ -191,10 +197,11 @@ func (s *Store) recheckOn(set *ShapeSet, err error) {
 func (s *Store) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.closed = true
 	if s.set != nil && s.users[s.set] == 0 {
 		s.set.close()
+		s.set = nil
 	}
-	s.set = nil
 }
 
 // Push applies changes for user and sets results[i] to the outcome of
