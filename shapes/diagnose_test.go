@@ -2,14 +2,11 @@ package shapes_test
 
 import (
 	"context"
-	"database/sql"
 	"strings"
 	"testing"
 
 	"github.com/hypersync/hypersync/internal/testkit"
 	"github.com/hypersync/hypersync/shapes"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // Each problem Diagnose finds comes with SQL that, once run, leaves the
@@ -45,7 +42,7 @@ func TestDiagnoseFixesWhatItFinds(t *testing.T) {
 					t.Fatalf("diagnosis %+v, want the problem %q and a fix", d, tc.problem)
 				}
 				for _, stmt := range d.Fix {
-					if err := testkit.ExecErr(dsn, stmt); err != nil {
+					if err := testkit.ExecNative(dsn, stmt); err != nil {
 						t.Fatalf("fix %q: %v", stmt, err)
 					}
 				}
@@ -56,7 +53,7 @@ func TestDiagnoseFixesWhatItFinds(t *testing.T) {
 						t.Fatal(err)
 					}
 					for _, stmt := range d.Fix {
-						if err := testkit.ExecErr(dsn, stmt); err != nil {
+						if err := testkit.ExecNative(dsn, stmt); err != nil {
 							t.Fatalf("fix %q: %v", stmt, err)
 						}
 					}
@@ -67,23 +64,4 @@ func TestDiagnoseFixesWhatItFinds(t *testing.T) {
 			})
 		}
 	})
-}
-
-func execOn(dsn, stmt string) error {
-	if strings.HasPrefix(dsn, "sqlite:") {
-		db, err := sql.Open("sqlite", strings.TrimPrefix(dsn, "sqlite:"))
-		if err != nil {
-			return err
-		}
-		defer db.Close()
-		_, err = db.Exec(stmt)
-		return err
-	}
-	conn, err := pgx.Connect(context.Background(), dsn)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
-	_, err = conn.Exec(context.Background(), stmt)
-	return err
 }

@@ -133,15 +133,25 @@ func Exec(t testing.TB, dsn string, stmts ...string) {
 	}
 }
 
-// ExecErr runs one statement and returns its error.
+// ExecErr runs one statement, translated for SQLite, and returns its
+// error.
 func ExecErr(dsn, stmt string) error {
+	if _, ok := IsSQLite(dsn); ok {
+		stmt = SQLiteDDL(stmt)
+	}
+	return ExecNative(dsn, stmt)
+}
+
+// ExecNative runs one statement as it is, on either kind of database: for
+// SQL that hypersync printed for that database, which must run unchanged.
+func ExecNative(dsn, stmt string) error {
 	if path, ok := IsSQLite(dsn); ok {
 		db, err := sql.Open("sqlite", path)
 		if err != nil {
 			return err
 		}
 		defer db.Close()
-		_, err = db.Exec(SQLiteDDL(stmt))
+		_, err = db.Exec(stmt)
 		return err
 	}
 	ctx := context.Background()
