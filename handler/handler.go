@@ -132,9 +132,6 @@ func New(c Config) (*Handler, error) {
 	return &Handler{cfg: c, pushSlots: make(chan struct{}, c.MaxPushes), pullSlots: make(chan struct{}, c.MaxPulls)}, nil
 }
 
-// Config returns the handler's configuration, defaults filled in.
-func (h *Handler) Config() Config { return h.cfg }
-
 // Observer receives what requests did, for metrics. It must not block.
 type Observer interface {
 	// Request: one request of op ("push" or "pull") answered status.

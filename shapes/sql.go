@@ -18,9 +18,6 @@ func QuoteTable(schema, table string) string {
 	return QuoteIdent(schema) + "." + QuoteIdent(table)
 }
 
-// QuoteLiteral quotes a string constant.
-func QuoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
-
 // CursorTable is the table, created by hypersync, that holds each user's
 // latest sync stamp. Its row per user is the lock that orders that user's
 // pushes, and the watermark a pull reads.

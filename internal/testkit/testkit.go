@@ -257,20 +257,6 @@ func eachRow(rows interface {
 	return rows.Err()
 }
 
-// Titles reads every todo's title by id, straight from the database.
-func Titles(dsn string) func() (map[string]string, error) {
-	return func() (map[string]string, error) {
-		out := map[string]string{}
-		err := Query(dsn, `SELECT todoId, title FROM todos`, func(scan func(...any) error) error {
-			var id, title string
-			err := scan(&id, &title)
-			out[id] = title
-			return err
-		})
-		return out, err
-	}
-}
-
 // OpenDB opens dsn for the test.
 func OpenDB(t testing.TB, dsn string) *shapes.Database {
 	t.Helper()
