@@ -207,6 +207,25 @@ func unmarshalShape(d *caddyfile.Dispenser) (shapes.ShapeConfig, error) {
 			err = single(&s.UpdatedAtColumn)
 		case "synced_at_column":
 			err = single(&s.SyncedAtColumn)
+		case "share":
+			if s.Share != nil {
+				return s, d.Errf("share given twice in shape %q", s.Key)
+			}
+			args := d.RemainingArgs()
+			if len(args) < 3 || len(args) > 4 || args[1] != "via" {
+				return s, d.Errf("shape %q: share takes <field> via <table> [<member column>], not %q", s.Key, strings.Join(args, " "))
+			}
+			s.Share = &shapes.ShareConfig{Field: args[0], Via: args[2]}
+			if len(args) == 4 {
+				s.Share.Member = args[3]
+			}
+			if _, _, perr := shapes.SplitTableName(s.Share.Via); perr != nil {
+				err = d.Errf("shape %q: share via %v", s.Key, perr)
+			}
+		case "tombstone":
+			err = single(&s.Tombstone)
+		case "scoped_at_column":
+			err = single(&s.ScopedAtColumn)
 		case "create_table":
 			if d.NextArg() {
 				err = d.ArgErr()

@@ -149,12 +149,56 @@ func (rw *rowWriter) appendChange(buf []byte, row shapes.PulledRow) []byte {
 	buf = append(buf, `{"shapeKey":`...)
 	buf = append(buf, s.key...)
 	buf = append(buf, `,"payload":`...)
-	buf = AppendPayload(buf, row.Shape, row.Values, s.fields)
+	buf = AppendRowPayload(buf, row, s.fields)
 	buf = append(buf, `,"userId":`...)
-	buf = append(buf, rw.quotedUser...)
+	if row.User.Null || row.User.Text == nil {
+		buf = append(buf, rw.quotedUser...)
+	} else {
+		buf = AppendJSONString(buf, string(row.User.Text))
+	}
 	buf = append(buf, `,"updatedAt":`...)
 	buf = appendValue(buf, shapes.KindTimestamp, row.UpdatedAt)
 	return append(buf, '}')
+}
+
+// AppendRowPayload appends the payload of a pulled row as the wire
+// carries it: its values, or the tombstone form of a move-out, or the
+// payload recorded when it left a scope. fields, when not nil, holds
+// `"field":` per column.
+func AppendRowPayload(buf []byte, row shapes.PulledRow, fields [][]byte) []byte {
+	switch {
+	case row.Payload != nil:
+		return append(buf, row.Payload...)
+	case row.Tombstone:
+		return appendTombstone(buf, row.Shape, row.Values, fields)
+	}
+	return AppendPayload(buf, row.Shape, row.Values, fields)
+}
+
+// appendTombstone appends the move-out form of a shared row: its key
+// fields, its scope field, and its tombstone set to true, and nothing
+// else of it.
+func appendTombstone(buf []byte, sh *shapes.Shape, vals []shapes.Value, fields [][]byte) []byte {
+	sc := sh.Share()
+	buf = append(buf, '{')
+	for j, c := range sh.Columns() {
+		if j != sc.Tomb && j >= len(sh.Keys) && j != sc.Scope {
+			continue
+		}
+		if fields != nil {
+			buf = append(buf, fields[j]...)
+		} else {
+			buf = append(AppendJSONString(buf, c.Field), ':')
+		}
+		if j == sc.Tomb {
+			buf = append(buf, "true"...)
+		} else {
+			buf = appendValue(buf, c.Kind, vals[j])
+		}
+		buf = append(buf, ',')
+	}
+	buf[len(buf)-1] = '}'
+	return buf
 }
 
 // AppendPayload appends a pulled row's values as the payload object, keyed

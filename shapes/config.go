@@ -10,6 +10,8 @@ const (
 	DefaultUserColumn      = "userId"
 	DefaultUpdatedAtColumn = "updatedAt"
 	DefaultSyncedAtColumn  = "lastSyncAt"
+	DefaultScopedAtColumn  = "scopedAt"
+	DefaultTombstone       = "deleted"
 )
 
 // ShapeConfig maps one shape, the unit of sync a client names by shapeKey,
@@ -45,6 +47,35 @@ type ShapeConfig struct {
 	// Column types for create_table, by field name: text, integer, real,
 	// boolean, timestamp or json. Fields without a type are text.
 	FieldTypes map[string]string `json:"field_types,omitempty"`
+
+	// Share makes the shape's rows visible to the members of their scope
+	// (see share.go). Nil: every row is private to its owner.
+	Share *ShareConfig `json:"share,omitempty"`
+
+	// Tombstone names the boolean field that marks a row deleted. Default:
+	// "deleted" when the shape has a boolean field of that name. A shared
+	// shape needs one for move-out, and a membership shape to remove
+	// members.
+	Tombstone string `json:"tombstone,omitempty"`
+
+	// The column holding the sync stamp at which the row entered its
+	// current scope: move-out sends a removed member only the rows that
+	// were in the scope before the removal. Shared shapes with a tombstone
+	// only. Default: scopedAt.
+	ScopedAtColumn string `json:"scoped_at_column,omitempty"`
+}
+
+// ShareConfig is "share <field> via <table> [<member column>]".
+type ShareConfig struct {
+	// Field is the payload field holding the row's scope.
+	Field string `json:"field"`
+	// Via is the membership table: its rows whose column named like Field
+	// equals a scope are that scope's members. It may be a shape's table.
+	Via string `json:"via"`
+	// Member is the membership table's column holding the member's user
+	// id. Default: the member column of the membership shape's own share,
+	// else userId.
+	Member string `json:"member,omitempty"`
 }
 
 // FieldTypeNames are the portable column types create_table understands.
@@ -63,6 +94,9 @@ func (c ShapeConfig) WithDefaults() ShapeConfig {
 	}
 	if c.SyncedAtColumn == "" {
 		c.SyncedAtColumn = DefaultSyncedAtColumn
+	}
+	if c.Share != nil && c.ScopedAtColumn == "" {
+		c.ScopedAtColumn = DefaultScopedAtColumn
 	}
 	return c
 }
@@ -98,7 +132,11 @@ func (c ShapeConfig) Validate() error {
 		seen[f] = "field"
 	}
 	d := c.WithDefaults()
-	for _, col := range []string{d.UserColumn, d.UpdatedAtColumn, d.SyncedAtColumn} {
+	bookkeeping := []string{d.UserColumn, d.UpdatedAtColumn, d.SyncedAtColumn}
+	if c.Share != nil {
+		bookkeeping = append(bookkeeping, d.ScopedAtColumn)
+	}
+	for _, col := range bookkeeping {
 		if err := checkName(col); err != nil {
 			return fmt.Errorf("shape %q: bookkeeping column %w", c.Key, err)
 		}
@@ -119,6 +157,34 @@ func (c ShapeConfig) Validate() error {
 	}
 	if c.CreateTable && len(c.Fields) == 0 {
 		return fmt.Errorf("shape %q: create_table needs the fields listed", c.Key)
+	}
+	if c.Tombstone != "" && seen[c.Tombstone] != "field" {
+		return fmt.Errorf("shape %q: tombstone %q is not one of the shape's fields", c.Key, c.Tombstone)
+	}
+	if c.Tombstone != "" && c.FieldTypes[c.Tombstone] != "" && c.FieldTypes[c.Tombstone] != "boolean" {
+		return fmt.Errorf("shape %q: tombstone %q must be a boolean field, not %s", c.Key, c.Tombstone, c.FieldTypes[c.Tombstone])
+	}
+	if c.ScopedAtColumn != "" && c.Share == nil {
+		return fmt.Errorf("shape %q: scoped_at_column is only used with share", c.Key)
+	}
+	if sh := c.Share; sh != nil {
+		if sh.Field == "" || sh.Via == "" {
+			return fmt.Errorf("shape %q: share needs a field and a table: share <field> via <table> [<member column>]", c.Key)
+		}
+		if seen[sh.Field] == "" {
+			return fmt.Errorf("shape %q: share field %q is neither a key field nor a field of the shape", c.Key, sh.Field)
+		}
+		if _, _, err := SplitTableName(sh.Via); err != nil {
+			return fmt.Errorf("shape %q: share via: %w", c.Key, err)
+		}
+		if sh.Member != "" {
+			if err := checkName(sh.Member); err != nil {
+				return fmt.Errorf("shape %q: share member column %w", c.Key, err)
+			}
+		}
+		if c.Tombstone == sh.Field {
+			return fmt.Errorf("shape %q: the share field %q cannot also be the tombstone", c.Key, sh.Field)
+		}
 	}
 	return nil
 }

@@ -30,6 +30,11 @@ type Driver interface {
 	// group holds one row, written on its own, and a refused row is marked
 	// RowRefused while the others are written.
 	Write(ctx context.Context, w Write) (time.Time, error)
+	// Shared runs fn in one write transaction, marked as hypersync's own
+	// for the stamping triggers, and commits. Where the database asks for
+	// it (a deadlock, a serialization failure, ErrRetry) it runs fn again
+	// from the start, a few times.
+	Shared(ctx context.Context, fn func(Tx) error) error
 	// Pull streams the rows of q.User in every shape of q.Shapes stamped in
 	// (q.Since, cursor] and returns the cursor (see PullResult).
 	Pull(ctx context.Context, q PullQuery, emit func(PulledRow) error) (PullResult, error)
@@ -64,6 +69,15 @@ type PulledRow struct {
 	Values []Value
 	// UpdatedAt is the client's updatedAt.
 	UpdatedAt Value
+	// User is the row's author, for a shared shape; null means the user
+	// pulling.
+	User Value
+	// Tombstone: send only the key fields, the scope field and the
+	// tombstone set to true (move-out).
+	Tombstone bool
+	// Payload, when set, is the payload to send as it is, instead of
+	// Values: a tombstone recorded when the row left a scope.
+	Payload []byte
 }
 
 // Value is one column value of a pulled row, in the form every driver
@@ -130,6 +144,8 @@ type Dialect struct {
 	StampType, StampDefault string
 	// CursorDDL creates CursorTable when it is missing.
 	CursorDDL string
+	// MovesDDL creates MovesTable and its index when they are missing.
+	MovesDDL []string
 	// Stamping renders the objects that stamp writes made outside
 	// hypersync (see stamp.go), and the markers Inspect finds on a table
 	// whose objects are current.

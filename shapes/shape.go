@@ -59,6 +59,7 @@ type Shape struct {
 	// condition on it can always use that index.
 	KeyLead Column
 
+	share   *Sharing       // nil for a per-user shape
 	cols    []Column       // Keys then Fields
 	byField map[string]int // payload field name -> index into cols
 	stmts   statements
@@ -180,6 +181,8 @@ const (
 	// ProblemNoUniqueKey: the key columns are not a primary key or unique
 	// constraint.
 	ProblemNoUniqueKey
+	// ProblemNoMembership: a share's membership table does not exist.
+	ProblemNoMembership
 )
 
 // Role is what a column is for in a shape.
@@ -192,9 +195,15 @@ const (
 	RoleSyncedAt
 	RoleKey
 	RoleField
+	RoleScope
+	RoleMember
+	RoleMemberStamp
+	RoleScopedAt
+	RoleTombstone
 )
 
-var roleNames = [...]string{"", "user_column", "updated_at_column", "synced_at_column", "key field", "field"}
+var roleNames = [...]string{"", "user_column", "updated_at_column", "synced_at_column", "key field", "field",
+	"scope column", "member column", "membership stamp column", "scoped_at_column", "tombstone"}
 
 func (r Role) String() string { return roleNames[r] }
 
@@ -269,6 +278,13 @@ func Resolve(cfg ShapeConfig, info *TableInfo) (*Shape, error) {
 
 	var err error
 	var ci *ColumnInfo
+	if cfg.Share != nil {
+		// a bookkeeping column, never a default field; resolveSharing
+		// checks it
+		if c, ok := findColumn(info, cfg.ScopedAtColumn); ok {
+			used[c.Name] = "scoped_at_column"
+		}
+	}
 	if s.User, ci, err = take(cfg.UserColumn, RoleUser); err != nil {
 		return nil, err
 	}

@@ -23,6 +23,11 @@ func QuoteTable(schema, table string) string {
 // pushes, and the watermark a pull reads.
 const CursorTable = "hypersync_cursors"
 
+// MovesTable is the table, created by hypersync when a shape is shared,
+// that records each row leaving a scope, so that the scope's members who
+// cannot see where it went receive its tombstone once.
+const MovesTable = "hypersync_moves"
+
 // syncIndexSQL is the statement that creates the index pulls read through:
 // (user, sync stamp), which finds one user's rows written after a stamp.
 func syncIndexSQL(schema, table, user, synced string, ifNotExists bool) string {
@@ -38,6 +43,12 @@ func syncIndexSQL(schema, table, user, synced string, ifNotExists bool) string {
 // need.
 func IndexSQL(sh *Shape) string {
 	return syncIndexSQL(sh.Schema, sh.Table, sh.User.Name, sh.SyncedAt.Name, false)
+}
+
+// ScopeIndexSQL returns the statement that creates the index pulls of a
+// shared shape read through: (scope, sync stamp).
+func ScopeIndexSQL(sh *Shape) string {
+	return syncIndexSQL(sh.Schema, sh.Table, sh.ScopeColumn().Name, sh.SyncedAt.Name, false)
 }
 
 // CreateTableSQL renders the CREATE TABLE and CREATE INDEX statements of a
@@ -65,13 +76,20 @@ func CreateTableSQL(cfg ShapeConfig, d *Dialect) []string {
 	col(cfg.UserColumn, d.FieldTypes["text"], " NOT NULL")
 	col(cfg.UpdatedAtColumn, d.StampType, " NOT NULL"+d.StampDefault)
 	col(cfg.SyncedAtColumn, d.StampType, " NOT NULL"+d.StampDefault)
+	if cfg.Share != nil {
+		col(cfg.ScopedAtColumn, d.StampType, " NOT NULL"+d.StampDefault)
+	}
 	keys := make([]string, len(cfg.KeyFields))
 	for i, k := range cfg.KeyFields {
 		keys[i] = QuoteIdent(k)
 	}
 	fmt.Fprintf(&b, "\tPRIMARY KEY (%s)\n)", strings.Join(keys, ", "))
 	stamping, _ := d.Stamping(stampTargetOf(cfg))
-	return append([]string{b.String(), syncIndexSQL(schema, table, cfg.UserColumn, cfg.SyncedAtColumn, true)}, stamping...)
+	stmts := []string{b.String(), syncIndexSQL(schema, table, cfg.UserColumn, cfg.SyncedAtColumn, true)}
+	if cfg.Share != nil {
+		stmts = append(stmts, syncIndexSQL(schema, table, cfg.Share.Field, cfg.SyncedAtColumn, true))
+	}
+	return append(stmts, stamping...)
 }
 
 // SchemaSQL renders the CREATE TABLE and CREATE INDEX statements of a shape

@@ -21,6 +21,10 @@ type Store struct {
 	configs []ShapeConfig
 	logger  *zap.Logger
 
+	// MaxMembers bounds the members of a scope (DefaultMaxMembers when 0).
+	// Set it before the first request.
+	MaxMembers int
+
 	mu  sync.Mutex
 	set *ShapeSet // nil until resolved, and again after a table changed
 	// users counts the requests working on each set; a set that was
@@ -56,7 +60,7 @@ func ValidateShapes(cfgs []ShapeConfig) error {
 		}
 		seen[c.Key] = true
 	}
-	return nil
+	return validateSharing(cfgs)
 }
 
 // Known returns the configured shape key equal to key, and whether there
@@ -140,7 +144,16 @@ func (s *Store) resolve(ctx context.Context) (*ShapeSet, error) {
 	if err := d.DDL(ctx, dl.CursorDDL); err != nil {
 		return nil, fmt.Errorf("creating the cursor table %s: %w", CursorTable, err)
 	}
+	for _, cfg := range s.configs {
+		if cfg.Share != nil {
+			if err := d.DDL(ctx, dl.MovesDDL...); err != nil {
+				return nil, fmt.Errorf("creating the moves table %s: %w", MovesTable, err)
+			}
+			break
+		}
+	}
 	set := &ShapeSet{byKey: make(map[string]*Shape, len(s.configs))}
+	infos := map[*Shape]*TableInfo{}
 	for _, cfg := range s.configs {
 		cfg = cfg.WithDefaults()
 		schema, table, _ := SplitTableName(cfg.Table)
@@ -173,6 +186,17 @@ func (s *Store) resolve(ctx context.Context) (*ShapeSet, error) {
 		}
 		set.byKey[cfg.Key] = sh
 		set.Shapes = append(set.Shapes, sh)
+		infos[sh] = info
+	}
+	inspect := func(schema, table string) (*TableInfo, error) { return d.Inspect(ctx, schema, table) }
+	if err := resolveSharing(set, s.configs, inspect, infos); err != nil {
+		return nil, err
+	}
+	for _, sh := range set.Shapes {
+		if sc := sh.share; sc != nil && !sc.ScopeIndex {
+			s.logger.Warn("no index leads with the scope and sync-stamp columns; pulls of shared rows will scan the table",
+				zap.String("shape", sh.Config.Key), zap.String("create_index", ScopeIndexSQL(sh)+";"))
+		}
 	}
 	return set, nil
 }
@@ -233,6 +257,11 @@ func (s *Store) Push(ctx context.Context, user string, changes []Change, results
 	}
 	if len(rows) == 0 {
 		return time.Time{}, nil
+	}
+	for _, r := range rows {
+		if r.shape.share != nil {
+			return s.pushShared(ctx, set, user, rows, results)
+		}
 	}
 	w := Write{User: user, Groups: plan(rows, true, false, results)}
 	stamp, err := s.db.d.Write(ctx, w)

@@ -341,6 +341,8 @@ type Pulled struct {
 	Shape     string
 	Payload   map[string]any
 	UpdatedAt string
+	// User is the change's userId: the row's author in a shared shape.
+	User string
 	// Raw is the payload as the wire carries it.
 	Raw json.RawMessage
 }
@@ -359,8 +361,11 @@ func (f *Fixture) Pull(user string, since time.Time) ([]Pulled, time.Time) {
 func PullStore(st *shapes.Store, user string, since time.Time, limit int) ([]Pulled, shapes.PullResult, error) {
 	var out []Pulled
 	res, err := st.Pull(context.Background(), user, since, limit, func(r shapes.PulledRow) error {
-		raw := handler.AppendPayload(nil, r.Shape, r.Values, nil)
-		p := Pulled{Shape: r.Shape.Config.Key, Raw: raw}
+		raw := handler.AppendRowPayload(nil, r, nil)
+		p := Pulled{Shape: r.Shape.Config.Key, Raw: raw, User: user}
+		if !r.User.Null && r.User.Text != nil {
+			p.User = string(r.User.Text)
+		}
 		if !r.UpdatedAt.Null {
 			p.UpdatedAt = string(handler.AppendTime(nil, r.UpdatedAt.Time))
 		}

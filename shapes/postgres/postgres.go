@@ -37,6 +37,15 @@ var dialect = &shapes.Dialect{
 	CursorDDL: `CREATE TABLE IF NOT EXISTS "` + shapes.CursorTable + `" (
 		user_id text PRIMARY KEY,
 		stamp timestamptz NOT NULL)`,
+	MovesDDL: []string{`CREATE TABLE IF NOT EXISTS "` + shapes.MovesTable + `" (
+		shape text NOT NULL,
+		scope text NOT NULL,
+		new_scope text,
+		user_id text NOT NULL,
+		updated_at timestamptz NOT NULL,
+		stamp timestamptz NOT NULL,
+		payload text NOT NULL)`,
+		`CREATE INDEX IF NOT EXISTS "` + shapes.MovesTable + `_scope_idx" ON "` + shapes.MovesTable + `" (shape, scope, stamp)`},
 	Stamping: stamping,
 	Open:     func(dsn string, opts shapes.Options) (shapes.Driver, error) { return open(dsn, opts, config{}) },
 }

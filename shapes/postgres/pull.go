@@ -44,9 +44,9 @@ SELECT -1, NULL::text, (SELECT stamp FROM c)::text`)
 	case limited:
 		var stamps []string
 		for _, sh := range shapeList {
-			synced := q(sh.SyncedAt.Name)
-			stamps = append(stamps, fmt.Sprintf(`SELECT t.%s AS s FROM %s AS t, last WHERE t.%s = $1 AND t.%s > $2 AND t.%s <= last.stamp`,
-				synced, shapes.QuoteTable(sh.Schema, sh.Table), q(sh.User.Name), synced, synced))
+			for _, src := range visible(sh, "last") {
+				stamps = append(stamps, fmt.Sprintf(`SELECT t.%s AS s FROM %s`, q(sh.SyncedAt.Name), src))
+			}
 		}
 		b.WriteString(`WITH last AS (SELECT stamp FROM "` + shapes.CursorTable + `" WHERE user_id = $1),
 c AS (SELECT coalesce((SELECT s FROM (` + strings.Join(stamps, " UNION ALL ") + `) AS page ORDER BY s OFFSET $3::int - 1 LIMIT 1),
@@ -60,7 +60,7 @@ SELECT -1, NULL::text, (SELECT stamp FROM c)::text`)
 	for _, sh := range shapeList {
 		width = max(width, len(sh.Columns()))
 	}
-	b.WriteString(strings.Repeat(", NULL::text", width))
+	b.WriteString(strings.Repeat(", NULL::text", width+1))
 	for i, sh := range shapeList {
 		cols := make([]string, width)
 		for j := range cols {
@@ -70,14 +70,99 @@ SELECT -1, NULL::text, (SELECT stamp FROM c)::text`)
 				cols[j] = "NULL::text"
 			}
 		}
-		fmt.Fprintf(&b, `
-UNION ALL
-SELECT %d, NULL::text, t.%s::text, %s
-FROM %s AS t, c WHERE t.%s = $1 AND t.%s > $2 AND t.%s <= c.stamp`,
-			i, q(sh.UpdatedAt.Name), strings.Join(cols, ", "), shapes.QuoteTable(sh.Schema, sh.Table),
-			q(sh.User.Name), q(sh.SyncedAt.Name), q(sh.SyncedAt.Name))
+		user := "NULL::text"
+		if sh.Share() != nil {
+			user = "t." + q(sh.User.Name) + "::text"
+		}
+		for _, src := range visible(sh, "c") {
+			fmt.Fprintf(&b, "\nUNION ALL\nSELECT %d, NULL::text, t.%s::text, %s, %s\nFROM %s", i, q(sh.UpdatedAt.Name), strings.Join(cols, ", "), user, src)
+		}
+		if sh.Share() != nil {
+			sharedBranches(&b, i, sh, width)
+		}
 	}
 	return b.String()
+}
+
+// visible returns the FROM and WHERE of the rows the user $1 sees in sh
+// stamped in ($2, cutoff.stamp], the table aliased t. A shared shape's
+// rows are the user's private ones and those of the scopes they are a
+// member of.
+func visible(sh *shapes.Shape, cutoff string) []string {
+	q := shapes.QuoteIdent
+	table, synced := shapes.QuoteTable(sh.Schema, sh.Table), "t."+q(sh.SyncedAt.Name)
+	window := fmt.Sprintf("%[1]s > $2 AND %[1]s <= %[2]s.stamp", synced, cutoff)
+	if sh.Share() == nil {
+		return []string{fmt.Sprintf("%s AS t, %s WHERE t.%s = $1 AND %s", table, cutoff, q(sh.User.Name), window)}
+	}
+	m := sh.Share().Members
+	return []string{
+		fmt.Sprintf("%s AS t, %s WHERE t.%s = $1 AND t.%s IS NULL AND %s", table, cutoff, q(sh.User.Name), q(sh.ScopeColumn().Name), window),
+		fmt.Sprintf("%s AS m JOIN %s AS t ON t.%s = m.%s, %s WHERE m.%s = $1 AND %s AND %s",
+			shapes.QuoteTable(m.Schema, m.Table), table, q(sh.ScopeColumn().Name), q(m.Scope.Name), cutoff, q(m.Member.Name), active(m, "m"), window),
+	}
+}
+
+// active is the condition that membership row alias is not removed.
+func active(m *shapes.Membership, alias string) string {
+	if m.Tomb == nil {
+		return "true"
+	}
+	return "NOT coalesce(" + alias + "." + shapes.QuoteIdent(m.Tomb.Name) + ", false)"
+}
+
+// sharedBranches adds the parts of the pull that membership changes
+// bring, in the same snapshot as the rest:
+//   - move-in: every row of a scope whose membership row for the user
+//     was written in ($2, c.stamp], whatever the row's own stamp (the
+//     rows stamped after $2 the visible part brings already);
+//   - move-out: for a membership row removed in that window, the
+//     tombstone form (flag 't') of every row that was in the scope
+//     before the removal: scoped_at at or below the removal's stamp;
+//   - moves: the tombstone (flag 'p', the payload in the first column)
+//     of every row that left a scope of the user in the window for one
+//     the user cannot see.
+func sharedBranches(b *strings.Builder, i int, sh *shapes.Shape, width int) {
+	q := shapes.QuoteIdent
+	sc := sh.Share()
+	m := sc.Members
+	table, members := shapes.QuoteTable(sh.Schema, sh.Table), shapes.QuoteTable(m.Schema, m.Table)
+	mstamp, synced := "m."+q(m.Stamp.Name), "t."+q(sh.SyncedAt.Name)
+	cols := make([]string, width)
+	tombCols := make([]string, width)
+	for j := range cols {
+		cols[j], tombCols[j] = "NULL::text", "NULL::text"
+		if j < len(sh.Columns()) {
+			cols[j] = textExpr(sh.Columns()[j])
+			if j < len(sh.Keys) || j == sc.Scope {
+				tombCols[j] = cols[j]
+			}
+		}
+	}
+	head := fmt.Sprintf("%s AS m JOIN %s AS t ON t.%s = m.%s, c WHERE m.%s = $1 AND %s > $2 AND %s <= c.stamp",
+		members, table, q(sh.ScopeColumn().Name), q(m.Scope.Name), q(m.Member.Name), mstamp, mstamp)
+	fmt.Fprintf(b, "\nUNION ALL\nSELECT %d, NULL::text, t.%s::text, %s, t.%s::text\nFROM %s AND %s AND %s <= $2",
+		i, q(sh.UpdatedAt.Name), strings.Join(cols, ", "), q(sh.User.Name), head, active(m, "m"), synced)
+	if sc.Tomb < 0 {
+		return
+	}
+	if m.Tomb != nil {
+		fmt.Fprintf(b, "\nUNION ALL\nSELECT %d, 't', t.%s::text, %s, t.%s::text\nFROM %s AND m.%s AND t.%s <= %s",
+			i, q(sh.UpdatedAt.Name), strings.Join(tombCols, ", "), q(sh.User.Name), head, q(m.Tomb.Name), q(sc.ScopedAt.Name), mstamp)
+	}
+	removedSince := "false"
+	if m.Tomb != nil {
+		removedSince = fmt.Sprintf("(m.%s AND %s >= mv.stamp)", q(m.Tomb.Name), mstamp)
+	}
+	fmt.Fprintf(b, `
+UNION ALL
+SELECT %[1]d, 'p', mv.updated_at::text, mv.payload%[2]s, mv.user_id
+FROM "%[3]s" AS mv JOIN %[4]s AS m ON m.%[5]s = mv.scope::%[6]s, c
+WHERE mv.shape = %[7]s AND mv.stamp > $2 AND mv.stamp <= c.stamp AND m.%[8]s = $1 AND (%[9]s OR %[10]s)
+	AND NOT (mv.new_scope IS NULL AND mv.user_id = $1)
+	AND NOT EXISTS (SELECT FROM %[4]s AS m WHERE m.%[5]s = mv.new_scope::%[6]s AND m.%[8]s = $1 AND %[9]s)`,
+		i, strings.Repeat(", NULL::text", width-1), shapes.MovesTable, members, q(m.Scope.Name), m.Scope.Cast,
+		quoteLiteral(sh.Config.Key), q(m.Member.Name), active(m, "m"), removedSince)
 }
 
 // textExpr reads a column as text for the pull. Building JSON inside
@@ -127,12 +212,23 @@ func (p *driver) Pull(ctx context.Context, q shapes.PullQuery, emit func(shapes.
 			continue
 		}
 		sh := q.Shapes.Shapes[idx]
+		row := shapes.PulledRow{Shape: sh, UpdatedAt: shapes.ValueOf(shapes.KindTimestamp, raw[2], parseTime),
+			User: shapes.ValueOf(shapes.KindText, raw[len(raw)-1], nil)}
+		switch string(raw[1]) {
+		case "p":
+			row.Payload = raw[3]
+		case "t":
+			row.Tombstone = true
+		}
 		cols := sh.Columns()
 		vals = vals[:0]
-		for j, c := range cols {
-			vals = append(vals, shapes.ValueOf(c.Kind, raw[3+j], parseTime))
+		if row.Payload == nil {
+			for j, c := range cols {
+				vals = append(vals, shapes.ValueOf(c.Kind, raw[3+j], parseTime))
+			}
 		}
-		if err := emit(shapes.PulledRow{Shape: sh, Values: vals, UpdatedAt: shapes.ValueOf(shapes.KindTimestamp, raw[2], parseTime)}); err != nil {
+		row.Values = vals
+		if err := emit(row); err != nil {
 			return shapes.PullResult{}, err
 		}
 	}

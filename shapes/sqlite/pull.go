@@ -33,17 +33,16 @@ func (s *driver) Pull(ctx context.Context, q shapes.PullQuery, emit func(shapes.
 		// The page ends at the stamp of the limit-th row, and holds every
 		// row of that stamp.
 		var parts []string
-		var args []any
 		for _, sh := range q.Shapes.Shapes {
 			synced := shapes.QuoteIdent(sh.SyncedAt.Name)
-			// CAST: the driver would turn a TIMESTAMP column into a time.Time
-			parts = append(parts, fmt.Sprintf(`SELECT CAST(%s AS TEXT) AS s FROM %s WHERE %s = ? AND %s > ? AND %s <= ?`,
-				synced, shapes.QuoteTable(sh.Schema, sh.Table), shapes.QuoteIdent(sh.User.Name), synced, synced))
-			args = append(args, q.User, since, stamp)
+			for _, src := range visible(sh) {
+				// CAST: the driver would turn a TIMESTAMP column into a time.Time
+				parts = append(parts, fmt.Sprintf(`SELECT CAST(t.%s AS TEXT) AS s FROM %s`, synced, src))
+			}
 		}
 		var end string
-		err := tx.QueryRowContext(ctx, `SELECT s FROM (`+strings.Join(parts, " UNION ALL ")+`) ORDER BY s LIMIT 1 OFFSET ?`,
-			append(args, q.Limit-1)...).Scan(&end)
+		err := tx.QueryRowContext(ctx, `SELECT s FROM (`+strings.Join(parts, " UNION ALL ")+`) ORDER BY s LIMIT 1 OFFSET ?4`,
+			q.User, since, stamp, q.Limit-1).Scan(&end)
 		switch {
 		case err == nil && end < stamp:
 			stamp, res.HasMore = end, true
@@ -63,6 +62,9 @@ func (s *driver) Pull(ctx context.Context, q shapes.PullQuery, emit func(shapes.
 }
 
 func pullShape(ctx context.Context, tx *sql.Tx, sh *shapes.Shape, user, since, stamp string, emit func(shapes.PulledRow) error) error {
+	if sh.Share() != nil {
+		return pullShared(ctx, tx, sh, user, since, stamp, emit)
+	}
 	rows, err := tx.QueryContext(ctx, pullSQL(sh), user, since, stamp)
 	if err != nil {
 		return classify(err)
@@ -83,6 +85,125 @@ func pullShape(ctx context.Context, tx *sql.Tx, sh *shapes.Shape, user, since, s
 			vals[i] = shapes.ValueOf(c.Kind, raw[i+1], parseTime)
 		}
 		if err := emit(shapes.PulledRow{Shape: sh, Values: vals, UpdatedAt: shapes.ValueOf(shapes.KindTimestamp, raw[0], parseTime)}); err != nil {
+			return err
+		}
+	}
+	return classify(rows.Err())
+}
+
+// visible returns the FROM and WHERE of the rows the user (?1) sees in sh
+// stamped in (?2, ?3], the table aliased t: the user's rows, or for a
+// shared shape the user's private rows and those of the scopes they are a
+// member of.
+func visible(sh *shapes.Shape) []string {
+	q := shapes.QuoteIdent
+	table, synced := shapes.QuoteTable(sh.Schema, sh.Table), "t."+q(sh.SyncedAt.Name)
+	window := fmt.Sprintf("%[1]s > ?2 AND %[1]s <= ?3", synced)
+	if sh.Share() == nil {
+		return []string{fmt.Sprintf("%s AS t WHERE t.%s = ?1 AND %s", table, q(sh.User.Name), window)}
+	}
+	m := sh.Share().Members
+	return []string{
+		fmt.Sprintf("%s AS t WHERE t.%s = ?1 AND t.%s IS NULL AND %s", table, q(sh.User.Name), q(sh.ScopeColumn().Name), window),
+		fmt.Sprintf("%s AS m JOIN %s AS t ON t.%s = m.%s WHERE m.%s = ?1 AND %s AND %s",
+			shapes.QuoteTable(m.Schema, m.Table), table, q(sh.ScopeColumn().Name), q(m.Scope.Name), q(m.Member.Name), active(m, "m"), window),
+	}
+}
+
+// active is the condition that membership row alias is not removed.
+func active(m *shapes.Membership, alias string) string {
+	if m.Tomb == nil {
+		return "1"
+	}
+	return "NOT coalesce(" + alias + "." + shapes.QuoteIdent(m.Tomb.Name) + ", 0)"
+}
+
+// pullSharedSQL reads a shared shape's rows for the user ?1 in (?2, ?3]:
+// flag, updatedAt, the columns, the author. The parts are those of the
+// PostgreSQL driver's pull (see sharedBranches there): the visible rows,
+// move-in (every row of a scope joined in the window), move-out (flag
+// 't': the tombstone form of the rows of a scope left in the window that
+// were in it before), and moves (flag 'p': the recorded tombstone, in
+// the first column, of a row that left a scope of the user for one they
+// cannot see).
+func pullSharedSQL(sh *shapes.Shape) string {
+	s, _ := sh.Statement(shapes.StatementKey{Op: opPull}, func() (any, error) {
+		q := shapes.QuoteIdent
+		sc := sh.Share()
+		m := sc.Members
+		var cols, tombCols []string
+		for j, c := range sh.Columns() {
+			cols = append(cols, valueExpr(c))
+			if j < len(sh.Keys) || j == sc.Scope {
+				tombCols = append(tombCols, valueExpr(c))
+			} else {
+				tombCols = append(tombCols, "NULL")
+			}
+		}
+		upd, user := timeExpr("t."+q(sh.UpdatedAt.Name)), "CAST(t."+q(sh.User.Name)+" AS TEXT)"
+		var parts []string
+		for _, src := range visible(sh) {
+			parts = append(parts, fmt.Sprintf("SELECT NULL, %s, %s, %s FROM %s", upd, strings.Join(cols, ", "), user, src))
+		}
+		table, members := shapes.QuoteTable(sh.Schema, sh.Table), shapes.QuoteTable(m.Schema, m.Table)
+		mstamp := "m." + q(m.Stamp.Name)
+		head := fmt.Sprintf("%s AS m JOIN %s AS t ON t.%s = m.%s WHERE m.%s = ?1 AND %s > ?2 AND %s <= ?3",
+			members, table, q(sh.ScopeColumn().Name), q(m.Scope.Name), q(m.Member.Name), mstamp, mstamp)
+		parts = append(parts, fmt.Sprintf("SELECT NULL, %s, %s, %s FROM %s AND %s AND t.%s <= ?2",
+			upd, strings.Join(cols, ", "), user, head, active(m, "m"), q(sh.SyncedAt.Name)))
+		if sc.Tomb >= 0 {
+			removedSince := "0"
+			if m.Tomb != nil {
+				parts = append(parts, fmt.Sprintf("SELECT 't', %s, %s, %s FROM %s AND m.%s AND t.%s <= %s",
+					upd, strings.Join(tombCols, ", "), user, head, q(m.Tomb.Name), q(sc.ScopedAt.Name), mstamp))
+				removedSince = fmt.Sprintf("(m.%s AND %s >= mv.stamp)", q(m.Tomb.Name), mstamp)
+			}
+			parts = append(parts, fmt.Sprintf(`SELECT 'p', %[1]s, mv.payload%[2]s, mv.user_id
+FROM "%[3]s" AS mv JOIN %[4]s AS m ON m.%[5]s = mv.scope
+WHERE mv.shape = %[6]s AND mv.stamp > ?2 AND mv.stamp <= ?3 AND m.%[7]s = ?1 AND (%[8]s OR %[9]s)
+	AND NOT (mv.new_scope IS NULL AND mv.user_id = ?1)
+	AND NOT EXISTS (SELECT 1 FROM %[4]s AS m WHERE m.%[5]s = mv.new_scope AND m.%[7]s = ?1 AND %[8]s)`,
+				timeExpr("mv.updated_at"), strings.Repeat(", NULL", len(cols)-1), shapes.MovesTable, members, q(m.Scope.Name),
+				quoteLiteral(sh.Config.Key), q(m.Member.Name), active(m, "m"), removedSince))
+		}
+		return strings.Join(parts, "\nUNION ALL\n"), nil
+	})
+	return s.(string)
+}
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+func pullShared(ctx context.Context, tx *sql.Tx, sh *shapes.Shape, user, since, stamp string, emit func(shapes.PulledRow) error) error {
+	rows, err := tx.QueryContext(ctx, pullSharedSQL(sh), user, since, stamp)
+	if err != nil {
+		return classify(err)
+	}
+	defer rows.Close()
+	cols := sh.Columns()
+	raw := make([]sql.RawBytes, len(cols)+3)
+	dest := make([]any, len(raw))
+	for i := range raw {
+		dest[i] = &raw[i]
+	}
+	vals := make([]shapes.Value, len(cols))
+	for rows.Next() {
+		if err := rows.Scan(dest...); err != nil {
+			return classify(err)
+		}
+		row := shapes.PulledRow{Shape: sh, UpdatedAt: shapes.ValueOf(shapes.KindTimestamp, raw[1], parseTime),
+			User: shapes.ValueOf(shapes.KindText, raw[len(raw)-1], nil), Values: vals}
+		switch string(raw[0]) {
+		case "p":
+			row.Payload = raw[2]
+		case "t":
+			row.Tombstone = true
+		}
+		if row.Payload == nil {
+			for i, c := range cols {
+				vals[i] = shapes.ValueOf(c.Kind, raw[i+2], parseTime)
+			}
+		}
+		if err := emit(row); err != nil {
 			return err
 		}
 	}

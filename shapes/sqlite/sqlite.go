@@ -40,7 +40,10 @@ var dialect = &shapes.Dialect{
 	// columns out needs a value to pass NOT NULL first.
 	StampDefault: " DEFAULT CURRENT_TIMESTAMP",
 	CursorDDL:    `CREATE TABLE IF NOT EXISTS "` + shapes.CursorTable + `" (user_id TEXT PRIMARY KEY, stamp TEXT NOT NULL)`,
-	Stamping:     stamping,
+	MovesDDL: []string{`CREATE TABLE IF NOT EXISTS "` + shapes.MovesTable + `" (shape TEXT NOT NULL, scope TEXT NOT NULL, new_scope TEXT,
+		user_id TEXT NOT NULL, updated_at TEXT NOT NULL, stamp TEXT NOT NULL, payload TEXT NOT NULL)`,
+		`CREATE INDEX IF NOT EXISTS "` + shapes.MovesTable + `_scope_idx" ON "` + shapes.MovesTable + `" (shape, scope, stamp)`},
+	Stamping: stamping,
 	Open:         func(dsn string, opts shapes.Options) (shapes.Driver, error) { return open(dsn, opts) },
 }
 
