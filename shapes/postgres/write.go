@@ -239,8 +239,8 @@ func foreignSQL(u upsertParts) string {
 type upsertParts struct {
 	// shared: the shape is shared, and scoped, scope name its scoped_at
 	// and scope columns; scopeIn says the mask carries the scope.
-	shared, scopeIn bool
-	scoped, scope   string
+	shared, scopeIn          bool
+	scoped, scope            string
 	table, user, upd, synced string
 	lead                     string   // the column leading the key's unique index
 	cols, keyCols, dataCols  []string // quoted names of the columns present

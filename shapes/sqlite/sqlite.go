@@ -44,7 +44,7 @@ var dialect = &shapes.Dialect{
 		user_id TEXT NOT NULL, updated_at TEXT NOT NULL, stamp TEXT NOT NULL, payload TEXT NOT NULL)`,
 		`CREATE INDEX IF NOT EXISTS "` + shapes.MovesTable + `_scope_idx" ON "` + shapes.MovesTable + `" (shape, scope, stamp)`},
 	Stamping: stamping,
-	Open:         func(dsn string, opts shapes.Options) (shapes.Driver, error) { return open(dsn, opts) },
+	Open:     func(dsn string, opts shapes.Options) (shapes.Driver, error) { return open(dsn, opts) },
 }
 
 func init() { shapes.Register(dialect) }
