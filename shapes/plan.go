@@ -85,6 +85,11 @@ type Group struct {
 	Shape *Shape
 	Mask  Mask
 	Rows  []*Row
+	// New, in a push into a shared shape: no row had these keys when the
+	// push locked its rows. The driver inserts them, and fails with
+	// ErrRetry if one has been inserted since, for the push to run again
+	// and find it.
+	New bool
 }
 
 // prepare validates every change against its shape. It returns the rows to

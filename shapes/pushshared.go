@@ -97,7 +97,7 @@ func (s *Store) pushShared(ctx context.Context, set *ShapeSet, user string, rows
 		groups := plan(rows, false, isolated, results)
 		err := s.db.d.Shared(ctx, func(tx Tx) error {
 			var err error
-			stamp, err = writeShared(tx, user, groups, isolated, results, s.maxMembers())
+			stamp, err = writeShared(tx, user, groups, isolated, results, s.maxMembers(), s.perUserStamps)
 			return err
 		})
 		if errors.Is(err, ErrRefused) && !isolated {
@@ -136,7 +136,7 @@ type rowRef struct {
 // under lock: membership changes first, in batch order, then the other
 // rows in plan order. Then it stamps the cursors of everyone who could see
 // a touched scope before or after, and writes.
-func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Result, maxMembers int) (time.Time, error) {
+func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Result, maxMembers int, perUserStamps bool) (time.Time, error) {
 	var memberRows, sharedRows []*Row
 	for _, g := range groups {
 		for _, r := range g.Rows {
@@ -258,6 +258,7 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 
 	// Membership changes, in batch order.
 	applied := map[*Row]bool{}
+	isNew := map[*Row]bool{}
 	for _, r := range memberRows {
 		if invalid[r] != "" {
 			continue
@@ -298,7 +299,7 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 			ss.active[member] = true
 		}
 		state[k] = &Stored{Scope: scope, User: user, UpdatedAt: r.UpdatedAt, Tomb: tomb}
-		applied[r] = true
+		applied[r], isNew[r] = true, st == nil
 	}
 
 	// The other shared rows, in plan order.
@@ -333,7 +334,7 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 			moved = append(moved, r)
 		}
 		state[k] = &Stored{Scope: to.text, ScopeNull: to.null, User: user, UpdatedAt: r.UpdatedAt}
-		applied[r] = true
+		applied[r], isNew[r] = true, st == nil
 	}
 	for r, why := range forbid {
 		results[r.Index] = rejected(CodeForbidden, "%s", why)
@@ -359,6 +360,9 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 		users = append(users, u)
 	}
 	sort.Strings(users)
+	if perUserStamps {
+		users = []string{user}
+	}
 	stamp, err := tx.Stamp(users)
 	if err != nil {
 		return time.Time{}, err
@@ -376,14 +380,22 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 				write = append(write, g)
 				continue
 			}
-			keep := Group{Shape: g.Shape, Mask: g.Mask}
+			// the new rows apart: an insert that meets a row inserted
+			// meanwhile must not become an update of a row whose scope
+			// the push did not lock
+			old, fresh := Group{Shape: g.Shape, Mask: g.Mask}, Group{Shape: g.Shape, Mask: g.Mask, New: true}
 			for _, r := range g.Rows {
-				if applied[r] {
-					keep.Rows = append(keep.Rows, r)
+				switch {
+				case applied[r] && isNew[r]:
+					fresh.Rows = append(fresh.Rows, r)
+				case applied[r]:
+					old.Rows = append(old.Rows, r)
 				}
 			}
-			if len(keep.Rows) > 0 {
-				write = append(write, keep)
+			for _, keep := range []Group{old, fresh} {
+				if len(keep.Rows) > 0 {
+					write = append(write, keep)
+				}
 			}
 		}
 	}

@@ -25,6 +25,10 @@ type Store struct {
 	// Set it before the first request.
 	MaxMembers int
 
+	// perUserStamps switches the fan-out off (tests only, see
+	// export_test.go).
+	perUserStamps bool
+
 	mu  sync.Mutex
 	set *ShapeSet // nil until resolved, and again after a table changed
 	// users counts the requests working on each set; a set that was

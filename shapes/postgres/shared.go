@@ -227,9 +227,19 @@ func (t *pgTx) Write(user string, g shapes.Group, isolated bool) error {
 		}
 		q = sp
 	}
-	rows, err := q.Query(t.ctx, upsertSQL(g.Shape, g.Mask), args...)
-	if err == nil {
-		err = readOutcomes(rows, g)
+	if g.New {
+		var n int
+		if err = q.QueryRow(t.ctx, insertSharedSQL(g.Shape, g.Mask), args...).Scan(&n); err == nil && n < len(g.Rows) {
+			err = shapes.ErrRetry
+		}
+		for _, r := range g.Rows {
+			r.Outcome = shapes.RowApplied
+		}
+	} else {
+		var rows pgx.Rows
+		if rows, err = q.Query(t.ctx, upsertSQL(g.Shape, g.Mask), args...); err == nil {
+			err = readOutcomes(rows, g)
+		}
 	}
 	if isolated {
 		if err == nil {
@@ -254,4 +264,23 @@ func (t *pgTx) Moves(moves []shapes.Move) error {
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::text[])`,
 		shape, from, to, user, upd, stamp, payload)
 	return pgError(err)
+}
+
+// insertSharedSQL inserts rows of a shared shape that did not exist when
+// the push locked its rows, and counts those it inserted: a row another
+// transaction inserted since is left alone (Write then asks for a retry).
+func insertSharedSQL(sh *shapes.Shape, m shapes.Mask) string {
+	s, _ := sh.Statement(shapes.StatementKey{Op: opInsertShared, Mask: m}, func() (any, error) {
+		u := partsOf(sh, m)
+		cols := append(append([]string{}, u.cols...), u.user, u.upd)
+		return inputSQL(sh, m) + fmt.Sprintf(`, ins AS (
+	INSERT INTO %s AS t (%s, %s, %s)
+	SELECT %s, stamp.stamp, stamp.stamp FROM input, stamp ORDER BY %s
+	ON CONFLICT (%s) DO NOTHING
+	RETURNING 1
+)
+SELECT count(*)::int FROM ins`, u.table, strings.Join(cols, ", "), u.synced, u.scoped, strings.Join(prefixed("input.", cols), ", "),
+			strings.Join(prefixed("input.", u.keyCols), ", "), strings.Join(u.keyCols, ", ")), nil
+	})
+	return s.(string)
 }

@@ -75,6 +75,7 @@ const (
 	opUpsert shapes.Op = iota
 	opPull
 	opPullPage
+	opInsertShared
 )
 
 // Write writes the groups of one push. A serialization failure or deadlock
