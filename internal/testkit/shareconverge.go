@@ -437,4 +437,3 @@ func (r *sharedRun) pull(user string, lastPull *time.Time, rows map[string]share
 	*lastPull = out.SyncedAt.Truncate(time.Millisecond)
 	return nil
 }
-
