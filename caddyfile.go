@@ -38,6 +38,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		timeout <duration>              # database time of a push, or the longest a pull may stall; default 10s
 //		max_concurrent_pushes <n>       # pushes working on the database at once; default 8
 //		max_concurrent_pulls <n>        # pulls working on the database at once; default 8
+//		max_members <n>                 # most members of one scope of a shared shape; default 1000
 //		metrics off                     # no hypersync_* Prometheus metrics
 //		shape <shapeKey> {              # repeatable
 //			table <name>                # default: the shapeKey; may be schema.table
@@ -48,6 +49,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			synced_at_column <column>   # default lastSyncAt
 //			create_table                # create the table if it is missing
 //			field <name> <type>         # column type for create_table: text, integer, real, boolean, timestamp, json
+//			share <field> via <table> [<member column>]
+//			                            # rows are visible to the members of their scope, the value of <field>:
+//			                            # the rows of <table> whose <field> column equals it; member column default userId
+//			tombstone <field>           # the boolean deleted marker; default deleted, if the shape has it
+//			scoped_at_column <column>   # shared shapes: when the row entered its scope; default scopedAt
 //		}
 //	}
 func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -80,6 +86,10 @@ func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "max_batch":
 			if err := positiveInt(d, &h.MaxBatch); err != nil {
+				return err
+			}
+		case "max_members":
+			if err := positiveInt(d, &h.MaxMembers); err != nil {
 				return err
 			}
 		case "max_concurrent_pushes":
@@ -140,6 +150,10 @@ func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	if len(h.Shapes) == 0 {
 		return fmt.Errorf("hypersync needs at least one shape block, at %s:%d", file, line)
+	}
+	// what needs every shape: the shares' membership tables
+	if err := shapes.ValidateShapes(h.Shapes); err != nil {
+		return fmt.Errorf("%v, at %s:%d", err, file, line)
 	}
 	return nil
 }

@@ -69,6 +69,50 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 						FieldTypes: map[string]string{"body": "text", "pinned": "boolean"}},
 				}},
 		},
+		{
+			name: "the sharing issue's example",
+			input: `hypersync {
+				database {env.DATABASE_URL}
+				shape lists {
+					key listId
+					fields name deleted
+					share listId via list_members
+				}
+				shape todos {
+					key todoId
+					fields listId title done deleted
+					share listId via list_members
+					tombstone deleted
+					scoped_at_column enteredAt
+				}
+				shape list_members {
+					key listId memberId
+					fields deleted
+					share listId via list_members memberId
+				}
+			}`,
+			want: &HyperSync{Database: "{env.DATABASE_URL}", Shapes: []shapes.ShapeConfig{
+				{Key: "lists", KeyFields: []string{"listId"}, Fields: []string{"name", "deleted"}, Share: &shapes.ShareConfig{Field: "listId", Via: "list_members"}},
+				{Key: "todos", KeyFields: []string{"todoId"}, Fields: []string{"listId", "title", "done", "deleted"},
+					Share: &shapes.ShareConfig{Field: "listId", Via: "list_members"}, Tombstone: "deleted", ScopedAtColumn: "enteredAt"},
+				{Key: "list_members", KeyFields: []string{"listId", "memberId"}, Fields: []string{"deleted"},
+					Share: &shapes.ShareConfig{Field: "listId", Via: "list_members", Member: "memberId"}},
+			}},
+		},
+		{name: "share without via", input: "hypersync {\n shape todos {\n key id\n fields listId\n share listId list_members\n }\n}", wantErr: `shape "todos": share takes <field> via <table> [<member column>], not "listId list_members"`, line: 5},
+		{name: "share with too many words", input: "hypersync {\n shape todos {\n key id\n fields listId\n share listId via m userId extra\n }\n}", wantErr: `share takes <field> via <table> [<member column>]`, line: 5},
+		{name: "share given twice", input: "hypersync {\n shape todos {\n key id\n fields listId\n share listId via m\n share listId via n\n }\n}", wantErr: `share given twice in shape "todos"`, line: 6},
+		{name: "share of an unknown field", input: "hypersync {\n shape todos {\n key id\n fields title\n share listId via m\n }\n}", wantErr: `share field "listId" is neither a key field nor a field`},
+		{name: "share via a bad table name", input: "hypersync {\n shape todos {\n key id\n fields listId\n share listId via a.b.c\n }\n}", wantErr: `table name "a.b.c" has more than one dot`, line: 5},
+		{name: "tombstone not a field", input: "hypersync {\n shape todos {\n key id\n fields title\n tombstone gone\n }\n}", wantErr: `tombstone "gone" is not one of the shape's fields`},
+		{name: "tombstone without a value", input: "hypersync {\n shape todos {\n key id\n tombstone\n }\n}", wantErr: "wrong argument count or unexpected line ending after 'tombstone'", line: 4},
+		{name: "tombstone of another type", input: "hypersync {\n shape todos {\n key id\n create_table\n field gone text\n tombstone gone\n }\n}", wantErr: `tombstone "gone" must be a boolean field, not text`},
+		{name: "scoped_at_column without share", input: "hypersync {\n shape todos {\n key id\n fields title\n scoped_at_column s\n }\n}", wantErr: "scoped_at_column is only used with share"},
+		{name: "membership shape not shared through itself", input: "hypersync {\n shape todos {\n key id\n fields listId\n share listId via list_members memberId\n }\n shape list_members {\n key listId memberId\n fields deleted\n }\n}", wantErr: `shape "list_members" is the membership table of shape "todos" (share … via list_members), so it must be shared through itself: share listId via list_members memberId`, line: 1},
+		{name: "membership shape keyed without its member", input: "hypersync {\n shape list_members {\n key listId\n fields memberId deleted\n share listId via list_members memberId\n }\n}", wantErr: `membership shape "list_members": its key must hold the scope field "listId" and the member column "memberId"`},
+		{name: "membership shape without a tombstone", input: "hypersync {\n shape list_members {\n key listId memberId\n share listId via list_members memberId\n }\n}", wantErr: `membership shape "list_members" needs a tombstone field to remove members`},
+		{name: "two member columns for one table", input: "hypersync {\n shape a {\n key id\n fields t\n share t via m userId\n }\n shape b {\n key id\n fields t\n share t via m memberId\n }\n}", wantErr: `names member column`},
+		{name: "max_members not a number", input: "hypersync {\n max_members lots\n}", wantErr: `max_members "lots" is not a positive whole number`, line: 2},
 		{name: "argument after the directive", input: "hypersync extra {\n shape t {\n key id\n }\n}", wantErr: "wrong argument count or unexpected line ending after 'extra'", line: 1},
 		{name: "unsupported database scheme", input: "hypersync {\n database mysql://x\n}", wantErr: `unsupported database "mysql://x": use postgres://…, postgresql://… or sqlite:<path>`, line: 2},
 		{name: "no shapes", input: "hypersync {\n database postgres://x\n}", wantErr: "hypersync needs at least one shape block", line: 1},

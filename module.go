@@ -58,6 +58,11 @@ type HyperSync struct {
 	// The most changes one push may carry; more gets 413. Default: 1000.
 	MaxBatch int `json:"max_batch,omitempty"`
 
+	// The most members one scope of a shared shape may have: every write
+	// into a scope stamps each member's cursor, so its cost grows with
+	// them. A membership past it is rejected forbidden. Default: 1000.
+	MaxMembers int `json:"max_members,omitempty"`
+
 	// The largest request body, in bytes; more gets 413. Default: 16 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
@@ -138,6 +143,7 @@ func (h *HyperSync) Provision(ctx caddy.Context) error {
 	if h.store, err = shapes.NewStore(h.db, h.Shapes, h.logger); err != nil {
 		return err
 	}
+	h.store.MaxMembers = h.MaxMembers
 	cfg := h.handlerConfig()
 	cfg.Store, cfg.Logger = h.store, h.logger
 	if !h.DisableMetrics {
