@@ -130,7 +130,7 @@ func cmdCheck(fl caddycmd.Flags) (int, error) {
 			continue
 		}
 		for _, cfg := range h.Shapes {
-			d, err := db.Diagnose(ctx, cfg)
+			d, err := db.Diagnose(ctx, cfg, h.Shapes...)
 			switch {
 			case err != nil:
 				fmt.Printf("  ✗ shape %q: %v\n", cfg.Key, err)

@@ -109,7 +109,7 @@ func checkHealth(ctx context.Context) Health {
 	for _, hs := range handlers {
 		for _, cfg := range hs.Shapes {
 			sh := ShapeHealth{Database: hs.db.String()}
-			d, err := hs.db.Diagnose(ctx, cfg)
+			d, err := hs.db.Diagnose(ctx, cfg, hs.Shapes...)
 			sh.Diagnosis = d
 			if err != nil {
 				sh.Error = err.Error()

@@ -22,9 +22,10 @@ type Diagnosis struct {
 	Fix []string `json:"fix,omitempty"`
 }
 
-// Diagnose checks cfg against its table, without changing anything. The
-// error is set only when the database cannot be read.
-func (db *Database) Diagnose(ctx context.Context, cfg ShapeConfig) (Diagnosis, error) {
+// Diagnose checks cfg against its table, without changing anything. all
+// is the whole configuration, which a shared shape's membership table may
+// be part of. The error is set only when the database cannot be read.
+func (db *Database) Diagnose(ctx context.Context, cfg ShapeConfig, all ...ShapeConfig) (Diagnosis, error) {
 	cfg = cfg.WithDefaults()
 	d := Diagnosis{Shape: cfg.Key, Table: cfg.Table}
 	if err := cfg.Validate(); err != nil {
@@ -60,6 +61,16 @@ func (db *Database) Diagnose(ctx context.Context, cfg ShapeConfig) (Diagnosis, e
 		d.Problems = []string{fmt.Sprintf("no index leads with (%s, %s): pulls scan the table", sh.User.Name, sh.SyncedAt.Name)}
 		d.Fix = []string{IndexSQL(sh)}
 		return d, nil
+	}
+	if cfg.Share != nil {
+		problem, fix, err := db.diagnoseShare(ctx, sh, info, all)
+		if err != nil {
+			return d, err
+		}
+		if problem != "" {
+			d.Problems, d.Fix = []string{problem}, fix
+			return d, nil
+		}
 	}
 	d.OK = true
 	if stamping, markers := db.dialect.Stamping(sh.StampTarget()); !stamped(info.Stamps, markers) {
@@ -100,6 +111,73 @@ func fixFor(cfg ShapeConfig, se *SchemaError, table string, dl *Dialect) []strin
 		}
 		_, bare, _ := SplitTableName(cfg.Table)
 		return []string{fmt.Sprintf("CREATE UNIQUE INDEX %s ON %s (%s)", QuoteIdent(bare+"_"+strings.Join(names, "_")+"_key"), table, strings.Join(cols, ", "))}
+	}
+	return nil
+}
+
+// diagnoseShare checks a shared shape's scoping: its scoped-at column, its
+// membership table, and the index its pulls read through.
+func (db *Database) diagnoseShare(ctx context.Context, sh *Shape, info *TableInfo, all []ShapeConfig) (problem string, fix []string, err error) {
+	cfg := sh.Config
+	if len(all) == 0 {
+		all = []ShapeConfig{cfg}
+	}
+	set := &ShapeSet{Shapes: []*Shape{sh}}
+	infos := map[*Shape]*TableInfo{sh: info}
+	if m := membershipShape(all, cfg.Share.Via); m != nil && m.Key != cfg.Key {
+		mc := m.WithDefaults()
+		schema, table, _ := SplitTableName(mc.Table)
+		mi, err := db.d.Inspect(ctx, schema, table)
+		if err != nil {
+			return "", nil, err
+		}
+		msh, err := Resolve(mc, mi)
+		if err != nil {
+			return fmt.Sprintf("membership shape %q: %v", m.Key, err), nil, nil
+		}
+		set.Shapes = append(set.Shapes, msh)
+		infos[msh] = mi
+	}
+	inspect := func(schema, table string) (*TableInfo, error) { return db.d.Inspect(ctx, schema, table) }
+	err = resolveSharing(set, all, inspect, infos)
+	var se *SchemaError
+	if errors.As(err, &se) {
+		return se.Error(), shareFix(sh, se, all, db.dialect), nil
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	if !sh.share.ScopeIndex {
+		return fmt.Sprintf("no index leads with (%s, %s): pulls of shared rows scan the table", sh.ScopeColumn().Name, sh.SyncedAt.Name),
+			[]string{ScopeIndexSQL(sh)}, nil
+	}
+	return "", nil, nil
+}
+
+// shareFix suggests the statements that repair a sharing problem.
+func shareFix(sh *Shape, se *SchemaError, all []ShapeConfig, dl *Dialect) []string {
+	table := QuoteTable(sh.Schema, sh.Table)
+	switch {
+	case se.Problem == ProblemNoColumn && se.Role == RoleScopedAt:
+		// existing rows entered their scope no later than their last write
+		return []string{
+			fmt.Sprintf("ALTER TABLE %s ADD COLUMN %s %s", table, QuoteIdent(sh.Config.ScopedAtColumn), dl.StampType),
+			fmt.Sprintf("UPDATE %s SET %s = %s", table, QuoteIdent(sh.Config.ScopedAtColumn), QuoteIdent(sh.SyncedAt.Name)),
+		}
+	case se.Problem == ProblemNoMembership:
+		schema, name, _ := SplitTableName(sh.Config.Share.Via)
+		member := memberColumn(all, sh.Config.Share.Via)
+		scope := sh.ScopeColumnOf()
+		return []string{
+			fmt.Sprintf("CREATE TABLE %s (\n\t%s %s NOT NULL,\n\t%s %s NOT NULL,\n\t%s %s,\n\t%s %s NOT NULL%s,\n\tPRIMARY KEY (%s, %s)\n)",
+				QuoteTable(schema, name), QuoteIdent(scope.Name), scope.Type, QuoteIdent(member), dl.FieldTypes["text"],
+				QuoteIdent(DefaultTombstone), dl.FieldTypes["boolean"], QuoteIdent(DefaultSyncedAtColumn), dl.StampType, dl.StampDefault,
+				QuoteIdent(scope.Name), QuoteIdent(member)),
+			syncIndexSQL(schema, name, member, DefaultSyncedAtColumn, false),
+		}
+	case se.Problem == ProblemNoColumn && se.Role == RoleMemberStamp:
+		schema, name, _ := SplitTableName(sh.Config.Share.Via)
+		return []string{fmt.Sprintf("ALTER TABLE %s ADD COLUMN %s %s", QuoteTable(schema, name), QuoteIdent(DefaultSyncedAtColumn), dl.StampType)}
 	}
 	return nil
 }

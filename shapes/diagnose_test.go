@@ -65,3 +65,51 @@ func TestDiagnoseFixesWhatItFinds(t *testing.T) {
 		}
 	})
 }
+
+// A shared shape on existing tables: Diagnose names each missing piece of
+// sharing (the scoped-at column, the membership table the app's backend
+// keeps, the scope index) with the SQL that adds it, and a store then
+// serves the shape.
+func TestDiagnoseFixesSharing(t *testing.T) {
+	notes := shapes.ShapeConfig{Key: "notes", KeyFields: []string{"noteId"}, Fields: []string{"teamId", "body", "deleted"},
+		Share: &shapes.ShareConfig{Field: "teamId", Via: "team_members"}}
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		dsn := b.Open(t, `CREATE TABLE notes (noteId text PRIMARY KEY, teamId text, body text, deleted boolean, userId text NOT NULL, updatedAt timestamptz, lastSyncAt timestamptz)`,
+			`CREATE INDEX notes_user ON notes (userId, lastSyncAt)`)
+		db, err := shapes.Open(dsn, shapes.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Destruct()
+		ctx := context.Background()
+		var problems []string
+		for i := 0; i < 5; i++ {
+			d, err := db.Diagnose(ctx, notes, notes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.OK {
+				break
+			}
+			if len(d.Fix) == 0 {
+				t.Fatalf("no fix for %+v", d)
+			}
+			problems = append(problems, d.Problems...)
+			for _, stmt := range d.Fix {
+				if err := testkit.ExecNative(dsn, stmt); err != nil {
+					t.Fatalf("fix %q: %v", stmt, err)
+				}
+			}
+		}
+		got := strings.ToLower(strings.Join(problems, "\n"))
+		for _, want := range []string{`scoped_at_column "scopedAt"`, "membership table team_members does not exist", "no index leads with (teamId, lastSyncAt)"} {
+			if !strings.Contains(got, strings.ToLower(want)) {
+				t.Fatalf("problems found:\n%s\nwant one about %q", got, want)
+			}
+		}
+		testkit.Exec(t, dsn, `INSERT INTO team_members VALUES ('T', 'alice', false, CURRENT_TIMESTAMP)`)
+		f := testkit.OpenStore(t, dsn, notes)
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Change("notes", testkit.At(1), `{"noteId":"n1","teamId":"T","body":"hi"}`)), "applied")
+		testkit.WantOutcomes(t, f.Push("bob", testkit.Change("notes", testkit.At(2), `{"noteId":"n2","teamId":"T","body":"hi"}`)), "rejected:forbidden")
+	})
+}

@@ -72,6 +72,15 @@ func (s *Shape) IsMembership() bool { return s.share != nil && s.share.Members.S
 // ScopeColumn returns the share field's column.
 func (s *Shape) ScopeColumn() Column { return s.cols[s.share.Scope] }
 
+// ScopeColumnOf returns the column of the share field of a shape whose
+// sharing did not resolve.
+func (s *Shape) ScopeColumnOf() Column {
+	if i, ok := s.byField[s.Config.Share.Field]; ok {
+		return s.cols[i]
+	}
+	return Column{}
+}
+
 // TombColumn returns the tombstone field's column; ok is false when there
 // is none.
 func (s *Shape) TombColumn() (c Column, ok bool) {
