@@ -172,7 +172,7 @@ func cmdSchema(fl caddycmd.Flags) (int, error) {
 		fmt.Printf("-- %s\n", kind)
 		for _, cfg := range h.Shapes {
 			fmt.Printf("-- shape %q\n", cfg.Key)
-			for _, stmt := range shapes.SchemaSQL(kind, cfg) {
+			for _, stmt := range shapes.SchemaSQL(kind, cfg, h.Shapes...) {
 				fmt.Printf("%s;\n", stmt)
 			}
 		}

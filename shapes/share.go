@@ -36,6 +36,9 @@ type Membership struct {
 	// Shape is the membership table's shape, when it is one: then
 	// memberships are written through push, by the rules of share.go.
 	Shape *Shape
+	// Stamps are the markers of the stamping objects found on a
+	// membership table that is no shape.
+	Stamps []string
 }
 
 // QualifiedName returns schema.table for messages.
@@ -279,7 +282,7 @@ func resolveMembership(set *ShapeSet, cfgs []ShapeConfig, via, field string, ins
 	if info == nil {
 		return nil, fail(ProblemNoMembership, RoleNone, "", "the membership table %s does not exist", via)
 	}
-	m := &Membership{Schema: info.Schema, Table: info.Name}
+	m := &Membership{Schema: info.Schema, Table: info.Name, Stamps: info.Stamps}
 	for _, want := range []struct {
 		dst  *ColumnInfo
 		name string

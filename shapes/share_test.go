@@ -149,7 +149,7 @@ func sharedRun(t *testing.T, b testkit.Backend, perUserOnly bool) testkit.Shared
 		}
 		urls = append(urls, testkit.NewServer(t, st, handler.Config{Timeout: 30 * time.Second}).URL)
 	}
-	rep := testkit.ConvergeShared(t, testkit.SharedConvergence{Servers: urls, DSN: dsn, Pushers: 2, Pullers: 2, Duration: 4 * time.Second})
+	rep := testkit.ConvergeShared(t, testkit.SharedConvergence{Servers: urls, DSN: dsn, Pushers: 2, Pullers: 2, SQLWriter: true, Duration: 4 * time.Second})
 	t.Log(rep)
 	return rep
 }
@@ -177,6 +177,60 @@ func TestSharedConcurrencyCheckCatchesPerUserStamps(t *testing.T) {
 	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
 		if rep := sharedRun(t, b, true); rep.Misses == 0 {
 			t.Fatalf("per-user stamps lost nothing: %s", rep)
+		}
+	})
+}
+
+// TestSharedOutsideWrites: rows and memberships written straight into the
+// database, as psql or a backend job would, reach every member, with
+// move-in, move-out and moves, through the stamping triggers hypersync
+// creates with the tables.
+func TestSharedOutsideWrites(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		f := sharedLists(t, b)
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(1, "L", "alice", false), testkit.Member(2, "L", "bob", false),
+			testkit.Member(3, "M", "alice", false), testkit.Todo(4, "t1", "L", "milk")), "applied,applied,applied,applied")
+		alice, bob, carol := f.NewDevice("alice"), f.NewDevice("bob"), f.NewDevice("carol")
+		for _, d := range []*testkit.Device{alice, bob, carol} {
+			d.Sync()
+		}
+		sql := func(stmt string) {
+			t.Helper()
+			if err := testkit.ExecNative(f.DSN, stmt); err != nil {
+				t.Fatalf("%s: %v", stmt, err)
+			}
+		}
+		sql(`INSERT INTO todos ("todoId", "listId", title, "userId") VALUES ('t2', 'L', 'from psql', 'backend')`)
+		sql(`UPDATE todos SET title = 'fixed by an admin' WHERE "todoId" = 't1'`)
+		for _, d := range []*testkit.Device{alice, bob} {
+			d.Sync()
+			if d.Rows["todos/t2"].Payload["title"] != "from psql" || d.Rows["todos/t1"].Payload["title"] != "fixed by an admin" {
+				t.Fatalf("%s holds %v and %v", d.User, d.Rows["todos/t2"].Payload, d.Rows["todos/t1"].Payload)
+			}
+			if d.Rows["todos/t1"].UpdatedAt <= "2026-11-25T10:00:00.004Z" {
+				t.Fatalf("the admin's fix kept updatedAt %s: devices would ignore it", d.Rows["todos/t1"].UpdatedAt)
+			}
+		}
+		carol.Sync()
+		carol.WantLive(t)
+
+		// carol added by the backend: move-in
+		sql(`INSERT INTO list_members ("listId", "memberId", deleted, "userId") VALUES ('L', 'carol', false, 'backend')`)
+		carol.Sync()
+		carol.WantLive(t, "list_members/L/alice", "list_members/L/bob", "list_members/L/carol", "todos/t1", "todos/t2")
+
+		// bob removed by the backend: move-out
+		sql(`UPDATE list_members SET deleted = true WHERE "memberId" = 'bob'`)
+		bob.Sync()
+		bob.WantLive(t)
+
+		// t1 moved to M by the backend: a tombstone for carol, the row for alice
+		sql(`UPDATE todos SET "listId" = 'M' WHERE "todoId" = 't1'`)
+		carol.Sync()
+		carol.WantLive(t, "list_members/L/alice", "list_members/L/carol", "todos/t2")
+		alice.Sync()
+		if alice.Rows["todos/t1"].Payload["listId"] != "M" {
+			t.Fatalf("alice holds %v", alice.Rows["todos/t1"].Payload)
 		}
 	})
 }

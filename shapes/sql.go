@@ -84,20 +84,73 @@ func CreateTableSQL(cfg ShapeConfig, d *Dialect) []string {
 		keys[i] = QuoteIdent(k)
 	}
 	fmt.Fprintf(&b, "\tPRIMARY KEY (%s)\n)", strings.Join(keys, ", "))
-	stamping, _ := d.Stamping(stampTargetOf(cfg))
 	stmts := []string{b.String(), syncIndexSQL(schema, table, cfg.UserColumn, cfg.SyncedAtColumn, true)}
 	if cfg.Share != nil {
 		stmts = append(stmts, syncIndexSQL(schema, table, cfg.Share.Field, cfg.SyncedAtColumn, true))
+		if cfg.Share.Via == cfg.Table && cfg.Share.Member != "" {
+			// a membership shape: a pull finds a user's memberships by member
+			stmts = append(stmts, syncIndexSQL(schema, table, cfg.Share.Member, cfg.SyncedAtColumn, true))
+		}
 	}
+	if cfg.Share != nil {
+		// the stamping objects of a shared table need its membership
+		// table: the store creates them once it has resolved it
+		return stmts
+	}
+	stamping, _ := d.Stamping(stampTargetOf(cfg))
 	return append(stmts, stamping...)
 }
 
 // SchemaSQL renders the CREATE TABLE and CREATE INDEX statements of a shape
 // for a kind of database ("postgres" or "sqlite"), without a database.
-func SchemaSQL(kind string, cfg ShapeConfig) []string {
+// all is the whole configuration, which a shared shape's stamping objects
+// need (its membership table).
+func SchemaSQL(kind string, cfg ShapeConfig, all ...ShapeConfig) []string {
 	d := LookupDialect(kind)
 	if d == nil {
 		return nil
 	}
-	return CreateTableSQL(cfg, d)
+	stmts := CreateTableSQL(cfg, d)
+	if cfg.Share != nil {
+		if len(all) == 0 {
+			all = []ShapeConfig{cfg}
+		}
+		stamping, _ := d.Stamping(sharedStampTargetOf(cfg, all, d))
+		stmts = append(stmts, stamping...)
+	}
+	return stmts
+}
+
+// sharedStampTargetOf is the target of a shared create_table shape, from
+// the configuration alone: the columns are named as the fields are, and a
+// membership table that is no shape as hypersync's check asks.
+func sharedStampTargetOf(cfg ShapeConfig, all []ShapeConfig, d *Dialect) StampTarget {
+	t := stampTargetOf(cfg)
+	cfg = cfg.WithDefaults()
+	typeOf := func(f string) string {
+		if ft := cfg.FieldTypes[f]; ft != "" {
+			return d.FieldTypes[ft]
+		}
+		return d.FieldTypes["text"]
+	}
+	via := cfg.Share.Via
+	schema, table, _ := SplitTableName(via)
+	member := memberColumn(all, via)
+	sh := &StampShare{Shape: cfg.Key, Scope: cfg.Share.Field, ScopeType: typeOf(cfg.Share.Field), ScopedAt: cfg.ScopedAtColumn,
+		KeyFields: cfg.KeyFields, ScopeField: cfg.Share.Field, MSchema: schema, MTable: table, MScope: cfg.Share.Field, MMember: member, MTomb: DefaultTombstone}
+	tomb := cfg.Tombstone
+	if tomb == "" && cfg.FieldTypes[DefaultTombstone] == "boolean" {
+		tomb = DefaultTombstone
+	}
+	if tomb != "" {
+		sh.Tomb, sh.TombField = tomb, tomb
+	}
+	if m := membershipShape(all, via); m != nil && m.Tombstone != "" {
+		sh.MTomb = m.Tombstone
+	}
+	if cfg.Table == via {
+		sh.Membership, sh.Member = true, member
+	}
+	t.Share = sh
+	return t
 }

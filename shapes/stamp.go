@@ -33,13 +33,49 @@ type StampTarget struct {
 	// UpdatedAtLocal and SyncedAtLocal say the column is a timestamp
 	// without time zone, which hypersync reads and writes as UTC.
 	UpdatedAtLocal, SyncedAtLocal bool
+	// Share is set for a shared shape's table and for a membership table:
+	// then a write is stamped for every member of the row's scope, before
+	// and after it, as a push into the scope is (see share.go).
+	Share *StampShare
+}
+
+// StampShare is what the stamping objects of a shared table need.
+type StampShare struct {
+	// Shape is the shape key, for the moves table; empty for a membership
+	// table that is no shape (then User and UpdatedAt are empty too).
+	Shape string
+	// Scope is the scope column, ScopeType its type (to cast a scope to),
+	// ScopedAt the scoped-at column (empty for a plain membership table).
+	Scope, ScopeType, ScopedAt string
+	// KeyFields, ScopeField and TombField are the payload names of the
+	// keys, scope and tombstone, for the tombstone a move records; Tomb is
+	// the tombstone column, empty when there is none.
+	KeyFields                  []string
+	ScopeField, Tomb, TombField string
+	// The membership table: its scope, member and tombstone columns.
+	MSchema, MTable, MScope, MMember, MTomb string
+	// Membership: the table is the membership table, and Member its
+	// member column: a write changes who sees the scope.
+	Membership bool
+	Member     string
+}
+
+// MembersName is the membership table as its scope locks name it.
+func (s *StampShare) MembersName() string {
+	if s.MSchema == "" {
+		return s.MTable
+	}
+	return s.MSchema + "." + s.MTable
 }
 
 // Marker is the text the stamping objects carry, naming their version and
 // the columns they were made for (the table is the one they are on).
 func (t StampTarget) Marker() string {
-	h := sha256.Sum256([]byte(strings.Join(append([]string{t.User, t.UpdatedAt, t.SyncedAt,
-		fmt.Sprint(t.UpdatedAtLocal, t.SyncedAtLocal)}, t.Keys...), "\x00")))
+	parts := append([]string{t.User, t.UpdatedAt, t.SyncedAt, fmt.Sprint(t.UpdatedAtLocal, t.SyncedAtLocal)}, t.Keys...)
+	if t.Share != nil {
+		parts = append(parts, fmt.Sprintf("%+v", *t.Share))
+	}
+	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
 	return "hypersync-stamp-v1-" + hex.EncodeToString(h[:6])
 }
 
@@ -60,7 +96,38 @@ func (s *Shape) StampTarget() StampTarget {
 	for _, k := range s.Keys {
 		t.Keys = append(t.Keys, k.Name)
 	}
+	if sc := s.share; sc != nil {
+		m := sc.Members
+		sh := &StampShare{Shape: s.Config.Key, Scope: s.ScopeColumn().Name, ScopeType: s.ScopeColumn().Cast, ScopedAt: sc.ScopedAt.Name,
+			ScopeField: s.ScopeColumn().Field, MSchema: m.Schema, MTable: m.Table, MScope: m.Scope.Name, MMember: m.Member.Name}
+		for _, k := range s.Keys {
+			sh.KeyFields = append(sh.KeyFields, k.Field)
+		}
+		if c, ok := s.TombColumn(); ok {
+			sh.Tomb, sh.TombField = c.Name, c.Field
+		}
+		if m.Tomb != nil {
+			sh.MTomb = m.Tomb.Name
+		}
+		if s.IsMembership() {
+			sh.Membership, sh.Member = true, m.Member.Name
+		}
+		t.Share = sh
+	}
 	return t
+}
+
+// MembershipStampTarget is the target of a membership table that is no
+// shape: its writes stamp the membership stamp column, for everyone who
+// can see the scope before or after.
+func (m *Membership) StampTarget() StampTarget {
+	sh := &StampShare{Scope: m.Scope.Name, ScopeType: m.Scope.Cast, MSchema: m.Schema, MTable: m.Table,
+		MScope: m.Scope.Name, MMember: m.Member.Name, Membership: true, Member: m.Member.Name}
+	if m.Tomb != nil {
+		sh.MTomb = m.Tomb.Name
+	}
+	return StampTarget{Schema: m.Schema, Table: m.Table, SyncedAt: m.Stamp.Name,
+		SyncedAtLocal: strings.Contains(m.Stamp.Type, "without time zone"), Share: sh}
 }
 
 // stamped reports whether every marker the dialect's objects carry for t

@@ -158,6 +158,8 @@ func (s *Store) resolve(ctx context.Context) (*ShapeSet, error) {
 	}
 	set := &ShapeSet{byKey: make(map[string]*Shape, len(s.configs))}
 	infos := map[*Shape]*TableInfo{}
+	newTables := map[*Shape]bool{}
+	warned := map[*Membership]bool{}
 	for _, cfg := range s.configs {
 		cfg = cfg.WithDefaults()
 		schema, table, _ := SplitTableName(cfg.Table)
@@ -165,7 +167,9 @@ func (s *Store) resolve(ctx context.Context) (*ShapeSet, error) {
 		if err != nil {
 			return nil, fmt.Errorf("shape %q: reading table %s: %w", cfg.Key, cfg.Table, err)
 		}
+		created := false
 		if info == nil && cfg.CreateTable {
+			created = true
 			if err := d.DDL(ctx, CreateTableSQL(cfg, dl)...); err != nil {
 				return nil, fmt.Errorf("shape %q: creating table %s: %w", cfg.Key, cfg.Table, err)
 			}
@@ -178,15 +182,8 @@ func (s *Store) resolve(ctx context.Context) (*ShapeSet, error) {
 		if err != nil {
 			return nil, err
 		}
-		stamping, markers := dl.Stamping(sh.StampTarget())
-		sh.Stamped = stamped(info.Stamps, markers)
-		if !sh.SyncIndex {
-			s.logger.Warn("no index leads with the user and sync-stamp columns; pulls will scan the table",
-				zap.String("shape", sh.Config.Key), zap.String("create_index", IndexSQL(sh)+";"))
-		}
-		if !sh.Stamped {
-			s.logger.Warn("the table has no current stamping trigger; rows written outside hypersync (psql, a backend job) will not reach devices",
-				zap.String("shape", sh.Config.Key), zap.String("create_trigger", strings.Join(stamping, ";\n")+";"))
+		if created {
+			newTables[sh] = true
 		}
 		set.byKey[cfg.Key] = sh
 		set.Shapes = append(set.Shapes, sh)
@@ -197,9 +194,39 @@ func (s *Store) resolve(ctx context.Context) (*ShapeSet, error) {
 		return nil, err
 	}
 	for _, sh := range set.Shapes {
-		if sc := sh.share; sc != nil && !sc.ScopeIndex {
+		stamping, markers := dl.Stamping(sh.StampTarget())
+		sh.Stamped = stamped(infos[sh].Stamps, markers)
+		if !sh.Stamped && newTables[sh] && sh.share != nil {
+			// a shared table's objects need its membership table, known
+			// only now (CreateTableSQL leaves them out)
+			if err := d.DDL(ctx, stamping...); err != nil {
+				return nil, fmt.Errorf("shape %q: creating the stamping trigger: %w", sh.Config.Key, err)
+			}
+			sh.Stamped = true
+		}
+		if !sh.SyncIndex {
+			s.logger.Warn("no index leads with the user and sync-stamp columns; pulls will scan the table",
+				zap.String("shape", sh.Config.Key), zap.String("create_index", IndexSQL(sh)+";"))
+		}
+		if !sh.Stamped {
+			s.logger.Warn("the table has no current stamping trigger; rows written outside hypersync (psql, a backend job) will not reach devices",
+				zap.String("shape", sh.Config.Key), zap.String("create_trigger", strings.Join(stamping, ";\n")+";"))
+		}
+		sc := sh.share
+		if sc == nil {
+			continue
+		}
+		if !sc.ScopeIndex {
 			s.logger.Warn("no index leads with the scope and sync-stamp columns; pulls of shared rows will scan the table",
 				zap.String("shape", sh.Config.Key), zap.String("create_index", ScopeIndexSQL(sh)+";"))
+		}
+		if m := sc.Members; m.Shape == nil && !warned[m] {
+			warned[m] = true
+			stamping, markers := dl.Stamping(m.StampTarget())
+			if !stamped(m.Stamps, markers) {
+				s.logger.Warn("the membership table has no current stamping trigger; memberships written by the app's backend will not reach devices in order",
+					zap.String("table", m.QualifiedName()), zap.String("create_trigger", strings.Join(stamping, ";\n")+";"))
+			}
 		}
 	}
 	return set, nil

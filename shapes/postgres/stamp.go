@@ -3,6 +3,7 @@ package postgres
 import (
 	"fmt"
 	"regexp"
+	"strings"
 
 	"github.com/hypersync/hypersync/shapes"
 )
@@ -35,6 +36,9 @@ import (
 const writerSetting = "hypersync.writer"
 
 func stamping(t shapes.StampTarget) ([]string, []string) {
+	if t.Share != nil {
+		return sharedStamping(t)
+	}
 	q := shapes.QuoteIdent
 	marker := t.Marker()
 	fn := shapes.QuoteTable(t.Schema, "hypersync_stamp_"+t.Table)
@@ -83,3 +87,133 @@ CREATE TRIGGER "hypersync_stamp" BEFORE INSERT OR UPDATE ON %[1]s FOR EACH ROW
 
 // stampMarker finds the marker in a trigger function's source.
 var stampMarker = regexp.MustCompile(`hypersync-stamp-v1-[0-9a-f]+`)
+
+// sharedStamping renders the stamping objects of a shared shape's table,
+// or of a membership table. The function does what a shared push does
+// (shared.go), in the same lock order: the row is locked; then its scopes,
+// before and after, are locked in key order, in share mode, or
+// exclusively for a membership row; then the cursors of everyone who can
+// see the row before or after, in user id order: the scopes' members, the
+// member a membership row names, and the owner of a private row. They all
+// take one stamp above each of their previous ones, which the row gets.
+// A transaction that already wrote every one of those cursors keeps their
+// greatest stamp, as the per-user trigger keeps its owner's. A row leaving
+// a scope is recorded in the moves table, with the tombstone the old
+// scope's members receive.
+func sharedStamping(t shapes.StampTarget) ([]string, []string) {
+	q := shapes.QuoteIdent
+	sh := t.Share
+	marker := t.Marker()
+	fn := shapes.QuoteTable(t.Schema, "hypersync_stamp_"+t.Table)
+	members := shapes.QuoteTable(sh.MSchema, sh.MTable)
+	scope := q(sh.Scope)
+	var b strings.Builder
+	fmt.Fprintf(&b, `CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $hypersync$
+-- %s: stamps rows written outside hypersync, for every member of their scope, so that they reach devices
+DECLARE
+	now_ms timestamptz := date_trunc('milliseconds', clock_timestamp());
+	new_stamp timestamptz;
+	prev timestamptz;
+	mine boolean;
+	users text[];
+	old_scope %s;
+	old_user text;
+	old_member text;
+BEGIN
+	IF TG_OP = 'UPDATE' THEN
+		old_scope := OLD.%s;
+`, fn, marker, sh.ScopeType, scope)
+	if t.User != "" {
+		fmt.Fprintf(&b, "\t\told_user := OLD.%s;\n", q(t.User))
+	}
+	if sh.Membership {
+		fmt.Fprintf(&b, "\t\told_member := OLD.%s::text;\n", q(sh.Member))
+	}
+	b.WriteString("\tEND IF;\n")
+	if t.UpdatedAt != "" {
+		upd := "NEW." + q(t.UpdatedAt)
+		nowUpd := "now_ms"
+		if t.UpdatedAtLocal {
+			nowUpd = "(now_ms AT TIME ZONE 'UTC')"
+		}
+		fmt.Fprintf(&b, `	-- the wire carries milliseconds: so does updatedAt, the clock devices compare
+	%[1]s := date_trunc('milliseconds', %[1]s);
+	IF TG_OP = 'UPDATE' AND (%[1]s IS NULL OR %[1]s <= OLD.%[2]s) THEN
+		%[1]s := greatest(%[3]s, OLD.%[2]s + interval '1 millisecond');
+	ELSIF %[1]s IS NULL THEN
+		%[1]s := %[3]s;
+	END IF;
+`, upd, q(t.UpdatedAt), nowUpd)
+	}
+	lock := "pg_advisory_xact_lock_shared"
+	if sh.Membership {
+		lock = "pg_advisory_xact_lock"
+	}
+	fmt.Fprintf(&b, `	-- the scopes, before and after, in key order
+	PERFORM %[1]s(k) FROM (SELECT DISTINCT hashtextextended(%[2]s || s::text, 0) AS k
+		FROM unnest(ARRAY[old_scope, NEW.%[3]s]) AS s WHERE s IS NOT NULL ORDER BY 1) AS keys;
+	-- everyone who can see the row, before or after
+	SELECT array_agg(u ORDER BY u) INTO users FROM (
+		SELECT m.%[4]s::text AS u FROM %[5]s AS m WHERE m.%[6]s IN (old_scope, NEW.%[3]s) AND %[7]s
+`, lock, quoteLiteral(sh.MembersName()+":"), scope, q(sh.MMember), members, q(sh.MScope), activeIn(sh, "m"))
+	if t.User != "" {
+		fmt.Fprintf(&b, "\t\tUNION SELECT NEW.%[1]s::text WHERE NEW.%[2]s IS NULL\n\t\tUNION SELECT old_user WHERE TG_OP = 'UPDATE' AND old_scope IS NULL\n", q(t.User), scope)
+	}
+	if sh.Membership {
+		fmt.Fprintf(&b, "\t\tUNION SELECT NEW.%s::text\n\t\tUNION SELECT old_member\n", q(sh.Member))
+	}
+	scopedDefault := ""
+	if sh.ScopedAt != "" {
+		scopedDefault = fmt.Sprintf("\n\t\tNEW.%[1]s := coalesce(NEW.%[1]s, now_ms);", q(sh.ScopedAt))
+	}
+	stampExpr := "new_stamp"
+	if t.SyncedAtLocal {
+		stampExpr = "(new_stamp AT TIME ZONE 'UTC')"
+	}
+	fmt.Fprintf(&b, `	) AS x WHERE u IS NOT NULL;
+	IF users IS NULL THEN
+		-- a row nobody can see: stamped with the clock, for NOT NULL
+		NEW.%[2]s := coalesce(NEW.%[2]s, %[4]s);%[5]s
+		RETURN NEW;
+	END IF;
+	INSERT INTO "%[1]s" (user_id, stamp) SELECT u, '-infinity' FROM unnest(users) AS u ORDER BY u ON CONFLICT (user_id) DO NOTHING;
+	SELECT max(c.stamp), bool_and(c.x = (txid_current() %% 4294967296)::text) INTO prev, mine
+	FROM (SELECT stamp, xmin::text AS x FROM "%[1]s" WHERE user_id = ANY (users) ORDER BY user_id FOR UPDATE) AS c;
+	IF mine AND prev > '-infinity' THEN
+		new_stamp := prev; -- every cursor was written by this transaction: its stamp is this transaction's
+	ELSE
+		new_stamp := greatest(now_ms, prev + interval '1 millisecond');
+	END IF;
+	UPDATE "%[1]s" SET stamp = new_stamp WHERE user_id = ANY (users);
+	NEW.%[2]s := %[3]s;
+`, shapes.CursorTable, q(t.SyncedAt), stampExpr, strings.ReplaceAll(stampExpr, "new_stamp", "now_ms"), scopedDefault)
+	if sh.ScopedAt != "" {
+		fmt.Fprintf(&b, "\tIF TG_OP = 'INSERT' OR NEW.%[1]s IS DISTINCT FROM old_scope THEN\n\t\tNEW.%[2]s := new_stamp;\n\tEND IF;\n", scope, q(sh.ScopedAt))
+	}
+	if sh.Shape != "" && sh.Tomb != "" {
+		var obj []string
+		for i, k := range t.Keys {
+			obj = append(obj, quoteLiteral(sh.KeyFields[i]), "NEW."+q(k))
+		}
+		obj = append(obj, quoteLiteral(sh.ScopeField), "old_scope", quoteLiteral(sh.TombField), "true")
+		fmt.Fprintf(&b, `	IF TG_OP = 'UPDATE' AND old_scope IS NOT NULL AND NEW.%[1]s IS DISTINCT FROM old_scope THEN
+		INSERT INTO "%[2]s" (shape, scope, new_scope, user_id, updated_at, stamp, payload)
+		VALUES (%[3]s, old_scope::text, NEW.%[1]s::text, coalesce(NEW.%[4]s::text, ''), NEW.%[5]s, new_stamp, json_build_object(%[6]s)::text);
+	END IF;
+`, scope, shapes.MovesTable, quoteLiteral(sh.Shape), q(t.User), q(t.UpdatedAt), strings.Join(obj, ", "))
+	}
+	b.WriteString("\tRETURN NEW;\nEND\n$hypersync$")
+	trigger := fmt.Sprintf(`DROP TRIGGER IF EXISTS "hypersync_stamp" ON %[1]s;
+CREATE TRIGGER "hypersync_stamp" BEFORE INSERT OR UPDATE ON %[1]s FOR EACH ROW
+	WHEN (current_setting('`+writerSetting+`', true) IS DISTINCT FROM 'hypersync')
+	EXECUTE FUNCTION %[2]s()`, shapes.QuoteTable(t.Schema, t.Table), fn)
+	return []string{b.String(), trigger}, []string{marker}
+}
+
+// activeIn is the condition that the membership row alias is not removed.
+func activeIn(sh *shapes.StampShare, alias string) string {
+	if sh.MTomb == "" {
+		return "true"
+	}
+	return "NOT coalesce(" + alias + "." + shapes.QuoteIdent(sh.MTomb) + ", false)"
+}

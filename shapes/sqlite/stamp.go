@@ -48,6 +48,9 @@ func layout(ms string) string {
 }
 
 func stamping(t shapes.StampTarget) ([]string, []string) {
+	if t.Share != nil {
+		return sharedStamping(t)
+	}
 	q := shapes.QuoteIdent
 	user, upd, synced := q(t.User), q(t.UpdatedAt), q(t.SyncedAt)
 	marker := t.Marker()
@@ -84,3 +87,110 @@ END`, name, event, q(t.Table), user, when, marker, event, bump, q(t.Table), sync
 
 // stampMarkers finds the markers in a table's triggers.
 var stampMarkers = regexp.MustCompile(`hypersync-stamp-v1-[0-9a-f]+ (INSERT|UPDATE)`)
+
+// sharedStamping renders the triggers of a shared shape's table, or of a
+// membership table. As for a shared push (shared.go), the file's write
+// lock orders the write with every other, and the row takes one stamp
+// above the cursors of everyone who can see it before or after (the
+// scopes' members, the member a membership row names, the owner of a
+// private row), which all move to it. The stamp is written into the row
+// first, and copied from there into the cursors, since a trigger has no
+// variables. A row leaving a scope is recorded in the moves table.
+func sharedStamping(t shapes.StampTarget) ([]string, []string) {
+	q := shapes.QuoteIdent
+	sh := t.Share
+	marker := t.Marker()
+	synced, scope := q(t.SyncedAt), q(sh.Scope)
+	var keys []string
+	for _, k := range t.Keys {
+		keys = append(keys, q(k)+" IS NEW."+q(k))
+	}
+	if len(t.Keys) == 0 {
+		// a membership table that is no shape: its scope and member
+		keys = []string{scope + " IS NEW." + scope, q(sh.Member) + " IS NEW." + q(sh.Member)}
+	}
+	where := strings.Join(keys, " AND ")
+	active := "1"
+	if sh.MTomb != "" {
+		active = "NOT coalesce(m." + q(sh.MTomb) + ", 0)"
+	}
+	members := shapes.QuoteTable(sh.MSchema, sh.MTable)
+	now := millis(`'now'`)
+	var ddl []string
+	trigger := func(event string, update bool) {
+		name := q("hypersync_stamp_" + t.Table + "_" + strings.ToLower(event))
+		if t.Schema != "" {
+			name = q(t.Schema) + "." + name
+		}
+		scopes := "NEW." + scope
+		if update {
+			scopes = "OLD." + scope + ", NEW." + scope
+		}
+		users := []string{fmt.Sprintf("SELECT m.%s AS u FROM %s AS m WHERE m.%s IN (%s) AND %s", q(sh.MMember), members, q(sh.MScope), scopes, active)}
+		if t.User != "" {
+			users = append(users, fmt.Sprintf("SELECT NEW.%s WHERE NEW.%s IS NULL", q(t.User), scope))
+			if update {
+				users = append(users, fmt.Sprintf("SELECT OLD.%s WHERE OLD.%s IS NULL", q(t.User), scope))
+			}
+		}
+		if sh.Membership {
+			users = append(users, "SELECT NEW."+q(sh.Member))
+			if update {
+				users = append(users, "SELECT OLD."+q(sh.Member))
+			}
+		}
+		userSet := "SELECT u FROM (" + strings.Join(users, " UNION ") + ") WHERE u IS NOT NULL"
+		stamp := layout(`max(` + now + `, coalesce((SELECT max(` + millis("stamp") + `) FROM "` + shapes.CursorTable + `" WHERE user_id IN (` + userSet + `)), 0) + 1)`)
+		sets := []string{synced + " = " + stamp}
+		if sh.ScopedAt != "" {
+			if update {
+				sets = append(sets, fmt.Sprintf("%[1]s = CASE WHEN NEW.%[2]s IS NOT OLD.%[2]s THEN %[3]s ELSE %[1]s END", q(sh.ScopedAt), scope, stamp))
+			} else {
+				sets = append(sets, q(sh.ScopedAt)+" = "+stamp)
+			}
+		}
+		if t.UpdatedAt != "" {
+			upd := q(t.UpdatedAt)
+			if update {
+				sets = append(sets, upd+` = CASE WHEN NEW.`+upd+` IS NULL OR julianday(NEW.`+upd+`) <= julianday(OLD.`+upd+`)
+		THEN `+layout(`max(`+now+`, coalesce(`+millis("OLD."+upd)+` + 1, 0))`)+`
+		ELSE `+layout(millis("NEW."+upd))+` END`)
+			} else {
+				sets = append(sets, upd+` = CASE WHEN NEW.`+upd+` IS NULL THEN `+layout(now)+` ELSE `+layout(millis("NEW."+upd))+` END`)
+			}
+		}
+		body := fmt.Sprintf(`UPDATE %[1]s SET %[2]s WHERE %[3]s;
+	INSERT INTO "%[4]s" (user_id, stamp) SELECT u, (SELECT %[5]s FROM %[1]s WHERE %[3]s) FROM (%[6]s) WHERE 1
+	ON CONFLICT (user_id) DO UPDATE SET stamp = excluded.stamp;`, q(t.Table), strings.Join(sets, ",\n\t\t"), where, shapes.CursorTable, synced, userSet)
+		if update && sh.Shape != "" && sh.Tomb != "" {
+			var obj []string
+			for i, k := range t.Keys {
+				obj = append(obj, quoteLiteral(sh.KeyFields[i]), "NEW."+q(k))
+			}
+			obj = append(obj, quoteLiteral(sh.ScopeField), "OLD."+scope, quoteLiteral(sh.TombField), "json('true')")
+			body += fmt.Sprintf(`
+	INSERT INTO "%[1]s" (shape, scope, new_scope, user_id, updated_at, stamp, payload)
+	SELECT %[2]s, CAST(OLD.%[3]s AS TEXT), CAST(NEW.%[3]s AS TEXT), coalesce(NEW.%[4]s, ''), t.%[5]s, t.%[6]s, json_object(%[7]s)
+	FROM %[8]s AS t WHERE %[9]s AND OLD.%[3]s IS NOT NULL AND NEW.%[3]s IS NOT OLD.%[3]s;`,
+				shapes.MovesTable, quoteLiteral(sh.Shape), scope, q(t.User), q(t.UpdatedAt), synced, strings.Join(obj, ", "), q(t.Table),
+				strings.ReplaceAll(where, " IS NEW.", " IS NEW."))
+		}
+		when := "1"
+		if t.User != "" {
+			cursor := `(SELECT stamp FROM "` + shapes.CursorTable + `" WHERE user_id = NEW.` + q(t.User) + `)`
+			when = `NEW.` + synced + ` IS NULL OR NEW.` + synced + ` IS NOT ` + cursor
+			if update {
+				when = `NEW.` + synced + ` IS OLD.` + synced + ` OR ` + when
+			}
+		}
+		ddl = append(ddl, `DROP TRIGGER IF EXISTS `+name, fmt.Sprintf(`CREATE TRIGGER %s AFTER %s ON %s
+WHEN %s
+BEGIN
+	-- %s %s: stamps rows written outside hypersync, for every member of their scope, so that they reach devices
+	%s
+END`, name, event, q(t.Table), when, marker, event, body))
+	}
+	trigger("INSERT", false)
+	trigger("UPDATE", true)
+	return ddl, []string{marker + " INSERT", marker + " UPDATE"}
+}
