@@ -50,7 +50,7 @@ type StampShare struct {
 	// KeyFields, ScopeField and TombField are the payload names of the
 	// keys, scope and tombstone, for the tombstone a move records; Tomb is
 	// the tombstone column, empty when there is none.
-	KeyFields                  []string
+	KeyFields                   []string
 	ScopeField, Tomb, TombField string
 	// The membership table: its scope, member and tombstone columns.
 	MSchema, MTable, MScope, MMember, MTomb string
