@@ -56,6 +56,8 @@ type Stored struct {
 	User      string
 	UpdatedAt time.Time // zero when null
 	Tomb      bool
+	// ScopedAt is when the row entered its scope (zero when null).
+	ScopedAt time.Time
 }
 
 // Member is one membership row.
@@ -75,10 +77,17 @@ type Move struct {
 	User      string
 	UpdatedAt time.Time
 	Stamp     time.Time
+	// FromScopedAt is when the row had entered From: members removed from
+	// From after that, and before the move, receive the tombstone too.
+	FromScopedAt time.Time
 	// Payload is the tombstone the old scope's members receive: the key
 	// fields, the scope field set to From, and the tombstone true.
 	Payload []byte
 }
+
+// enteredNow stands for the stamp of the push at hand as the time a row
+// entered its scope: later than any removal before the push.
+var enteredNow = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
 
 // ErrRetry asks the driver to run a shared write again from the start: a
 // row it found missing was inserted meanwhile by another transaction.
@@ -88,29 +97,55 @@ var ErrRetry = errors.New("shapes: a concurrent write raced this one; retry")
 // transaction (see share.go for the rule it keeps).
 func (s *Store) pushShared(ctx context.Context, set *ShapeSet, user string, rows []*Row, results []Result) (time.Time, error) {
 	var stamp time.Time
-	for _, isolated := range []bool{false, true} {
+	refused := map[int]string{} // membership changes the database refused
+	isolated := false
+	for attempt := 0; attempt <= len(rows)+1; attempt++ { // one refusal at a time, after the isolating one
 		for _, r := range rows {
 			results[r.Index] = Result{}
 		}
+		live := rows[:0:0]
+		for _, r := range rows {
+			if msg, ok := refused[r.Index]; ok {
+				results[r.Index] = rejected(CodeInvalidPayload, "%s", msg)
+				continue
+			}
+			live = append(live, r)
+		}
 		// No collapsing: a change that a newer one would supersede must
 		// still be written when the newer one is forbidden.
-		groups := plan(rows, false, isolated, results)
+		groups := plan(live, false, isolated, results)
 		err := s.db.d.Shared(ctx, func(tx Tx) error {
 			var err error
 			stamp, err = writeShared(tx, user, groups, isolated, results, s.maxMembers(), s.perUserStamps)
 			return err
 		})
-		if errors.Is(err, ErrRefused) && !isolated {
+		var mr *memberRefused
+		switch {
+		case errors.Is(err, ErrRefused) && !isolated:
+			isolated = true
 			continue
-		}
-		if err != nil {
+		case errors.As(err, &mr):
+			// decided as if the membership held: decide again without it
+			refused[mr.index] = mr.msg
+			continue
+		case err != nil:
 			s.recheckOn(set, err)
 			return time.Time{}, err
 		}
 		return stamp, nil
 	}
-	return stamp, nil
+	return stamp, fmt.Errorf("push: membership refusals did not settle")
 }
+
+// memberRefused: the database refused a membership change that the
+// policy had already counted, so every later decision of the push may
+// rest on it.
+type memberRefused struct {
+	index int
+	msg   string
+}
+
+func (e *memberRefused) Error() string { return "membership refused: " + e.msg }
 
 func (s *Store) maxMembers() int {
 	if s.MaxMembers > 0 {
@@ -292,6 +327,12 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 			r.Outcome = RowStale
 			continue
 		}
+		if tomb && !ss.active[member] {
+			// removing one who is not a member changes nothing, and
+			// writing it would move the row's stamp, which move-out keys on
+			r.Outcome = RowStale
+			continue
+		}
 		ss.ever = true
 		if tomb {
 			delete(ss.active, member)
@@ -330,10 +371,14 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 		}
 		if p := r.tombstone(st); p != nil {
 			moves = append(moves, Move{Shape: r.shape, From: st.Scope, To: to.text, ToNull: to.null, User: user,
-				UpdatedAt: r.UpdatedAt, Payload: p})
+				UpdatedAt: r.UpdatedAt, Payload: p, FromScopedAt: st.ScopedAt})
 			moved = append(moved, r)
 		}
-		state[k] = &Stored{Scope: to.text, ScopeNull: to.null, User: user, UpdatedAt: r.UpdatedAt}
+		entered := enteredNow // this push's stamp, not known yet
+		if st != nil && !st.ScopeNull && !to.null && to.text == st.Scope {
+			entered = st.ScopedAt
+		}
+		state[k] = &Stored{Scope: to.text, ScopeNull: to.null, User: user, UpdatedAt: r.UpdatedAt, ScopedAt: entered}
 		applied[r], isNew[r] = true, st == nil
 	}
 	for r, why := range forbid {
@@ -422,6 +467,9 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 		err := tx.Write(user, g, isolated)
 		var refused *RefusedError
 		if isolated && errors.As(err, &refused) {
+			if g.Shape.IsMembership() {
+				return time.Time{}, &memberRefused{index: g.Rows[0].Index, msg: refused.Message}
+			}
 			g.Rows[0].Outcome, g.Rows[0].Refusal = RowRefused, refused.Message
 			continue
 		}

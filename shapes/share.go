@@ -39,6 +39,10 @@ type Membership struct {
 	// Stamps are the markers of the stamping objects found on a
 	// membership table that is no shape.
 	Stamps []string
+	// Joined is the column holding the stamp at which the member last
+	// joined (the membership shape's scoped_at column); nil for a table
+	// that is no shape.
+	Joined *ColumnInfo
 }
 
 // QualifiedName returns schema.table for messages.
@@ -227,6 +231,11 @@ func resolveSharing(set *ShapeSet, cfgs []ShapeConfig, inspect func(schema, tabl
 			byTable[via] = m
 		}
 		scope := sh.cols[sc.Scope]
+		if t := strings.ToLower(scope.Type); !(scope.Kind == KindInt || scope.Kind == KindText && !strings.HasPrefix(t, "character(") && t != "bpchar") {
+			// a scope's text must name it alone: numeric (1.0 = 1.00),
+			// padded or case-blind types compare wider than their text
+			return fail(ProblemColumnType, RoleScope, scope.Name, "the scope column must be text, uuid or an integer, but its type is %s", scope.Type)
+		}
 		if scope.Kind != m.Scope.Kind || scope.Cast != m.Scope.Cast {
 			return fail(ProblemColumnType, RoleScope, scope.Name, "the scope column is %s, but %s.%s is %s: they must have one type to be compared", scope.Type, m.QualifiedName(), m.Scope.Name, m.Scope.Type)
 		}
@@ -237,6 +246,11 @@ func resolveSharing(set *ShapeSet, cfgs []ShapeConfig, inspect func(schema, tabl
 			}
 		}
 		sh.share = sc
+	}
+	for _, m := range byTable {
+		if m.Shape != nil && m.Shape.share != nil {
+			m.Joined = &m.Shape.share.ScopedAt.ColumnInfo
+		}
 	}
 	return nil
 }

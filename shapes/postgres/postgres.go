@@ -44,6 +44,7 @@ var dialect = &shapes.Dialect{
 		user_id text NOT NULL,
 		updated_at timestamptz NOT NULL,
 		stamp timestamptz NOT NULL,
+		from_scoped_at timestamptz,
 		payload text NOT NULL)`,
 		`CREATE INDEX IF NOT EXISTS "` + shapes.MovesTable + `_scope_idx" ON "` + shapes.MovesTable + `" (shape, scope, stamp)`},
 	Stamping: stamping,

@@ -121,9 +121,9 @@ func (t *pgTx) Stored(sh *shapes.Shape, rows []*shapes.Row) ([]*shapes.Stored, e
 	if c, ok := sh.TombColumn(); ok {
 		tomb = "coalesce(t." + q(c.Name) + ", false)"
 	}
-	sql := fmt.Sprintf(`SELECT v.ord::int4, t.%s::text, t.%s::text, t.%s::timestamptz, %s
+	sql := fmt.Sprintf(`SELECT v.ord::int4, t.%s::text, t.%s::text, t.%s::timestamptz, %s, t.%s::timestamptz
 FROM unnest(%s) WITH ORDINALITY AS v(%s, ord) JOIN %s AS t ON %s
-ORDER BY %s FOR UPDATE OF t`, q(sh.ScopeColumn().Name), q(sh.User.Name), q(sh.UpdatedAt.Name), tomb,
+ORDER BY %s FOR UPDATE OF t`, q(sh.ScopeColumn().Name), q(sh.User.Name), q(sh.UpdatedAt.Name), tomb, q(sh.Share().ScopedAt.Name),
 		strings.Join(arrays, ", "), strings.Join(names, ", "), shapes.QuoteTable(sh.Schema, sh.Table),
 		strings.Join(match, " AND "), strings.Join(order, ", "))
 	res, err := t.tx.Query(t.ctx, sql, args...)
@@ -135,9 +135,9 @@ ORDER BY %s FOR UPDATE OF t`, q(sh.ScopeColumn().Name), q(sh.User.Name), q(sh.Up
 	for res.Next() {
 		var ord int32
 		var scope, user pgtype.Text
-		var upd pgtype.Timestamptz
+		var upd, scoped pgtype.Timestamptz
 		var st shapes.Stored
-		if err := res.Scan(&ord, &scope, &user, &upd, &st.Tomb); err != nil {
+		if err := res.Scan(&ord, &scope, &user, &upd, &st.Tomb, &scoped); err != nil {
 			return nil, pgError(err)
 		}
 		st.Scope, st.ScopeNull, st.User = scope.String, !scope.Valid, user.String
@@ -145,6 +145,9 @@ ORDER BY %s FOR UPDATE OF t`, q(sh.ScopeColumn().Name), q(sh.User.Name), q(sh.Up
 			st.UpdatedAt = upd.Time
 		} else if upd.InfinityModifier == pgtype.Infinity {
 			st.UpdatedAt = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
+		}
+		if scoped.Valid && scoped.InfinityModifier == pgtype.Finite {
+			st.ScopedAt = scoped.Time
 		}
 		out[ord-1] = &st
 	}
@@ -171,8 +174,10 @@ func (t *pgTx) Members(m *shapes.Membership, scopes []string) ([]shapes.Member, 
 	if m.Tomb != nil {
 		tomb = "coalesce(m." + q(m.Tomb.Name) + ", false)"
 	}
-	sql := fmt.Sprintf(`SELECT m.%s::text, m.%s::text, %s FROM %s AS m WHERE m.%s = ANY ($1::text[]::%s[]) AND m.%s IS NOT NULL`,
-		q(m.Scope.Name), q(m.Member.Name), tomb, shapes.QuoteTable(m.Schema, m.Table), q(m.Scope.Name), m.Scope.Cast, q(m.Member.Name))
+	// each membership row under the scope text it was asked for: the
+	// database's equality decides which rows are a scope's
+	sql := fmt.Sprintf(`SELECT v.s, m.%s::text, %s FROM unnest($1::text[]) AS v(s) JOIN %s AS m ON m.%s = v.s::%s WHERE m.%s IS NOT NULL`,
+		q(m.Member.Name), tomb, shapes.QuoteTable(m.Schema, m.Table), q(m.Scope.Name), m.Scope.Cast, q(m.Member.Name))
 	res, err := t.tx.Query(t.ctx, sql, scopes)
 	if err != nil {
 		return nil, pgError(err)
@@ -254,15 +259,15 @@ func (t *pgTx) Write(user string, g shapes.Group, isolated bool) error {
 func (t *pgTx) Moves(moves []shapes.Move) error {
 	n := len(moves)
 	shape, from, to, user, payload := make([]string, n), make([]string, n), make([]pgtype.Text, n), make([]string, n), make([]string, n)
-	upd, stamp := make([]time.Time, n), make([]time.Time, n)
+	upd, stamp, scoped := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
 	for i, mv := range moves {
 		shape[i], from[i], user[i], payload[i] = mv.Shape.Config.Key, mv.From, mv.User, string(mv.Payload)
 		to[i] = pgtype.Text{String: mv.To, Valid: !mv.ToNull}
-		upd[i], stamp[i] = mv.UpdatedAt, mv.Stamp
+		upd[i], stamp[i], scoped[i] = mv.UpdatedAt, mv.Stamp, mv.FromScopedAt
 	}
-	_, err := t.tx.Exec(t.ctx, `INSERT INTO "`+shapes.MovesTable+`" (shape, scope, new_scope, user_id, updated_at, stamp, payload)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::text[])`,
-		shape, from, to, user, upd, stamp, payload)
+	_, err := t.tx.Exec(t.ctx, `INSERT INTO "`+shapes.MovesTable+`" (shape, scope, new_scope, user_id, updated_at, stamp, from_scoped_at, payload)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::timestamptz[], $8::text[])`,
+		shape, from, to, user, upd, stamp, scoped, payload)
 	return pgError(err)
 }
 

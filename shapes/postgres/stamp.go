@@ -188,7 +188,12 @@ BEGIN
 	NEW.%[2]s := %[3]s;
 `, shapes.CursorTable, q(t.SyncedAt), stampExpr, strings.ReplaceAll(stampExpr, "new_stamp", "now_ms"), scopedDefault)
 	if sh.ScopedAt != "" {
-		fmt.Fprintf(&b, "\tIF TG_OP = 'INSERT' OR NEW.%[1]s IS DISTINCT FROM old_scope THEN\n\t\tNEW.%[2]s := new_stamp;\n\tEND IF;\n", scope, q(sh.ScopedAt))
+		// the row enters a scope: its scope changes, or a member comes back
+		enters := fmt.Sprintf("NEW.%s IS DISTINCT FROM old_scope", scope)
+		if sh.Membership && sh.Tomb != "" {
+			enters = fmt.Sprintf("coalesce(OLD.%[1]s, false) AND NOT coalesce(NEW.%[1]s, false)", q(sh.Tomb))
+		}
+		fmt.Fprintf(&b, "\tIF TG_OP = 'INSERT' OR (%[1]s) THEN\n\t\tNEW.%[2]s := new_stamp;\n\tEND IF;\n", enters, q(sh.ScopedAt))
 	}
 	if sh.Shape != "" && sh.Tomb != "" {
 		var obj []string
@@ -197,10 +202,10 @@ BEGIN
 		}
 		obj = append(obj, quoteLiteral(sh.ScopeField), "old_scope", quoteLiteral(sh.TombField), "true")
 		fmt.Fprintf(&b, `	IF TG_OP = 'UPDATE' AND old_scope IS NOT NULL AND NEW.%[1]s IS DISTINCT FROM old_scope THEN
-		INSERT INTO "%[2]s" (shape, scope, new_scope, user_id, updated_at, stamp, payload)
-		VALUES (%[3]s, old_scope::text, NEW.%[1]s::text, coalesce(NEW.%[4]s::text, ''), NEW.%[5]s, new_stamp, json_build_object(%[6]s)::text);
+		INSERT INTO "%[2]s" (shape, scope, new_scope, user_id, updated_at, stamp, from_scoped_at, payload)
+		VALUES (%[3]s, old_scope::text, NEW.%[1]s::text, coalesce(NEW.%[4]s::text, ''), NEW.%[5]s, new_stamp, OLD.%[7]s, json_build_object(%[6]s)::text);
 	END IF;
-`, scope, shapes.MovesTable, quoteLiteral(sh.Shape), q(t.User), q(t.UpdatedAt), strings.Join(obj, ", "))
+`, scope, shapes.MovesTable, quoteLiteral(sh.Shape), q(t.User), q(t.UpdatedAt), strings.Join(obj, ", "), q(sh.ScopedAt))
 	}
 	b.WriteString("\tRETURN NEW;\nEND\n$hypersync$")
 	trigger := fmt.Sprintf(`DROP TRIGGER IF EXISTS "hypersync_stamp" ON %[1]s;

@@ -238,10 +238,12 @@ func foreignSQL(u upsertParts) string {
 
 // upsertParts are the pieces both statement forms are built from.
 type upsertParts struct {
-	// shared: the shape is shared, and scoped, scope name its scoped_at
-	// and scope columns; scopeIn says the mask carries the scope.
-	shared, scopeIn          bool
-	scoped, scope            string
+	// shared: the shape is shared, and scoped names its scoped_at column;
+	// enters, when set, is the condition, on the stored row t and the new
+	// one (alias %[1]s), that the row enters a scope: its scope changes,
+	// or for a membership row, the member comes back.
+	shared         bool
+	scoped, enters string
 	table, user, upd, synced string
 	lead                     string   // the column leading the key's unique index
 	cols, keyCols, dataCols  []string // quoted names of the columns present
@@ -252,7 +254,13 @@ func partsOf(sh *shapes.Shape, m shapes.Mask) upsertParts {
 	u := upsertParts{table: shapes.QuoteTable(sh.Schema, sh.Table), user: q(sh.User.Name),
 		upd: q(sh.UpdatedAt.Name), synced: q(sh.SyncedAt.Name), lead: q(sh.KeyLead.Name)}
 	if sc := sh.Share(); sc != nil {
-		u.shared, u.scoped, u.scope, u.scopeIn = true, q(sc.ScopedAt.Name), q(sh.ScopeColumn().Name), m.Has(sc.Scope)
+		u.shared, u.scoped = true, q(sc.ScopedAt.Name)
+		switch tomb, ok := sh.TombColumn(); {
+		case sh.IsMembership() && ok && m.Has(sc.Tomb):
+			u.enters = fmt.Sprintf("coalesce(t.%[1]s, false) AND NOT coalesce(%%[1]s.%[1]s, false)", q(tomb.Name))
+		case !sh.IsMembership() && m.Has(sc.Scope):
+			u.enters = fmt.Sprintf("t.%[1]s IS DISTINCT FROM %%[1]s.%[1]s", q(sh.ScopeColumn().Name))
+		}
 	}
 	for i, c := range sh.Columns() {
 		if !m.Has(i) {
@@ -350,8 +358,8 @@ func upsertConflictSQL(sh *shapes.Shape, m shapes.Mask) string {
 		// the row entered its scope
 		owner, stamps, stampCols = "", "stamp.stamp, stamp.stamp", u.synced+", "+u.scoped
 		sets = append(sets, u.user+" = EXCLUDED."+u.user)
-		if u.scopeIn {
-			sets = append(sets, fmt.Sprintf("%[1]s = CASE WHEN t.%[2]s IS DISTINCT FROM EXCLUDED.%[2]s THEN EXCLUDED.%[3]s ELSE t.%[1]s END", u.scoped, u.scope, u.synced))
+		if u.enters != "" {
+			sets = append(sets, fmt.Sprintf("%[1]s = CASE WHEN %[2]s THEN EXCLUDED.%[3]s ELSE t.%[1]s END", u.scoped, fmt.Sprintf(u.enters, "EXCLUDED"), u.synced))
 		}
 	}
 	// The owner of a row that was not applied is looked up per row, through
@@ -395,8 +403,8 @@ func upsertSplitSQL(sh *shapes.Shape, m shapes.Mask) string {
 		// as in upsertConflictSQL
 		owner, stamps, stampCols = "", "stamp.stamp, stamp.stamp", u.synced+", "+u.scoped
 		sets = append(sets, u.user+" = input."+u.user)
-		if u.scopeIn {
-			sets = append(sets, fmt.Sprintf("%[1]s = CASE WHEN t.%[2]s IS DISTINCT FROM input.%[2]s THEN stamp.stamp ELSE t.%[1]s END", u.scoped, u.scope))
+		if u.enters != "" {
+			sets = append(sets, fmt.Sprintf("%[1]s = CASE WHEN %[2]s THEN stamp.stamp ELSE t.%[1]s END", u.scoped, fmt.Sprintf(u.enters, "input")))
 		}
 	}
 	return inputSQL(sh, m) + fmt.Sprintf(`, upd AS (

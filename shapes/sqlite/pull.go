@@ -152,19 +152,17 @@ func pullSharedSQL(sh *shapes.Shape) string {
 		parts = append(parts, fmt.Sprintf("SELECT NULL, %s, %s, %s FROM %s AND %s AND t.%s <= ?2",
 			upd, strings.Join(cols, ", "), user, head, active(m, "m"), q(sh.SyncedAt.Name)))
 		if sc.Tomb >= 0 {
-			removedSince := "0"
 			if m.Tomb != nil {
-				parts = append(parts, fmt.Sprintf("SELECT 't', %s, %s, %s FROM %s AND m.%s AND t.%s <= %s",
+				parts = append(parts, fmt.Sprintf("SELECT 't', %s, %s, %s FROM %s AND m.%s AND t.%s < %s",
 					upd, strings.Join(tombCols, ", "), user, head, q(m.Tomb.Name), q(sc.ScopedAt.Name), mstamp))
-				removedSince = fmt.Sprintf("(m.%s AND %s >= mv.stamp)", q(m.Tomb.Name), mstamp)
 			}
 			parts = append(parts, fmt.Sprintf(`SELECT 'p', %[1]s, mv.payload%[2]s, mv.user_id
 FROM "%[3]s" AS mv JOIN %[4]s AS m ON m.%[5]s = mv.scope
-WHERE mv.shape = %[6]s AND mv.stamp > ?2 AND mv.stamp <= ?3 AND m.%[7]s = ?1 AND (%[8]s OR %[9]s)
+WHERE mv.shape = %[6]s AND m.%[7]s = ?1 AND (%[9]s)
 	AND NOT (mv.new_scope IS NULL AND mv.user_id = ?1)
 	AND NOT EXISTS (SELECT 1 FROM %[4]s AS m WHERE m.%[5]s = mv.new_scope AND m.%[7]s = ?1 AND %[8]s)`,
 				timeExpr("mv.updated_at"), strings.Repeat(", NULL", len(cols)-1), shapes.MovesTable, members, q(m.Scope.Name),
-				quoteLiteral(sh.Config.Key), q(m.Member.Name), active(m, "m"), removedSince))
+				quoteLiteral(sh.Config.Key), q(m.Member.Name), active(m, "m"), movedAway(m)))
 		}
 		return strings.Join(parts, "\nUNION ALL\n"), nil
 	})
@@ -273,4 +271,24 @@ func parseTime(v []byte) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return time.Date(year, time.Month(month), day, hour, minute, sec, ms*1e6, time.UTC), true
+}
+
+// movedAway is the condition that the move mv reaches the member of the
+// membership row m in the pull window (?2, ?3] (see the PostgreSQL
+// driver's movedAway for the cases).
+func movedAway(m *shapes.Membership) string {
+	q := shapes.QuoteIdent
+	stamp := "m." + q(m.Stamp.Name)
+	joined := ""
+	if m.Joined != nil {
+		joined = " AND mv.stamp > m." + q(m.Joined.Name)
+	}
+	window := func(col string) string { return fmt.Sprintf("%[1]s > ?2 AND %[1]s <= ?3", col) }
+	cond := fmt.Sprintf("(%s AND %s%s)", active(m, "m"), window("mv.stamp"), joined)
+	if m.Tomb != nil {
+		tomb := "m." + q(m.Tomb.Name)
+		cond += fmt.Sprintf(" OR (%[1]s AND %[2]s AND mv.stamp < %[3]s%[4]s) OR (%[1]s AND %[5]s AND mv.stamp > %[3]s AND mv.from_scoped_at < %[3]s)",
+			tomb, window("mv.stamp"), stamp, joined, window(stamp))
+	}
+	return cond
 }

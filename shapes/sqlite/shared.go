@@ -87,8 +87,8 @@ func (t *liteTx) Stored(sh *shapes.Shape, rows []*shapes.Row) ([]*shapes.Stored,
 	if c, ok := sh.TombColumn(); ok {
 		tomb = "coalesce(" + q(c.Name) + ", 0)"
 	}
-	st, err := t.stmt(fmt.Sprintf(`SELECT CAST(%s AS TEXT), CAST(%s AS TEXT), %s, %s FROM %s WHERE %s`,
-		q(sh.ScopeColumn().Name), q(sh.User.Name), timeExpr(q(sh.UpdatedAt.Name)), tomb, shapes.QuoteTable(sh.Schema, sh.Table), keyWhere(sh)))
+	st, err := t.stmt(fmt.Sprintf(`SELECT CAST(%s AS TEXT), CAST(%s AS TEXT), %s, %s, %s FROM %s WHERE %s`,
+		q(sh.ScopeColumn().Name), q(sh.User.Name), timeExpr(q(sh.UpdatedAt.Name)), tomb, timeExpr(q(sh.Share().ScopedAt.Name)), shapes.QuoteTable(sh.Schema, sh.Table), keyWhere(sh)))
 	if err != nil {
 		return nil, err
 	}
@@ -98,9 +98,9 @@ func (t *liteTx) Stored(sh *shapes.Shape, rows []*shapes.Row) ([]*shapes.Stored,
 		if err != nil {
 			return nil, err
 		}
-		var scope, user, upd sql.NullString
+		var scope, user, upd, scoped sql.NullString
 		var tomb bool
-		err = st.QueryRowContext(t.ctx, vals[:len(sh.Keys)]...).Scan(&scope, &user, &upd, &tomb)
+		err = st.QueryRowContext(t.ctx, vals[:len(sh.Keys)]...).Scan(&scope, &user, &upd, &tomb, &scoped)
 		if errors.Is(err, sql.ErrNoRows) {
 			continue
 		}
@@ -110,6 +110,9 @@ func (t *liteTx) Stored(sh *shapes.Shape, rows []*shapes.Row) ([]*shapes.Stored,
 		stored := &shapes.Stored{Scope: scope.String, ScopeNull: !scope.Valid, User: user.String, Tomb: tomb}
 		if upd.Valid {
 			stored.UpdatedAt, _ = parseTime([]byte(upd.String))
+		}
+		if scoped.Valid {
+			stored.ScopedAt, _ = parseTime([]byte(scoped.String))
 		}
 		out[i] = stored
 	}
@@ -130,9 +133,11 @@ func (t *liteTx) Members(m *shapes.Membership, scopes []string) ([]shapes.Member
 	for i, s := range scopes {
 		args[i] = s
 	}
-	rows, err := t.tx.QueryContext(t.ctx, fmt.Sprintf(`SELECT CAST(%s AS TEXT), CAST(%s AS TEXT), %s FROM %s WHERE %s IN (%s) AND %s IS NOT NULL`,
-		q(m.Scope.Name), q(m.Member.Name), tomb, shapes.QuoteTable(m.Schema, m.Table), q(m.Scope.Name),
-		strings.TrimSuffix(strings.Repeat("?, ", len(scopes)), ", "), q(m.Member.Name)), args...)
+	// each membership row under the scope text it was asked for: the
+	// database's equality decides which rows are a scope's
+	rows, err := t.tx.QueryContext(t.ctx, fmt.Sprintf(`WITH v(s) AS (VALUES %s) SELECT v.s, CAST(m.%s AS TEXT), %s FROM v JOIN %s AS m ON m.%s = v.s WHERE m.%s IS NOT NULL`,
+		strings.TrimSuffix(strings.Repeat("(?), ", len(scopes)), ", "), q(m.Member.Name), tomb, shapes.QuoteTable(m.Schema, m.Table), q(m.Scope.Name),
+		q(m.Member.Name)), args...)
 	if err != nil {
 		return nil, classify(err)
 	}
@@ -193,14 +198,21 @@ func (t *liteTx) Write(user string, g shapes.Group, isolated bool) error {
 	cols := c.all
 	owner := " AND " + c.user + " = ?"
 	sc := sh.Share()
+	enter := -1 // the column whose new value decides whether the row enters a scope
 	if sc != nil {
 		owner = ""
 		sets = append(sets, c.user+" = ?")
 		scoped := shapes.QuoteIdent(sc.ScopedAt.Name)
-		if g.Mask.Has(sc.Scope) {
+		switch tomb, ok := sh.TombColumn(); {
+		case sh.IsMembership() && ok && g.Mask.Has(sc.Tomb):
+			// a member who comes back enters the scope again
+			t := shapes.QuoteIdent(tomb.Name)
+			sets = append(sets, scoped+" = CASE WHEN coalesce("+t+", 0) AND NOT coalesce(?, 0) THEN ? ELSE "+scoped+" END")
+			enter = sc.Tomb
+		case !sh.IsMembership() && g.Mask.Has(sc.Scope):
 			scope := shapes.QuoteIdent(sh.ScopeColumn().Name)
-			// ?1 is not used: the scope's new value is bound last
 			sets = append(sets, scoped+" = CASE WHEN "+scope+" IS NOT ? THEN ? ELSE "+scoped+" END")
+			enter = sc.Scope
 		}
 		cols = append(cols, scoped)
 	}
@@ -227,8 +239,8 @@ func (t *liteTx) Write(user string, g shapes.Group, isolated bool) error {
 		args := append(append([]any{}, vals[len(keys):]...), upd, t.stamp)
 		if sc != nil {
 			args = append(args, user)
-			if g.Mask.Has(sc.Scope) {
-				args = append(args, scopeArg(sh, vals, g.Mask), t.stamp)
+			if enter >= 0 {
+				args = append(args, valueOf(sh, vals, g.Mask, enter), t.stamp)
 			}
 		}
 		args = append(args, keys...)
@@ -267,15 +279,15 @@ func (t *liteTx) Write(user string, g shapes.Group, isolated bool) error {
 	return nil
 }
 
-// scopeArg is the scope's value among vals, the values of the columns
+// valueOf is column col's value among vals, the values of the columns
 // that mask carries.
-func scopeArg(sh *shapes.Shape, vals []any, m shapes.Mask) any {
+func valueOf(sh *shapes.Shape, vals []any, m shapes.Mask, col int) any {
 	j := 0
 	for i := range sh.Columns() {
 		if !m.Has(i) {
 			continue
 		}
-		if i == sh.Share().Scope {
+		if i == col {
 			return vals[j]
 		}
 		j++
@@ -289,8 +301,9 @@ func (t *liteTx) Moves(moves []shapes.Move) error {
 		if !mv.ToNull {
 			to = mv.To
 		}
-		if _, err := t.tx.ExecContext(t.ctx, `INSERT INTO "`+shapes.MovesTable+`" (shape, scope, new_scope, user_id, updated_at, stamp, payload)
-VALUES (?, ?, ?, ?, ?, ?, ?)`, mv.Shape.Config.Key, mv.From, to, mv.User, mv.UpdatedAt.UTC().Format(stampLayout), mv.Stamp.UTC().Format(stampLayout), string(mv.Payload)); err != nil {
+		if _, err := t.tx.ExecContext(t.ctx, `INSERT INTO "`+shapes.MovesTable+`" (shape, scope, new_scope, user_id, updated_at, stamp, from_scoped_at, payload)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, mv.Shape.Config.Key, mv.From, to, mv.User, mv.UpdatedAt.UTC().Format(stampLayout), mv.Stamp.UTC().Format(stampLayout),
+			mv.FromScopedAt.UTC().Format(stampLayout), string(mv.Payload)); err != nil {
 			return classify(err)
 		}
 	}

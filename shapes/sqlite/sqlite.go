@@ -41,7 +41,7 @@ var dialect = &shapes.Dialect{
 	StampDefault: " DEFAULT CURRENT_TIMESTAMP",
 	CursorDDL:    `CREATE TABLE IF NOT EXISTS "` + shapes.CursorTable + `" (user_id TEXT PRIMARY KEY, stamp TEXT NOT NULL)`,
 	MovesDDL: []string{`CREATE TABLE IF NOT EXISTS "` + shapes.MovesTable + `" (shape TEXT NOT NULL, scope TEXT NOT NULL, new_scope TEXT,
-		user_id TEXT NOT NULL, updated_at TEXT NOT NULL, stamp TEXT NOT NULL, payload TEXT NOT NULL)`,
+		user_id TEXT NOT NULL, updated_at TEXT NOT NULL, stamp TEXT NOT NULL, from_scoped_at TEXT, payload TEXT NOT NULL)`,
 		`CREATE INDEX IF NOT EXISTS "` + shapes.MovesTable + `_scope_idx" ON "` + shapes.MovesTable + `" (shape, scope, stamp)`},
 	Stamping: stamping,
 	Open:     func(dsn string, opts shapes.Options) (shapes.Driver, error) { return open(dsn, opts) },

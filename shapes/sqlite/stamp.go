@@ -144,7 +144,12 @@ func sharedStamping(t shapes.StampTarget) ([]string, []string) {
 		sets := []string{synced + " = " + stamp}
 		if sh.ScopedAt != "" {
 			if update {
-				sets = append(sets, fmt.Sprintf("%[1]s = CASE WHEN NEW.%[2]s IS NOT OLD.%[2]s THEN %[3]s ELSE %[1]s END", q(sh.ScopedAt), scope, stamp))
+				// the row enters a scope: its scope changes, or a member comes back
+				enters := fmt.Sprintf("NEW.%[1]s IS NOT OLD.%[1]s", scope)
+				if sh.Membership && sh.Tomb != "" {
+					enters = fmt.Sprintf("coalesce(OLD.%[1]s, 0) AND NOT coalesce(NEW.%[1]s, 0)", q(sh.Tomb))
+				}
+				sets = append(sets, fmt.Sprintf("%[1]s = CASE WHEN %[2]s THEN %[3]s ELSE %[1]s END", q(sh.ScopedAt), enters, stamp))
 			} else {
 				sets = append(sets, q(sh.ScopedAt)+" = "+stamp)
 			}
@@ -169,11 +174,11 @@ func sharedStamping(t shapes.StampTarget) ([]string, []string) {
 			}
 			obj = append(obj, quoteLiteral(sh.ScopeField), "OLD."+scope, quoteLiteral(sh.TombField), "json('true')")
 			body += fmt.Sprintf(`
-	INSERT INTO "%[1]s" (shape, scope, new_scope, user_id, updated_at, stamp, payload)
-	SELECT %[2]s, CAST(OLD.%[3]s AS TEXT), CAST(NEW.%[3]s AS TEXT), coalesce(NEW.%[4]s, ''), t.%[5]s, t.%[6]s, json_object(%[7]s)
+	INSERT INTO "%[1]s" (shape, scope, new_scope, user_id, updated_at, stamp, from_scoped_at, payload)
+	SELECT %[2]s, CAST(OLD.%[3]s AS TEXT), CAST(NEW.%[3]s AS TEXT), coalesce(NEW.%[4]s, ''), t.%[5]s, t.%[6]s, OLD.%[10]s, json_object(%[7]s)
 	FROM %[8]s AS t WHERE %[9]s AND OLD.%[3]s IS NOT NULL AND NEW.%[3]s IS NOT OLD.%[3]s;`,
 				shapes.MovesTable, quoteLiteral(sh.Shape), scope, q(t.User), q(t.UpdatedAt), synced, strings.Join(obj, ", "), q(t.Table),
-				strings.ReplaceAll(where, " IS NEW.", " IS NEW."))
+				where, q(sh.ScopedAt))
 		}
 		when := "1"
 		if t.User != "" {
