@@ -242,8 +242,8 @@ type upsertParts struct {
 	// enters, when set, is the condition, on the stored row t and the new
 	// one (alias %[1]s), that the row enters a scope: its scope changes,
 	// or for a membership row, the member comes back.
-	shared         bool
-	scoped, enters string
+	shared                   bool
+	scoped, enters           string
 	table, user, upd, synced string
 	lead                     string   // the column leading the key's unique index
 	cols, keyCols, dataCols  []string // quoted names of the columns present
