@@ -52,6 +52,8 @@ var (
 	dsnFlag    = flag.String("dsn", "", "an existing PostgreSQL database to use (it must be empty); a throwaway cluster when empty")
 	withPG     = flag.Bool("postgres", true, "measure the PostgreSQL rows (-postgres=false: the SQLite rows alone)")
 	withSQLite = flag.Bool("sqlite", true, "measure the SQLite rows")
+	withShared = flag.Bool("shared", true, "measure the shared-scope rows (PostgreSQL)")
+	onlyShared = flag.Bool("only-shared", false, "measure the shared-scope rows alone")
 	sqlitePull = flag.Int("sqlite-pull", 0, "rows in the SQLite full-pull measurement (0: as many as -pull)")
 	sqliteProf = flag.String("sqlite-profile", "", "save Caddy's CPU profile during the first SQLite push to this file")
 )
@@ -117,6 +119,14 @@ func run() error {
 		}
 	}
 	var out outcome
+	if *onlyShared {
+		*withPG, *withSQLite, *withShared = false, false, true
+	}
+	if *withShared {
+		if err := runShared(ctx, bin, &out); err != nil {
+			return fmt.Errorf("shared scopes: %w", err)
+		}
+	}
 	if *withPG {
 		if err := runPostgres(ctx, bin, &out); err != nil {
 			return err
@@ -154,6 +164,7 @@ type outcome struct {
 	// the direct bulk insert, with the stamping trigger and without (ms)
 	outsideWith, outsideWithout []float64
 	breakdown                   []breakdown
+	shared                      []sharedRow
 }
 
 // breakdown is the push histograms' sums of one push row, per run.
@@ -385,6 +396,9 @@ func report(out outcome) {
 		fmt.Fprintf(w, "Caddy's peak heap rise during a pull of %d rows\t%.1f MB (RSS %.1f MB)\t\t\t≤ 64 MB\t%v\n", *bigRows, out.heapRise, out.rssRise, yes(out.heapRise <= 64))
 	}
 	rows(out.sqlite)
+	for _, r := range out.shared {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%v\t%s\n", r.name, r.value, r.reference, r.ratio, r.target, yes(r.met), r.each)
+	}
 	w.Flush()
 	fmt.Println("\ndirect: pgx on PostgreSQL; database/sql with modernc.org/sqlite on SQLite")
 	fmt.Println("\neach run, through Caddy / direct:")
@@ -592,6 +606,12 @@ func freePort() int {
 // startCaddy starts Caddy with hypersync on database (a PostgreSQL DSN or
 // sqlite:FILE), behind basic_auth for users, all with the password "pw".
 func startCaddy(bin, database string, users []string) (*caddyServer, error) {
+	return startCaddyWith(bin, database, users, "")
+}
+
+// startCaddyWith starts Caddy with the todos shape and the shapes in extra
+// (Caddyfile text inside the hypersync block).
+func startCaddyWith(bin, database string, users []string, extra string) (*caddyServer, error) {
 	hash, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
 	if err != nil {
 		return nil, err
@@ -619,9 +639,9 @@ http://127.0.0.1:%d {
 				key todoId
 				fields title done deleted
 			}
-		}
+%s		}
 	}
-}`, admin, port, accounts.String(), database)
+}`, admin, port, accounts.String(), database, extra)
 	dir, err := os.MkdirTemp("", "hypersync-bench-caddy-")
 	if err != nil {
 		return nil, err

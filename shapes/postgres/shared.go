@@ -66,24 +66,68 @@ func (p *driver) Shared(ctx context.Context, fn func(shapes.Tx) error) error {
 }
 
 func (p *driver) shared(ctx context.Context, fn func(shapes.Tx) error) error {
-	tx, err := p.pool.Begin(ctx)
+	conn, err := p.pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
-	if _, err := tx.Exec(ctx, markWriterSQL); err != nil {
-		return err
+	defer conn.Release()
+	t := &pgTx{ctx: ctx, conn: conn.Conn(), p: p, batch: &pgx.Batch{}}
+	t.queue("BEGIN", nil, nil)
+	t.queue(markWriterSQL, nil, nil)
+	err = fn(t)
+	if err == nil {
+		t.queue("COMMIT", nil, nil)
+		err = t.flush()
 	}
-	if err := fn(&pgTx{ctx: ctx, tx: tx, p: p}); err != nil {
-		return err
+	if err != nil {
+		if _, rerr := conn.Exec(context.WithoutCancel(ctx), "ROLLBACK"); rerr != nil {
+			// a connection in an unknown state is not given back
+			_ = conn.Conn().Close(context.WithoutCancel(ctx))
+		}
 	}
-	return tx.Commit(ctx)
+	return err
 }
 
+// pgTx is a shared push's transaction on one connection. Statements whose
+// answer the policy does not wait for (locks, writes, the commit) are
+// queued and sent with the next that it does, so that a push takes four
+// round trips: the stored rows; the scope locks and memberships; the
+// cursor locks; the writes and the commit.
 type pgTx struct {
-	ctx context.Context
-	tx  pgx.Tx
-	p   *driver
+	ctx      context.Context
+	conn     *pgx.Conn
+	p        *driver
+	batch    *pgx.Batch
+	handlers []func(pgx.BatchResults) error
+}
+
+// queue adds a statement to the next round trip; read, when not nil,
+// reads its answer.
+func (t *pgTx) queue(sql string, args []any, read func(pgx.BatchResults) error) {
+	t.batch.Queue(sql, args...)
+	if read == nil {
+		read = func(br pgx.BatchResults) error { _, err := br.Exec(); return err }
+	}
+	t.handlers = append(t.handlers, read)
+}
+
+// flush sends the queued statements and reads their answers in order.
+func (t *pgTx) flush() error {
+	if len(t.handlers) == 0 {
+		return nil
+	}
+	br := t.conn.SendBatch(t.ctx, t.batch)
+	var err error
+	for _, read := range t.handlers {
+		if err = read(br); err != nil {
+			break
+		}
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	t.batch, t.handlers = &pgx.Batch{}, nil
+	return err
 }
 
 // keyArgs are the key values of rows as text arrays, one per key column.
@@ -110,35 +154,51 @@ func (t *pgTx) Stored(sh *shapes.Shape, rows []*shapes.Row) ([]*shapes.Stored, e
 		return nil, err
 	}
 	q := shapes.QuoteIdent
-	var arrays, names, match, order []string
+	var arrays, names, match []string
 	for i, k := range sh.Keys {
 		arrays = append(arrays, fmt.Sprintf("$%d::text[]", i+1))
 		names = append(names, fmt.Sprintf("k%d", i))
 		match = append(match, fmt.Sprintf("t.%s = v.k%d::%s", q(k.Name), i, k.Cast))
-		order = append(order, "t."+q(k.Name))
 	}
 	tomb := "false"
 	if c, ok := sh.TombColumn(); ok {
 		tomb = "coalesce(t." + q(c.Name) + ", false)"
 	}
-	sql := fmt.Sprintf(`SELECT v.ord::int4, t.%s::text, t.%s::text, t.%s::timestamptz, %s, t.%s::timestamptz
-FROM unnest(%s) WITH ORDINALITY AS v(%s, ord) JOIN %s AS t ON %s
-ORDER BY %s FOR UPDATE OF t`, q(sh.ScopeColumn().Name), q(sh.User.Name), q(sh.UpdatedAt.Name), tomb, q(sh.Share().ScopedAt.Name),
-		strings.Join(arrays, ", "), strings.Join(names, ", "), shapes.QuoteTable(sh.Schema, sh.Table),
-		strings.Join(match, " AND "), strings.Join(order, ", "))
-	res, err := t.tx.Query(t.ctx, sql, args...)
-	if err != nil {
-		return nil, pgError(err)
-	}
-	defer res.Close()
+	// One index probe per key (LATERAL): a join left to the planner may
+	// scan the table, and a cached plan keeps doing so as it grows. The
+	// keys are locked in one order, the same for every push.
+	sql := fmt.Sprintf(`SELECT v.ord::int4, t.*
+FROM (SELECT * FROM unnest(%s) WITH ORDINALITY AS v(%s, ord) ORDER BY %s) AS v,
+LATERAL (SELECT t.%s::text, t.%s::text, t.%s::timestamptz, %s, t.%s::timestamptz FROM %s AS t WHERE %s FOR UPDATE) AS t`,
+		strings.Join(arrays, ", "), strings.Join(names, ", "), strings.Join(names, ", "),
+		q(sh.ScopeColumn().Name), q(sh.User.Name), q(sh.UpdatedAt.Name), tomb, q(sh.Share().ScopedAt.Name),
+		shapes.QuoteTable(sh.Schema, sh.Table), strings.Join(match, " AND "))
 	out := make([]*shapes.Stored, len(rows))
-	for res.Next() {
+	t.queue(sql, args, func(br pgx.BatchResults) error {
+		res, err := br.Query()
+		if err != nil {
+			return err
+		}
+		defer res.Close()
+		for res.Next() {
+			if err := scanStored(res, out); err != nil {
+				return err
+			}
+		}
+		return res.Err()
+	})
+	return out, pgError(t.flush())
+}
+
+// scanStored reads one stored row into its place in out.
+func scanStored(res pgx.Rows, out []*shapes.Stored) error {
+	{
 		var ord int32
 		var scope, user pgtype.Text
 		var upd, scoped pgtype.Timestamptz
 		var st shapes.Stored
 		if err := res.Scan(&ord, &scope, &user, &upd, &st.Tomb, &scoped); err != nil {
-			return nil, pgError(err)
+			return err
 		}
 		st.Scope, st.ScopeNull, st.User = scope.String, !scope.Valid, user.String
 		if upd.Valid && upd.InfinityModifier == pgtype.Finite {
@@ -151,7 +211,7 @@ ORDER BY %s FOR UPDATE OF t`, q(sh.ScopeColumn().Name), q(sh.User.Name), q(sh.Up
 		}
 		out[ord-1] = &st
 	}
-	return out, pgError(res.Err())
+	return nil
 }
 
 func (t *pgTx) LockScopes(m *shapes.Membership, scopes []string, exclusive []bool) error {
@@ -164,8 +224,8 @@ func (t *pgTx) LockScopes(m *shapes.Membership, scopes []string, exclusive []boo
 	SELECT CASE WHEN x THEN pg_advisory_xact_lock(k)::text ELSE pg_advisory_xact_lock_shared(k)::text END
 	FROM (SELECT %s AS k, bool_or(e) AS x FROM unnest($1::text[], $2::bool[]) AS v(s, e) GROUP BY 1) AS keys
 	ORDER BY k) AS locked`, scopeLockKey(m, "v.s"))
-	_, err := t.tx.Exec(t.ctx, sql, scopes, exclusive)
-	return pgError(err)
+	t.queue(sql, []any{scopes, exclusive}, nil) // sent with Members, which follows
+	return nil
 }
 
 func (t *pgTx) Members(m *shapes.Membership, scopes []string) ([]shapes.Member, error) {
@@ -178,45 +238,46 @@ func (t *pgTx) Members(m *shapes.Membership, scopes []string) ([]shapes.Member, 
 	// database's equality decides which rows are a scope's
 	sql := fmt.Sprintf(`SELECT v.s, m.%s::text, %s FROM unnest($1::text[]) AS v(s) JOIN %s AS m ON m.%s = v.s::%s WHERE m.%s IS NOT NULL`,
 		q(m.Member.Name), tomb, shapes.QuoteTable(m.Schema, m.Table), q(m.Scope.Name), m.Scope.Cast, q(m.Member.Name))
-	res, err := t.tx.Query(t.ctx, sql, scopes)
-	if err != nil {
-		return nil, pgError(err)
-	}
-	defer res.Close()
 	var out []shapes.Member
-	for res.Next() {
-		var mem shapes.Member
-		if err := res.Scan(&mem.Scope, &mem.User, &mem.Removed); err != nil {
-			return nil, pgError(err)
+	t.queue(sql, []any{scopes}, func(br pgx.BatchResults) error {
+		res, err := br.Query()
+		if err != nil {
+			return err
 		}
-		out = append(out, mem)
-	}
-	return out, pgError(res.Err())
+		defer res.Close()
+		for res.Next() {
+			var mem shapes.Member
+			if err := res.Scan(&mem.Scope, &mem.User, &mem.Removed); err != nil {
+				return err
+			}
+			out = append(out, mem)
+		}
+		return res.Err()
+	})
+	return out, pgError(t.flush())
 }
 
 // Stamp locks the cursors of users in id order and sets them all to one
 // stamp above each. A cursor that does not exist yet is created first;
 // the insert locks it like the others.
 func (t *pgTx) Stamp(users []string) (time.Time, error) {
-	if t.p.naiveStamps {
-		var s time.Time
-		err := t.tx.QueryRow(t.ctx, naiveStampSQL, users[0]).Scan(&s)
-		return s, pgError(err)
-	}
-	if _, err := t.tx.Exec(t.ctx, `INSERT INTO "`+shapes.CursorTable+`" (user_id, stamp)
-SELECT u, '-infinity' FROM unnest($1::text[]) AS u ORDER BY u ON CONFLICT (user_id) DO NOTHING`, users); err != nil {
-		return time.Time{}, pgError(err)
-	}
-	var prev pgtype.Timestamptz
-	if err := t.tx.QueryRow(t.ctx, `SELECT max(stamp) FROM (SELECT stamp FROM "`+shapes.CursorTable+`"
-WHERE user_id = ANY ($1::text[]) ORDER BY user_id FOR UPDATE) AS locked`, users).Scan(&prev); err != nil {
-		return time.Time{}, pgError(err)
-	}
 	var s time.Time
-	err := t.tx.QueryRow(t.ctx, `UPDATE "`+shapes.CursorTable+`"
-SET stamp = greatest(date_trunc('milliseconds', clock_timestamp()), $2::timestamptz + interval '1 millisecond')
-WHERE user_id = ANY ($1::text[]) RETURNING stamp`, users, prev).Scan(&s)
-	return s, pgError(err)
+	scan := func(br pgx.BatchResults) error { return br.QueryRow().Scan(&s) }
+	if t.p.naiveStamps {
+		t.queue(naiveStampSQL, []any{users[0]}, scan)
+		return s, pgError(t.flush())
+	}
+	// the missing cursors made, then all of them locked, and the stamp
+	// read from the clock once they are
+	t.queue(`INSERT INTO "`+shapes.CursorTable+`" (user_id, stamp)
+SELECT u, '-infinity' FROM unnest($1::text[]) AS u ORDER BY u ON CONFLICT (user_id) DO NOTHING`, []any{users}, nil)
+	t.queue(`SELECT greatest(date_trunc('milliseconds', clock_timestamp()), max(stamp) + interval '1 millisecond')
+FROM (SELECT stamp FROM "`+shapes.CursorTable+`" WHERE user_id = ANY ($1::text[]) ORDER BY user_id FOR UPDATE) AS locked`, []any{users}, scan)
+	if err := t.flush(); err != nil {
+		return time.Time{}, pgError(err)
+	}
+	t.queue(`UPDATE "`+shapes.CursorTable+`" SET stamp = $2 WHERE user_id = ANY ($1::text[])`, []any{users, s}, nil)
+	return s, nil
 }
 
 func (t *pgTx) Write(user string, g shapes.Group, isolated bool) error {
@@ -224,36 +285,46 @@ func (t *pgTx) Write(user string, g shapes.Group, isolated bool) error {
 	if err != nil {
 		return err
 	}
-	q := pgx.Tx(t.tx)
-	if isolated {
-		sp, err := t.tx.Begin(t.ctx)
+	read := func(br pgx.BatchResults) error {
+		rows, err := br.Query()
 		if err != nil {
-			return pgError(err)
+			return err
 		}
-		q = sp
+		return readOutcomes(rows, g)
 	}
+	sql := upsertSQL(g.Shape, g.Mask)
 	if g.New {
-		var n int
-		if err = q.QueryRow(t.ctx, insertSharedSQL(g.Shape, g.Mask), args...).Scan(&n); err == nil && n < len(g.Rows) {
-			err = shapes.ErrRetry
-		}
-		for _, r := range g.Rows {
-			r.Outcome = shapes.RowApplied
-		}
-	} else {
-		var rows pgx.Rows
-		if rows, err = q.Query(t.ctx, upsertSQL(g.Shape, g.Mask), args...); err == nil {
-			err = readOutcomes(rows, g)
-		}
-	}
-	if isolated {
-		if err == nil {
-			err = q.Commit(t.ctx)
-		} else {
-			_ = q.Rollback(t.ctx)
+		sql = insertSharedSQL(g.Shape, g.Mask)
+		read = func(br pgx.BatchResults) error {
+			var n int
+			if err := br.QueryRow().Scan(&n); err != nil {
+				return err
+			}
+			if n < len(g.Rows) {
+				return shapes.ErrRetry
+			}
+			for _, r := range g.Rows {
+				r.Outcome = shapes.RowApplied
+			}
+			return nil
 		}
 	}
-	return pgError(err)
+	if !isolated {
+		t.queue(sql, args, read) // sent with the commit
+		return nil
+	}
+	// one row on its own, in a savepoint, so that a refused value undoes
+	// it alone
+	t.queue("SAVEPOINT w", nil, nil)
+	t.queue(sql, args, read)
+	if err := t.flush(); err != nil {
+		if _, rerr := t.conn.Exec(t.ctx, "ROLLBACK TO SAVEPOINT w"); rerr != nil {
+			return rerr
+		}
+		return pgError(err)
+	}
+	t.queue("RELEASE SAVEPOINT w", nil, nil)
+	return nil
 }
 
 func (t *pgTx) Moves(moves []shapes.Move) error {
@@ -265,10 +336,10 @@ func (t *pgTx) Moves(moves []shapes.Move) error {
 		to[i] = pgtype.Text{String: mv.To, Valid: !mv.ToNull}
 		upd[i], stamp[i], scoped[i] = mv.UpdatedAt, mv.Stamp, mv.FromScopedAt
 	}
-	_, err := t.tx.Exec(t.ctx, `INSERT INTO "`+shapes.MovesTable+`" (shape, scope, new_scope, user_id, updated_at, stamp, from_scoped_at, payload)
+	t.queue(`INSERT INTO "`+shapes.MovesTable+`" (shape, scope, new_scope, user_id, updated_at, stamp, from_scoped_at, payload)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::timestamptz[], $8::text[])`,
-		shape, from, to, user, upd, stamp, scoped, payload)
-	return pgError(err)
+		[]any{shape, from, to, user, upd, stamp, scoped, payload}, nil)
+	return nil
 }
 
 // insertSharedSQL inserts rows of a shared shape that did not exist when

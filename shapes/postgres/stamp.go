@@ -184,7 +184,9 @@ BEGIN
 	ELSE
 		new_stamp := greatest(now_ms, prev + interval '1 millisecond');
 	END IF;
-	UPDATE "%[1]s" SET stamp = new_stamp WHERE user_id = ANY (users);
+	-- only the cursors behind: a bulk write of one transaction would
+	-- otherwise make a new version of each cursor row per row it writes
+	UPDATE "%[1]s" SET stamp = new_stamp WHERE user_id = ANY (users) AND stamp < new_stamp;
 	NEW.%[2]s := %[3]s;
 `, shapes.CursorTable, q(t.SyncedAt), stampExpr, strings.ReplaceAll(stampExpr, "new_stamp", "now_ms"), scopedDefault)
 	if sh.ScopedAt != "" {

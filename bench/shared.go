@@ -1,0 +1,252 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/hypersync/hypersync/internal/pgtest"
+)
+
+// sharedRow is one line of the shared-scope section of the report.
+type sharedRow struct {
+	name, value, reference, ratio, target, each string
+	met                                         bool
+}
+
+// The shared shapes the section serves beside todos: lists shared through
+// list_members, as in the README.
+const sharedShapes = `			shape stodos {
+				key todoId
+				fields listId title done deleted
+				share listId via list_members
+				create_table
+				field done boolean
+				field deleted boolean
+			}
+			shape list_members {
+				key listId memberId
+				fields deleted
+				share listId via list_members memberId
+				create_table
+				field deleted boolean
+			}
+`
+
+// runShared measures, on a throwaway PostgreSQL cluster:
+//   - a push of batches of 300 into one list of 10 members, against a
+//     per-user push of the same batches, through one Caddy, alternated;
+//   - a pull of 100 new rows by a member of 20 lists, among 1,000,000
+//     rows of other lists;
+//   - a direct bulk INSERT of 10,000 rows into a shared table with the
+//     stamping trigger, against a copy without it.
+func runShared(ctx context.Context, bin string, out *outcome) error {
+	c, err := pgtest.StartCluster()
+	if err != nil {
+		return err
+	}
+	defer c.Destroy()
+	pool, err := pgxpool.New(ctx, c.DSN)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(ctx, ddl); err != nil {
+		return err
+	}
+	users := []string{"u0", "reader", "writer"}
+	for i := 0; i < 10; i++ {
+		users = append(users, fmt.Sprintf("m%d", i))
+	}
+	srv, err := startCaddyWith(bin, c.DSN, users, sharedShapes)
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+
+	// list S with ten members, founded by m0
+	var members []change
+	for i := 0; i < 10; i++ {
+		members = append(members, memberChange("m0", "S", fmt.Sprintf("m%d", i)))
+	}
+	if err := srv.push("m0", members); err != nil {
+		return err
+	}
+
+	// push: shared against per-user, alternated per run
+	var shared, perUser, ratios []float64
+	for r := 0; r < *runs; r++ {
+		measureShared := func() (float64, error) {
+			return measureOne("m0", func(i int) change { return sharedChange("m0", "S", fmt.Sprintf("s%d-%d", r, i)) }, srv)
+		}
+		measureOwn := func() (float64, error) {
+			return measureOne("u0", func(i int) change { return newChange("u0", fmt.Sprintf("o%d-%d", r, i)) }, srv)
+		}
+		first, second := measureShared, measureOwn
+		if r%2 == 1 {
+			first, second = second, first
+		}
+		a, err := first()
+		if err != nil {
+			return err
+		}
+		b, err := second()
+		if err != nil {
+			return err
+		}
+		if r%2 == 1 {
+			a, b = b, a
+		}
+		shared, perUser, ratios = append(shared, a), append(perUser, b), append(ratios, a/b)
+	}
+	out.shared = append(out.shared, sharedRow{name: fmt.Sprintf("push into one list of 10 members, batches of %d", *batchSize),
+		value: fmt.Sprintf("%.0f changes/s", median(shared)), reference: fmt.Sprintf("%.0f changes/s per-user", median(perUser)),
+		ratio: fmt.Sprintf("%.2f×", median(ratios)), target: "≥ 0.5×", met: median(ratios) >= 0.5, each: floats(ratios)})
+
+	// pull: a member of 20 lists, 1,000,000 rows of 10,000 other lists
+	if *smallOther > 0 {
+		if err := seedShared(ctx, pool, *smallOther); err != nil {
+			return err
+		}
+		var join []change
+		for i := 0; i < 20; i++ {
+			list := fmt.Sprintf("R%d", i)
+			join = append(join, memberChange("writer", list, "writer"), memberChange("writer", list, "reader"))
+		}
+		if err := srv.push("writer", join); err != nil {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+		since := time.Now().UTC().Add(-time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
+		var fresh []change
+		for i := 0; i < 100; i++ {
+			fresh = append(fresh, sharedChange("writer", fmt.Sprintf("R%d", i%20), fmt.Sprintf("n%d", i)))
+		}
+		if err := srv.push("writer", fresh); err != nil {
+			return err
+		}
+		var lat []float64
+		for i := 0; i < 200; i++ {
+			start := time.Now()
+			n, err := srv.pullBytes("reader", since.Format("2006-01-02T15:04:05.000Z"), "")
+			if err != nil {
+				return err
+			}
+			if i == 0 && n < 100*60 {
+				return fmt.Errorf("the reader's pull brought %d bytes, not the 100 new rows", n)
+			}
+			lat = append(lat, float64(time.Since(start).Microseconds())/1000)
+		}
+		p50 := median(lat)
+		out.shared = append(out.shared, sharedRow{name: fmt.Sprintf("shared pull of 100 new rows by a member of 20 lists, among %d rows, p50", *smallOther),
+			value: fmt.Sprintf("%.2f ms", p50), target: "< 5 ms", met: p50 < 5})
+	}
+
+	// writes from outside: a bulk INSERT into the shared table, with its
+	// trigger (ten members to stamp per row), against a copy without one
+	var with, without, wr []float64
+	if _, err := pool.Exec(ctx, `CREATE TABLE stodos_plain (LIKE stodos INCLUDING ALL)`); err != nil {
+		return err
+	}
+	for r := 0; r < *runs; r++ {
+		insert := func(table string) (float64, error) {
+			start := time.Now()
+			_, err := pool.Exec(ctx, fmt.Sprintf(`INSERT INTO %s ("todoId", "listId", title, "userId", "updatedAt", "lastSyncAt", "scopedAt")
+				SELECT 'x%d-' || g, 'S', 'a row from a backend job ' || g, 'job', now(), now(), now() FROM generate_series(1, %d) AS g`, table, r, outsideRows))
+			return float64(time.Since(start).Microseconds()) / 1000, err
+		}
+		a, err := insert("stodos")
+		if err != nil {
+			return err
+		}
+		b, err := insert("stodos_plain")
+		if err != nil {
+			return err
+		}
+		with, without, wr = append(with, a), append(without, b), append(wr, a/b)
+	}
+	out.shared = append(out.shared, sharedRow{name: fmt.Sprintf("direct INSERT … SELECT of %d rows into a list of 10 members", outsideRows),
+		value: fmt.Sprintf("%.0f ms with the trigger", median(with)), reference: fmt.Sprintf("%.0f ms without", median(without)),
+		ratio: fmt.Sprintf("%.1f×", median(wr)), target: "report", met: true, each: floats(wr)})
+	return nil
+}
+
+func floats(xs []float64) string {
+	var s []string
+	for _, x := range xs {
+		s = append(s, fmt.Sprintf("%.2f", x))
+	}
+	return strings.Join(s, " ")
+}
+
+// measureOne pushes *pushTotal changes made by mk, in batches, as user,
+// and returns changes per second.
+func measureOne(user string, mk func(i int) change, srv *caddyServer) (float64, error) {
+	var sends []func() error
+	for i := 0; i < *pushTotal; i += *batchSize {
+		var b []change
+		for j := i; j < i+*batchSize && j < *pushTotal; j++ {
+			b = append(b, mk(j))
+		}
+		send, err := srv.preparePush(user, b)
+		if err != nil {
+			return 0, err
+		}
+		sends = append(sends, send)
+	}
+	start := time.Now()
+	for _, send := range sends {
+		if err := send(); err != nil {
+			return 0, err
+		}
+	}
+	return float64(*pushTotal) / time.Since(start).Seconds(), nil
+}
+
+func memberChange(user, list, member string) change {
+	c := newChange(user, "")
+	c.ShapeKey = "list_members"
+	c.Payload = map[string]any{"listId": list, "memberId": member, "deleted": false}
+	return c
+}
+
+func sharedChange(user, list, key string) change {
+	c := newChange(user, key)
+	c.ShapeKey = "stodos"
+	c.Payload["listId"] = list
+	return c
+}
+
+// seedShared inserts n rows into 10,000 other lists, stamped in the past,
+// straight into the table, as hypersync's own writes (the trigger skips
+// them), with a member each.
+func seedShared(ctx context.Context, pool *pgxpool.Pool, n int) error {
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	for _, stmt := range []string{
+		`SELECT set_config('hypersync.writer', 'hypersync', true)`,
+		fmt.Sprintf(`INSERT INTO stodos ("todoId", "listId", title, done, deleted, "userId", "updatedAt", "lastSyncAt", "scopedAt")
+			SELECT 'seed' || g, 'L' || (g %% 10000), 'Buy milk and bread for the week ' || g, false, false, 'other',
+				now() - interval '1 day', now() - interval '1 day', now() - interval '1 day'
+			FROM generate_series(1, %d) AS g`, n),
+		`INSERT INTO list_members ("listId", "memberId", deleted, "userId", "updatedAt", "lastSyncAt", "scopedAt")
+			SELECT 'L' || g, 'other' || g, false, 'other', now() - interval '1 day', now() - interval '1 day', now() - interval '1 day'
+			FROM generate_series(0, 9999) AS g`,
+	} {
+		if _, err := tx.Exec(ctx, stmt); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return err
+	}
+	_, err = pool.Exec(ctx, `ANALYZE stodos; ANALYZE list_members`)
+	return err
+}
