@@ -63,6 +63,58 @@ for (const store of stores) {
       assert.ok(titles.includes(fixed) && !titles.includes(title), `A shows ${JSON.stringify(titles)}, want the admin's fix`);
     });
 
+    scenario("a shared list: invite, edit, a row from psql, remove; carol sees nothing", async () => {
+      const alice = await open("alice", "alice"), bob = await open("bob", "bob"), carol = await open("carol", "carol");
+      const list = unique("Family groceries");
+      const milk = unique("milk");
+      await alice.addList(list);
+      await alice.openList(list);
+      await alice.addTodo(milk);
+      await alice.share("bob");
+      await alice.syncNow();
+      assert.equal(await alice.pending(), 0, "alice's list, membership and todo are still queued");
+
+      await bob.syncNow();
+      assert.ok((await bob.lists()).includes(list), `bob does not show the list: ${await bob.lists()}`);
+      await bob.openList(list);
+      assert.ok((await bob.titles()).includes(milk), `bob does not show the list's todo: ${await bob.titles()}`);
+
+      await carol.syncNow();
+      assert.ok(!(await carol.lists()).includes(list), "carol, never invited, shows the list");
+
+      // bob edits; alice sees it
+      const oat = unique("oat milk");
+      await bob.rename(milk, oat);
+      await bob.syncNow();
+      await alice.syncNow();
+      assert.ok((await alice.titles()).includes(oat), `alice does not show bob's edit: ${await alice.titles()}`);
+
+      // a row inserted with psql (or the sqlite3 shell) into the list
+      const listId = await alice.listId(list);
+      const fromJob = unique("from a backend job");
+      const id = unique("job").replace(/\W/g, "-");
+      sqlExec(caddy, db.url, `INSERT INTO todos ("todoId", "listId", title, done, deleted, "userId") VALUES ('${id}', '${listId}', '${fromJob}', false, false, 'backend')`);
+      await alice.syncNow();
+      await bob.syncNow();
+      for (const d of [alice, bob]) {
+        assert.ok((await d.titles()).includes(fromJob), `${d.name} does not show the row written with SQL: ${await d.titles()}`);
+      }
+
+      // alice removes bob: the list and its todos leave bob's browser
+      await alice.removeMember("bob");
+      await alice.syncNow();
+      await bob.syncNow();
+      assert.ok(!(await bob.lists()).includes(list), `bob still shows the list: ${await bob.lists()}`);
+      const left = await bob.titles();
+      assert.ok(!left.includes(oat) && !left.includes(fromJob), `bob still shows the list's todos: ${left}`);
+
+      // and carol, at no point
+      await carol.syncNow();
+      assert.ok(!(await carol.lists()).includes(list), "carol shows the list");
+      const pulled = await carol.page.evaluate(async () => (await fetch("/sync/pull/")).json());
+      assert.ok(!JSON.stringify(pulled).includes(listId), `carol pulled something of the list: ${JSON.stringify(pulled).slice(0, 300)}`);
+    });
+
     scenario("two devices of one user: what A writes, B receives", async () => {
       const a = await open("alice", "A"), b = await open("alice", "B");
       const title = unique("buy milk");

@@ -183,6 +183,38 @@ export class Device {
     return this.page.locator("li.todo .title").allTextContents();
   }
 
+  // Lists: what the device shows, making one, opening one.
+  async lists() {
+    return this.page.locator("#lists li").allTextContents();
+  }
+
+  async addList(name) {
+    await this.page.fill("#new-list", name);
+    await this.page.click("#add-list button");
+    await this.page.locator("#lists li", { hasText: name }).first().waitFor();
+  }
+
+  async openList(name) {
+    await this.page.locator("#lists li", { hasText: name }).first().click();
+    await this.page.locator("#list-title", { hasText: name }).waitFor();
+  }
+
+  async listId(name) {
+    return this.page.locator("#lists li", { hasText: name }).first().getAttribute("data-list-id");
+  }
+
+  // Sharing the open list, and removing one of its members.
+  async share(user) {
+    await this.page.fill("#share-user", user);
+    await this.page.click("#share button");
+    await this.page.locator(`#members li[data-member-id="${user}"]`).waitFor();
+  }
+
+  async removeMember(user) {
+    await this.page.locator(`#members li[data-member-id="${user}"] button.remove-member`).click();
+    await this.page.locator(`#members li[data-member-id="${user}"]`).waitFor({ state: "detached" });
+  }
+
   async pending() {
     return Number(await this.page.locator("#status").getAttribute("data-pending"));
   }

@@ -216,6 +216,7 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 	// membership changes, so that membership stays still under the writes.
 	forbid := map[*Row]string{}
 	invalid := map[*Row]string{}
+	mismatch := map[*Row]bool{}
 	touched := map[*Membership]map[string]bool{}
 	touch := func(m *Membership, scope string, exclusive bool) {
 		if touched[m] == nil {
@@ -356,7 +357,8 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 		to := newScope[r]
 		switch {
 		case st != nil && st.ScopeNull && st.User != user:
-			forbid[r] = "the row is private to another user"
+			// as in a shape without share: the key names another user's row
+			mismatch[r] = true
 			continue
 		case st != nil && !st.ScopeNull && !memberOf(m, st.Scope):
 			forbid[r] = "the row's scope is one you are not a member of"
@@ -386,6 +388,9 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 	}
 	for r, why := range invalid {
 		results[r.Index] = rejected(CodeInvalidPayload, "%s", why)
+	}
+	for r := range mismatch {
+		results[r.Index] = rejected(CodeUserMismatch, "the row with this key belongs to another user")
 	}
 
 	// Everyone who can see a touched scope before or after the push.
@@ -487,7 +492,7 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 	}
 	for _, g := range groups {
 		for _, r := range g.Rows {
-			if forbid[r] == "" && invalid[r] == "" {
+			if forbid[r] == "" && invalid[r] == "" && !mismatch[r] {
 				results[r.Index] = resultOf(r)
 			}
 		}

@@ -82,7 +82,8 @@ func TestSharedHostileMoveIntoForeignScope(t *testing.T) {
 func TestSharedHostileMoveForeignRowIntoOwnScope(t *testing.T) {
 	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
 		f := hostileLists(t, b)
-		wantUnchanged(t, f, "alice", "rejected:forbidden,rejected:forbidden,rejected:forbidden",
+		// another user's private row is theirs, as in a shape without share
+		wantUnchanged(t, f, "alice", "rejected:forbidden,rejected:user-mismatch,rejected:user-mismatch",
 			testkit.Todo(10, "c1", "A", "taken"),    // carol's shared row
 			testkit.Todo(11, "p1", "A", "taken"),    // carol's private row
 			testkit.Todo(12, "p1", "", "taken too")) // carol's private row, kept private

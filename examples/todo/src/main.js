@@ -1,7 +1,12 @@
-// The hypersync todo demo: a plain-JS app on the real @jaaahn/hyper-sync
+// The hypersync todo demo: shared lists on the real @jaaahn/hyper-sync
 // client, used exactly as that package's README shows. Local data lives in
 // Dexie (IndexedDB); the client queues changes and syncs them through
 // Caddy's /sync endpoint.
+//
+// Todos without a list are private (the Inbox). A list is shared with its
+// members: creating one makes you its first member, and any member can add
+// someone by user name, or remove a member. hypersync decides who sees
+// what (share … via list_members in the Caddyfile); the app only shows it.
 import Dexie from "dexie";
 import { configureSync, useShape } from "@jaaahn/hyper-sync/web";
 
@@ -10,43 +15,62 @@ db.version(1).stores({
   todos: "&todoId, userId, updatedAt",
   lists: "&listId, userId, updatedAt",
 });
+db.version(2).stores({
+  todos: "&todoId, userId, listId, updatedAt",
+  lists: "&listId, userId, updatedAt",
+  members: "&[listId+memberId], listId, memberId",
+});
 
 const sync = configureSync({ serverEndpoint: "/sync", syncInterval: 30_000 });
 let userId = null;
 
 // Last-write-wins on the device too: a pulled change replaces the local row
-// only when it is at least as new. Payloads may be partial, so merge.
-function upsertInto(table, keyField) {
+// only when it is at least as new. Payloads may be partial (and a tombstone
+// of a list you left carries only its keys), so merge.
+function upsertInto(table, key) {
   return async (payload, changeUserId, updatedAt) => {
-    const existing = await table.get(payload[keyField]);
+    const existing = await table.get(key(payload));
     if (existing && new Date(existing.updatedAt) > new Date(updatedAt)) return;
     await table.put({ ...existing, ...payload, userId: changeUserId, updatedAt: new Date(updatedAt) });
     scheduleRender();
   };
 }
 
-const todos = useShape({ shapeKey: "todos", syncEngine: sync, upsertRemoteChangeFn: upsertInto(db.todos, "todoId") });
-const lists = useShape({ shapeKey: "lists", syncEngine: sync, upsertRemoteChangeFn: upsertInto(db.lists, "listId") });
+const todos = useShape({ shapeKey: "todos", syncEngine: sync, upsertRemoteChangeFn: upsertInto(db.todos, (p) => p.todoId) });
+const lists = useShape({ shapeKey: "lists", syncEngine: sync, upsertRemoteChangeFn: upsertInto(db.lists, (p) => p.listId) });
+const members = useShape({ shapeKey: "list_members", syncEngine: sync,
+  upsertRemoteChangeFn: upsertInto(db.members, (p) => [p.listId, p.memberId]) });
 
 // A local edit: write it locally at once, then queue the (possibly partial)
 // change for the server.
-async function change(shape, table, keyField, fields) {
+async function change(shape, table, key, fields) {
   const updatedAt = new Date();
-  const existing = await table.get(fields[keyField]);
+  const existing = await table.get(key);
   await table.put({ ...existing, ...fields, userId, updatedAt });
   scheduleRender();
   await shape.pushChange(fields, userId, updatedAt);
   renderStatus();
 }
 
+// Ids are random UUIDs: a list id must be unguessable, or a stranger could
+// found the list first.
 const newId = () => crypto.randomUUID();
-const addTodo = (title) => change(todos, db.todos, "todoId", { todoId: newId(), title, done: false, deleted: false });
+let selected = null; // the list shown; null is the Inbox
+const addTodo = (title) => { const todoId = newId(); return change(todos, db.todos, todoId, { todoId, listId: selected, title, done: false, deleted: false }); };
 // Toggling sends only the field that changed: hypersync applies partial payloads.
-const setDone = (todoId, done) => change(todos, db.todos, "todoId", { todoId, done });
-const rename = (todoId, title) => change(todos, db.todos, "todoId", { todoId, title });
+const setDone = (todoId, done) => change(todos, db.todos, todoId, { todoId, done });
+const rename = (todoId, title) => change(todos, db.todos, todoId, { todoId, title });
 // Deleting is a tombstone: sync never hard-deletes.
-const remove = (todoId) => change(todos, db.todos, "todoId", { todoId, deleted: true });
-const addList = (name) => change(lists, db.lists, "listId", { listId: newId(), name, deleted: false });
+const remove = (todoId) => change(todos, db.todos, todoId, { todoId, deleted: true });
+const setMember = (listId, memberId, deleted) =>
+  change(members, db.members, [listId, memberId], { listId, memberId, deleted });
+// A new list: its row, and you as its first member, which founds it. Both
+// go in one push, memberships first, even offline.
+async function addList(name) {
+  const listId = newId();
+  await change(lists, db.lists, listId, { listId, name, deleted: false });
+  await setMember(listId, userId, false);
+}
 
 const $ = (id) => document.getElementById(id);
 let renderQueued = false;
@@ -57,19 +81,53 @@ function scheduleRender() {
 }
 
 async function render() {
-  const rows = (await db.todos.where("userId").equals(userId ?? "").toArray())
-    .filter((t) => !t.deleted)
-    .sort((a, b) => String(a.title).localeCompare(String(b.title)));
-  const ul = $("todos");
-  ul.replaceChildren(...rows.map(todoItem));
-  const ls = (await db.lists.where("userId").equals(userId ?? "").toArray()).filter((l) => !l.deleted);
-  $("lists").replaceChildren(...ls.sort((a, b) => String(a.name).localeCompare(String(b.name))).map((l) => {
-    const li = document.createElement("li");
-    li.className = "list";
-    li.textContent = l.name;
-    return li;
-  }));
+  const ls = (await db.lists.toArray()).filter((l) => !l.deleted)
+    .sort((a, b) => String(a.name).localeCompare(String(b.name)));
+  if (selected && !ls.some((l) => l.listId === selected)) selected = null; // left, or deleted
+  const inbox = listItem({ listId: null, name: "Inbox" });
+  $("lists").replaceChildren(...ls.map(listItem));
+  $("inbox").replaceChildren(inbox);
+  const current = ls.find((l) => l.listId === selected);
+  $("list-title").textContent = current ? current.name : "Inbox";
+
+  const shown = selected
+    ? await db.todos.where("listId").equals(selected).toArray()
+    : (await db.todos.where("userId").equals(userId ?? "").toArray()).filter((t) => t.listId == null);
+  const rows = shown.filter((t) => !t.deleted).sort((a, b) => String(a.title).localeCompare(String(b.title)));
+  $("todos").replaceChildren(...rows.map(todoItem));
+
+  $("sharing").hidden = !selected;
+  if (selected) {
+    const ms = (await db.members.where("listId").equals(selected).toArray()).filter((m) => !m.deleted)
+      .sort((a, b) => a.memberId.localeCompare(b.memberId));
+    $("members").replaceChildren(...ms.map(memberItem));
+  }
   renderStatus();
+}
+
+function listItem(l) {
+  const li = document.createElement("li");
+  li.className = l.listId === selected ? "list selected" : "list";
+  if (l.listId) li.dataset.listId = l.listId;
+  li.textContent = l.name;
+  li.addEventListener("click", () => { selected = l.listId; scheduleRender(); });
+  return li;
+}
+
+function memberItem(m) {
+  const li = document.createElement("li");
+  li.className = "member";
+  li.dataset.memberId = m.memberId;
+  const name = document.createElement("span");
+  name.textContent = m.memberId === userId ? `${m.memberId} (you)` : m.memberId;
+  const del = document.createElement("button");
+  del.className = "ghost remove-member";
+  del.type = "button";
+  del.textContent = "✕";
+  del.setAttribute("aria-label", `remove ${m.memberId}`);
+  del.addEventListener("click", () => setMember(m.listId, m.memberId, true));
+  li.append(name, del);
+  return li;
 }
 
 function todoItem(t) {
@@ -156,6 +214,12 @@ async function main() {
     const name = $("new-list").value.trim();
     if (name) addList(name);
     $("new-list").value = "";
+  });
+  $("share").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const who = $("share-user").value.trim();
+    if (who && selected) setMember(selected, who, false);
+    $("share-user").value = "";
   });
   $("sync-now").addEventListener("click", syncNow);
   $("status").dataset.state = "idle";
