@@ -62,6 +62,7 @@ func (db *Database) Diagnose(ctx context.Context, cfg ShapeConfig, all ...ShapeC
 		d.Fix = []string{IndexSQL(sh)}
 		return d, nil
 	}
+	var members *Membership
 	if cfg.Share != nil {
 		problem, fix, err := db.diagnoseShare(ctx, sh, info, all)
 		if err != nil {
@@ -71,11 +72,18 @@ func (db *Database) Diagnose(ctx context.Context, cfg ShapeConfig, all ...ShapeC
 			d.Problems, d.Fix = []string{problem}, fix
 			return d, nil
 		}
+		members = sh.share.Members
 	}
 	d.OK = true
 	if stamping, markers := db.dialect.Stamping(sh.StampTarget()); !stamped(info.Stamps, markers) {
 		d.Warnings = []string{"no current stamping trigger: rows written outside hypersync (psql, a backend job, a migration) do not reach devices"}
 		d.Fix = stamping
+	}
+	if members != nil && members.Shape == nil {
+		if stamping, markers := db.dialect.Stamping(members.StampTarget()); !stamped(members.Stamps, markers) {
+			d.Warnings = append(d.Warnings, fmt.Sprintf("the membership table %s has no current stamping trigger: memberships the app's backend writes do not reach devices in order", members.QualifiedName()))
+			d.Fix = append(d.Fix, stamping...)
+		}
 	}
 	return d, nil
 }

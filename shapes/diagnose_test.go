@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hypersync/hypersync/internal/testkit"
 	"github.com/hypersync/hypersync/shapes"
@@ -107,9 +108,29 @@ func TestDiagnoseFixesSharing(t *testing.T) {
 				t.Fatalf("problems found:\n%s\nwant one about %q", got, want)
 			}
 		}
-		testkit.Exec(t, dsn, `INSERT INTO team_members VALUES ('T', 'alice', false, CURRENT_TIMESTAMP)`)
+		// the membership table's trigger, and the shape's, are warnings with their SQL
+		d, err := db.Diagnose(ctx, notes, notes)
+		if err != nil || !d.OK || len(d.Warnings) != 2 || !strings.Contains(d.Warnings[1], "team_members") {
+			t.Fatalf("diagnosis %+v, %v: want the two stamping triggers as warnings", d, err)
+		}
+		for _, stmt := range d.Fix {
+			if err := testkit.ExecNative(dsn, stmt); err != nil {
+				t.Fatalf("fix %q: %v", stmt, err)
+			}
+		}
+		if d, err = db.Diagnose(ctx, notes, notes); err != nil || !d.OK || len(d.Warnings) != 0 {
+			t.Fatalf("after the fix: %+v, %v", d, err)
+		}
+		// the backend adds alice: the trigger stamps the membership for her
 		f := testkit.OpenStore(t, dsn, notes)
+		testkit.Exec(t, dsn, `INSERT INTO team_members VALUES ('T', 'alice', false, CURRENT_TIMESTAMP)`)
 		testkit.WantOutcomes(t, f.Push("alice", testkit.Change("notes", testkit.At(1), `{"noteId":"n1","teamId":"T","body":"hi"}`)), "applied")
 		testkit.WantOutcomes(t, f.Push("bob", testkit.Change("notes", testkit.At(2), `{"noteId":"n2","teamId":"T","body":"hi"}`)), "rejected:forbidden")
+		// bob added by the backend: his next pull brings the team's note
+		testkit.Exec(t, dsn, `INSERT INTO team_members VALUES ('T', 'bob', false, CURRENT_TIMESTAMP)`)
+		rows, _ := f.Pull("bob", time.Unix(0, 0))
+		if len(rows) != 1 || rows[0].Payload["noteId"] != "n1" {
+			t.Fatalf("bob pulled %+v, want alice's note", rows)
+		}
 	})
 }
