@@ -77,31 +77,19 @@ func runShared(ctx context.Context, bin string, out *outcome) error {
 	}
 
 	// push: shared against per-user, alternated per run
-	var shared, perUser, ratios []float64
+	var push result
 	for r := 0; r < *runs; r++ {
-		measureShared := func() (float64, error) {
+		shared := func() (float64, error) {
 			return measureOne("m0", func(i int) change { return sharedChange("m0", "S", fmt.Sprintf("s%d-%d", r, i)) }, srv)
 		}
-		measureOwn := func() (float64, error) {
+		own := func() (float64, error) {
 			return measureOne("u0", func(i int) change { return newChange("u0", fmt.Sprintf("o%d-%d", r, i)) }, srv)
 		}
-		first, second := measureShared, measureOwn
-		if r%2 == 1 {
-			first, second = second, first
-		}
-		a, err := first()
-		if err != nil {
+		if err := push.pair(r, shared, own); err != nil {
 			return err
 		}
-		b, err := second()
-		if err != nil {
-			return err
-		}
-		if r%2 == 1 {
-			a, b = b, a
-		}
-		shared, perUser, ratios = append(shared, a), append(perUser, b), append(ratios, a/b)
 	}
+	shared, perUser, ratios := push.caddy, push.direct, push.ratios
 	out.shared = append(out.shared, sharedRow{name: fmt.Sprintf("push into one list of 10 members, batches of %d", *batchSize),
 		value: fmt.Sprintf("%.0f changes/s", median(shared)), reference: fmt.Sprintf("%.0f changes/s per-user", median(perUser)),
 		ratio: fmt.Sprintf("%.2f×", median(ratios)), target: "≥ 0.5×", met: median(ratios) >= 0.5, each: floats(ratios)})

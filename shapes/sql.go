@@ -154,3 +154,29 @@ func sharedStampTargetOf(cfg ShapeConfig, all []ShapeConfig, d *Dialect) StampTa
 	t.Share = sh
 	return t
 }
+
+// MovedAwaySQL is the condition, in either dialect, that the move mv
+// (a row of MovesTable) reaches the member of the membership row m in the
+// pull window (since, until], where active says m is not removed:
+//   - a member who was one when the row left receives it with the move;
+//   - so does one removed later, who was a member when it left;
+//   - one removed before the row left, where it was in the scope before
+//     the removal, receives it with the removal.
+//
+// Where the membership table records when the member joined, a member who
+// joined after the row left receives nothing of it.
+func MovedAwaySQL(m *Membership, since, until, active string) string {
+	stamp := "m." + QuoteIdent(m.Stamp.Name)
+	joined := ""
+	if m.Joined != nil {
+		joined = " AND mv.stamp > m." + QuoteIdent(m.Joined.Name)
+	}
+	window := func(col string) string { return fmt.Sprintf("%[1]s > %[2]s AND %[1]s <= %[3]s", col, since, until) }
+	cond := fmt.Sprintf("(%s AND %s%s)", active, window("mv.stamp"), joined)
+	if m.Tomb != nil {
+		tomb := "m." + QuoteIdent(m.Tomb.Name)
+		cond += fmt.Sprintf(" OR (%[1]s AND %[2]s AND mv.stamp < %[3]s%[4]s) OR (%[1]s AND %[5]s AND mv.stamp > %[3]s AND mv.from_scoped_at < %[3]s)",
+			tomb, window("mv.stamp"), stamp, joined, window(stamp))
+	}
+	return cond
+}

@@ -171,36 +171,17 @@ func Converge(t *testing.T, c Convergence) Report {
 	}
 	var sqlWrites atomic.Int64
 	if c.SQLWriter {
-		conn := Connect(t, c.DSN)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rng := rand.New(rand.NewSource(99))
-			for i := 0; ctx.Err() == nil && i < 1_000_000; i++ {
+			sqlWriter(ctx, Connect(t, c.DSN), &sqlWrites, errs, func(rng *rand.Rand, i int) (string, []any) {
 				user := c.Users[rng.Intn(len(c.Users))]
-				var n int64
-				var err error
 				if i%4 == 0 {
-					n, err = conn.Exec(ctx, `INSERT INTO todos (todoId, title, userId) VALUES ($1, $2, $3)`,
-						fmt.Sprintf("%s-sql-%d", user, i), fmt.Sprintf("sql/insert/%d", i), user)
-				} else {
-					n, err = conn.Exec(ctx, `UPDATE todos SET title = $1 WHERE todoId = $2`,
-						fmt.Sprintf("sql/%d", i), fmt.Sprintf("%s-%d", user, rng.Intn(c.Keys)))
+					return `INSERT INTO todos (todoId, title, userId) VALUES ($1, $2, $3)`,
+						[]any{fmt.Sprintf("%s-sql-%d", user, i), fmt.Sprintf("sql/insert/%d", i), user}
 				}
-				if isDeadlock(err) {
-					// A writer that updates a row a push writes at the same
-					// time can deadlock with it, as any two writers taking
-					// rows and the owner's cursor in opposite orders; such a
-					// writer retries, as for a serialization failure.
-					continue
-				}
-				if err != nil && ctx.Err() == nil {
-					errs <- fmt.Errorf("SQL writer: %w", err)
-					return
-				}
-				sqlWrites.Add(n)
-				time.Sleep(time.Duration(1+rng.Intn(3)) * time.Millisecond)
-			}
+				return `UPDATE todos SET title = $1 WHERE todoId = $2`, []any{fmt.Sprintf("sql/%d", i), fmt.Sprintf("%s-%d", user, rng.Intn(c.Keys))}
+			})
 		}()
 	}
 	wg.Wait()
@@ -519,6 +500,33 @@ func CompletenessRun(t *testing.T, dsn string, a, b *shapes.Store) Report {
 	s1, s2 := NewServer(t, a, cfg), NewServer(t, b, cfg)
 	return Converge(t, Convergence{Servers: []string{s1.URL, s2.URL}, DSN: dsn,
 		Users: []string{"alice"}, Pushers: 4, Pullers: 4, UpdateShare: 20, Duration: 4 * time.Second})
+}
+
+// sqlWriter writes the table directly until ctx ends, as psql or a
+// backend job would: next gives the i-th statement, "" to skip a turn.
+func sqlWriter(ctx context.Context, conn *Conn, writes *atomic.Int64, errs chan<- error, next func(rng *rand.Rand, i int) (string, []any)) {
+	rng := rand.New(rand.NewSource(99))
+	for i := 0; ctx.Err() == nil && i < 1_000_000; i++ {
+		stmt, args := next(rng, i)
+		if stmt == "" {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		n, err := conn.Exec(ctx, stmt, args...)
+		if isDeadlock(err) {
+			// A writer that updates a row a push writes at the same
+			// time can deadlock with it, as any two writers taking rows
+			// and cursors in opposite orders; such a writer retries, as
+			// for a serialization failure.
+			continue
+		}
+		if err != nil && ctx.Err() == nil {
+			errs <- fmt.Errorf("SQL writer: %w", err)
+			return
+		}
+		writes.Add(n)
+		time.Sleep(time.Duration(1+rng.Intn(3)) * time.Millisecond)
+	}
 }
 
 // isDeadlock reports PostgreSQL's deadlock_detected.

@@ -172,31 +172,19 @@ func ConvergeShared(t *testing.T, c SharedConvergence) SharedReport {
 	}()
 	var sqlWrites atomic.Int64
 	if c.SQLWriter {
-		conn := Connect(t, c.DSN)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rng := rand.New(rand.NewSource(99))
-			for i := 0; ctx.Err() == nil && i < 1_000_000; i++ {
+			sqlWriter(ctx, Connect(t, c.DSN), &sqlWrites, errs, func(rng *rand.Rand, i int) (string, []any) {
 				list := []string{"S1", "S2"}[rng.Intn(2)]
 				r.mu.Lock()
 				n := r.keys[list]
 				r.mu.Unlock()
 				if n == 0 {
-					time.Sleep(time.Millisecond)
-					continue
+					return "", nil
 				}
-				k, err := conn.Exec(ctx, `UPDATE todos SET title = $1 WHERE "todoId" = $2`, fmt.Sprintf("sql/%d", i), fmt.Sprintf("%s-%d", list, rng.Intn(n)))
-				if isDeadlock(err) {
-					continue
-				}
-				if err != nil && ctx.Err() == nil {
-					errs <- fmt.Errorf("SQL writer: %w", err)
-					return
-				}
-				sqlWrites.Add(k)
-				time.Sleep(time.Duration(1+rng.Intn(3)) * time.Millisecond)
-			}
+				return `UPDATE todos SET title = $1 WHERE "todoId" = $2`, []any{fmt.Sprintf("sql/%d", i), fmt.Sprintf("%s-%d", list, rng.Intn(n))}
+			})
 		}()
 	}
 	wg.Wait()

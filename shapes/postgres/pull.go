@@ -158,34 +158,9 @@ WHERE mv.shape = %[7]s AND m.%[8]s = $1 AND (%[10]s)
 	AND NOT (mv.new_scope IS NULL AND mv.user_id = $1)
 	AND NOT EXISTS (SELECT FROM %[4]s AS m WHERE m.%[5]s = mv.new_scope::%[6]s AND m.%[8]s = $1 AND %[9]s)`,
 		i, strings.Repeat(", NULL::text", width-1), shapes.MovesTable, members, q(m.Scope.Name), m.Scope.Cast,
-		quoteLiteral(sh.Config.Key), q(m.Member.Name), active(m, "m"), movedAway(m, "$2", "c.stamp"))
+		quoteLiteral(sh.Config.Key), q(m.Member.Name), active(m, "m"), shapes.MovedAwaySQL(m, "$2", "c.stamp", active(m, "m")))
 }
 
-// movedAway is the condition that the move mv reaches the member of the
-// membership row m, in the pull window (since, until]:
-//   - a member who was one when the row left receives it with the move;
-//   - so does one removed later, who was a member when it left;
-//   - one removed before the row left, where it was in the scope before
-//     the removal, receives it with the removal.
-//
-// Where the membership table records when the member joined, a member who
-// joined after the row left receives nothing of it.
-func movedAway(m *shapes.Membership, since, until string) string {
-	q := shapes.QuoteIdent
-	stamp := "m." + q(m.Stamp.Name)
-	joined := ""
-	if m.Joined != nil {
-		joined = " AND mv.stamp > m." + q(m.Joined.Name)
-	}
-	window := func(col string) string { return fmt.Sprintf("%[1]s > %[2]s AND %[1]s <= %[3]s", col, since, until) }
-	cond := fmt.Sprintf("(%s AND %s%s)", active(m, "m"), window("mv.stamp"), joined)
-	if m.Tomb != nil {
-		tomb := "m." + q(m.Tomb.Name)
-		cond += fmt.Sprintf(" OR (%[1]s AND %[2]s AND mv.stamp < %[3]s%[4]s) OR (%[1]s AND %[5]s AND mv.stamp > %[3]s AND mv.from_scoped_at < %[3]s)",
-			tomb, window("mv.stamp"), stamp, joined, window(stamp))
-	}
-	return cond
-}
 
 // textExpr reads a column as text for the pull. Building JSON inside
 // PostgreSQL measured three to four times slower than reading the plain

@@ -42,13 +42,10 @@ func stamping(t shapes.StampTarget) ([]string, []string) {
 	q := shapes.QuoteIdent
 	marker := t.Marker()
 	fn := shapes.QuoteTable(t.Schema, "hypersync_stamp_"+t.Table)
-	upd, synced := "NEW."+q(t.UpdatedAt), "NEW."+q(t.SyncedAt)
+	synced := "NEW." + q(t.SyncedAt)
 	// the clock as each column holds time: a timestamp without time zone
-	// holds UTC, whatever the writing session's time zone
-	nowUpd, stampExpr := "now_ms", "new_stamp"
-	if t.UpdatedAtLocal {
-		nowUpd = "(now_ms AT TIME ZONE 'UTC')"
-	}
+	// holds UTC, whatever the writing session's time zone (bumpUpdatedAt)
+	stampExpr := "new_stamp"
 	if t.SyncedAtLocal {
 		stampExpr = "(new_stamp AT TIME ZONE 'UTC')"
 	}
@@ -58,31 +55,42 @@ DECLARE
 	now_ms timestamptz := date_trunc('milliseconds', clock_timestamp());
 	new_stamp timestamptz;
 BEGIN
-	IF NEW.%[6]s IS NULL THEN
+	IF NEW.%[4]s IS NULL THEN
 		RETURN NEW; -- a row without an owner reaches nobody
 	END IF;
-	-- the wire carries milliseconds: so does updatedAt, the clock devices compare
-	%[3]s := date_trunc('milliseconds', %[3]s);
-	IF TG_OP = 'UPDATE' AND (%[3]s IS NULL OR %[3]s <= OLD.%[4]s) THEN
-		%[3]s := greatest(%[5]s, OLD.%[4]s + interval '1 millisecond');
-	ELSIF %[3]s IS NULL THEN
-		%[3]s := %[5]s;
-	END IF;
-	INSERT INTO "`+shapes.CursorTable+`" AS c (user_id, stamp) VALUES (NEW.%[6]s, now_ms)
+%[3]s	INSERT INTO "`+shapes.CursorTable+`" AS c (user_id, stamp) VALUES (NEW.%[4]s, now_ms)
 	ON CONFLICT (user_id) DO UPDATE SET stamp = CASE
 		-- the cursor row was written by this transaction: its stamp is this transaction's
 		WHEN c.xmin::text = (txid_current() %% 4294967296)::text THEN c.stamp
 		ELSE greatest(now_ms, c.stamp + interval '1 millisecond') END
 	RETURNING c.stamp INTO new_stamp;
-	%[8]s := %[7]s;
+	%[6]s := %[5]s;
 	RETURN NEW;
 END
-$hypersync$`, fn, marker, upd, q(t.UpdatedAt), nowUpd, q(t.User), stampExpr, synced)
+$hypersync$`, fn, marker, bumpUpdatedAt(t), q(t.User), stampExpr, synced)
 	trigger := fmt.Sprintf(`DROP TRIGGER IF EXISTS "hypersync_stamp" ON %[1]s;
 CREATE TRIGGER "hypersync_stamp" BEFORE INSERT OR UPDATE ON %[1]s FOR EACH ROW
 	WHEN (current_setting('`+writerSetting+`', true) IS DISTINCT FROM 'hypersync')
 	EXECUTE FUNCTION %[2]s()`, shapes.QuoteTable(t.Schema, t.Table), fn)
 	return []string{fnSQL, trigger}, []string{marker}
+}
+
+// bumpUpdatedAt is the part of a trigger function that keeps
+// last-write-wins working for a writer that leaves updatedAt as it was, or
+// sets it no later: it takes greatest(the clock, previous + 1 ms).
+func bumpUpdatedAt(t shapes.StampTarget) string {
+	nowUpd := "now_ms"
+	if t.UpdatedAtLocal {
+		nowUpd = "(now_ms AT TIME ZONE 'UTC')"
+	}
+	return fmt.Sprintf(`	-- the wire carries milliseconds: so does updatedAt, the clock devices compare
+	%[1]s := date_trunc('milliseconds', %[1]s);
+	IF TG_OP = 'UPDATE' AND (%[1]s IS NULL OR %[1]s <= OLD.%[2]s) THEN
+		%[1]s := greatest(%[3]s, OLD.%[2]s + interval '1 millisecond');
+	ELSIF %[1]s IS NULL THEN
+		%[1]s := %[3]s;
+	END IF;
+`, "NEW."+shapes.QuoteIdent(t.UpdatedAt), shapes.QuoteIdent(t.UpdatedAt), nowUpd)
 }
 
 // stampMarker finds the marker in a trigger function's source.
@@ -131,19 +139,7 @@ BEGIN
 	}
 	b.WriteString("\tEND IF;\n")
 	if t.UpdatedAt != "" {
-		upd := "NEW." + q(t.UpdatedAt)
-		nowUpd := "now_ms"
-		if t.UpdatedAtLocal {
-			nowUpd = "(now_ms AT TIME ZONE 'UTC')"
-		}
-		fmt.Fprintf(&b, `	-- the wire carries milliseconds: so does updatedAt, the clock devices compare
-	%[1]s := date_trunc('milliseconds', %[1]s);
-	IF TG_OP = 'UPDATE' AND (%[1]s IS NULL OR %[1]s <= OLD.%[2]s) THEN
-		%[1]s := greatest(%[3]s, OLD.%[2]s + interval '1 millisecond');
-	ELSIF %[1]s IS NULL THEN
-		%[1]s := %[3]s;
-	END IF;
-`, upd, q(t.UpdatedAt), nowUpd)
+		b.WriteString(bumpUpdatedAt(t))
 	}
 	lock := "pg_advisory_xact_lock_shared"
 	if sh.Membership {

@@ -162,7 +162,7 @@ WHERE mv.shape = %[6]s AND m.%[7]s = ?1 AND (%[9]s)
 	AND NOT (mv.new_scope IS NULL AND mv.user_id = ?1)
 	AND NOT EXISTS (SELECT 1 FROM %[4]s AS m WHERE m.%[5]s = mv.new_scope AND m.%[7]s = ?1 AND %[8]s)`,
 				timeExpr("mv.updated_at"), strings.Repeat(", NULL", len(cols)-1), shapes.MovesTable, members, q(m.Scope.Name),
-				quoteLiteral(sh.Config.Key), q(m.Member.Name), active(m, "m"), movedAway(m)))
+				quoteLiteral(sh.Config.Key), q(m.Member.Name), active(m, "m"), shapes.MovedAwaySQL(m, "?2", "?3", active(m, "m"))))
 		}
 		return strings.Join(parts, "\nUNION ALL\n"), nil
 	})
@@ -273,22 +273,3 @@ func parseTime(v []byte) (time.Time, bool) {
 	return time.Date(year, time.Month(month), day, hour, minute, sec, ms*1e6, time.UTC), true
 }
 
-// movedAway is the condition that the move mv reaches the member of the
-// membership row m in the pull window (?2, ?3] (see the PostgreSQL
-// driver's movedAway for the cases).
-func movedAway(m *shapes.Membership) string {
-	q := shapes.QuoteIdent
-	stamp := "m." + q(m.Stamp.Name)
-	joined := ""
-	if m.Joined != nil {
-		joined = " AND mv.stamp > m." + q(m.Joined.Name)
-	}
-	window := func(col string) string { return fmt.Sprintf("%[1]s > ?2 AND %[1]s <= ?3", col) }
-	cond := fmt.Sprintf("(%s AND %s%s)", active(m, "m"), window("mv.stamp"), joined)
-	if m.Tomb != nil {
-		tomb := "m." + q(m.Tomb.Name)
-		cond += fmt.Sprintf(" OR (%[1]s AND %[2]s AND mv.stamp < %[3]s%[4]s) OR (%[1]s AND %[5]s AND mv.stamp > %[3]s AND mv.from_scoped_at < %[3]s)",
-			tomb, window("mv.stamp"), stamp, joined, window(stamp))
-	}
-	return cond
-}
