@@ -161,7 +161,6 @@ WHERE mv.shape = %[7]s AND m.%[8]s = $1 AND (%[10]s)
 		quoteLiteral(sh.Config.Key), q(m.Member.Name), active(m, "m"), shapes.MovedAwaySQL(m, "$2", "c.stamp", active(m, "m")))
 }
 
-
 // textExpr reads a column as text for the pull. Building JSON inside
 // PostgreSQL measured three to four times slower than reading the plain
 // columns and writing the JSON in Go. Types without a JSON form of their

@@ -272,4 +272,3 @@ func parseTime(v []byte) (time.Time, bool) {
 	}
 	return time.Date(year, time.Month(month), day, hour, minute, sec, ms*1e6, time.UTC), true
 }
-
