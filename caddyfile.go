@@ -39,6 +39,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_concurrent_pushes <n>       # pushes working on the database at once; default 8
 //		max_concurrent_pulls <n>        # pulls working on the database at once; default 8
 //		max_members <n>                 # most members of one scope of a shared shape; default 1000
+//		live on|off                     # live sync at …/events and …/live.js; default on
+//		heartbeat <duration>            # comment line on an idle stream; default 25s
+//		max_streams <n>                 # event streams of this instance; default 10000; past it 503
+//		max_streams_per_user <n>        # event streams of one user; default 16; past it 429
+//		stream_max_age <duration>       # a stream is closed after this (80-100 %), and reconnects; default 10m
+//		listen_database <dsn>           # a direct PostgreSQL session for LISTEN, when database is pooled
 //		metrics off                     # no hypersync_* Prometheus metrics
 //		shape <shapeKey> {              # repeatable
 //			table <name>                # default: the shapeKey; may be schema.table
@@ -91,6 +97,51 @@ func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "max_members":
 			if err := positiveInt(d, &h.MaxMembers); err != nil {
 				return err
+			}
+		case "live":
+			var v string
+			if !d.Args(&v) || d.NextArg() {
+				return d.ArgErr()
+			}
+			switch v {
+			case "on", "off":
+				on := v == "on"
+				h.Live = &on
+			default:
+				return d.Errf("live takes on or off, not %q", v)
+			}
+		case "heartbeat", "stream_max_age":
+			opt := d.Val()
+			var v string
+			if !d.Args(&v) || d.NextArg() {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("%s %q is not a positive duration such as 25s", opt, v)
+			}
+			if opt == "heartbeat" {
+				h.Heartbeat = caddy.Duration(dur)
+			} else {
+				h.StreamMaxAge = caddy.Duration(dur)
+			}
+		case "max_streams":
+			if err := positiveInt(d, &h.MaxStreams); err != nil {
+				return err
+			}
+		case "max_streams_per_user":
+			if err := positiveInt(d, &h.MaxStreamsPerUser); err != nil {
+				return err
+			}
+		case "listen_database":
+			if h.ListenDatabase != "" {
+				return d.Err("listen_database given twice")
+			}
+			if !d.Args(&h.ListenDatabase) || d.NextArg() {
+				return d.ArgErr()
+			}
+			if !strings.Contains(h.ListenDatabase, "{") && shapes.KindOf(h.ListenDatabase) != "postgres" {
+				return d.Errf("listen_database %q is not a postgres:// DSN: only PostgreSQL carries pokes between instances", shapes.RedactDSN(h.ListenDatabase))
 			}
 		case "max_concurrent_pushes":
 			if err := positiveInt(d, &h.MaxConcurrentPushes); err != nil {

@@ -7,12 +7,16 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddytest"
 
 	"github.com/hypersync/hypersync/shapes"
 )
+
+var liveOn, liveOff = true, false
 
 func TestUnmarshalCaddyfile(t *testing.T) {
 	cases := []struct {
@@ -113,6 +117,31 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "membership shape without a tombstone", input: "hypersync {\n shape list_members {\n key listId memberId\n share listId via list_members memberId\n }\n}", wantErr: `membership shape "list_members" needs a tombstone field to remove members`},
 		{name: "two member columns for one table", input: "hypersync {\n shape a {\n key id\n fields t\n share t via m userId\n }\n shape b {\n key id\n fields t\n share t via m memberId\n }\n}", wantErr: `names member column`},
 		{name: "max_members not a number", input: "hypersync {\n max_members lots\n}", wantErr: `max_members "lots" is not a positive whole number`, line: 2},
+		{
+			name: "the live options",
+			input: `hypersync {
+				live on
+				heartbeat 10s
+				max_streams 500
+				max_streams_per_user 4
+				stream_max_age 5m
+				listen_database postgres://u:p@db-direct/app
+				shape todos {
+					key todoId
+				}
+			}`,
+			want: &HyperSync{Live: &liveOn, Heartbeat: caddy.Duration(10 * time.Second), MaxStreams: 500, MaxStreamsPerUser: 4,
+				StreamMaxAge: caddy.Duration(5 * time.Minute), ListenDatabase: "postgres://u:p@db-direct/app",
+				Shapes: []shapes.ShapeConfig{{Key: "todos", KeyFields: []string{"todoId"}}}},
+		},
+		{name: "live off", input: "hypersync {\n live off\n shape t {\n key id\n }\n}",
+			want: &HyperSync{Live: &liveOff, Shapes: []shapes.ShapeConfig{{Key: "t", KeyFields: []string{"id"}}}}},
+		{name: "live neither on nor off", input: "hypersync {\n live maybe\n}", wantErr: `live takes on or off, not "maybe"`, line: 2},
+		{name: "heartbeat not a duration", input: "hypersync {\n heartbeat often\n}", wantErr: `heartbeat "often" is not a positive duration`, line: 2},
+		{name: "stream_max_age zero", input: "hypersync {\n stream_max_age 0s\n}", wantErr: `stream_max_age "0s" is not a positive duration`, line: 2},
+		{name: "max_streams not a number", input: "hypersync {\n max_streams lots\n}", wantErr: `max_streams "lots" is not a positive whole number`, line: 2},
+		{name: "max_streams_per_user zero", input: "hypersync {\n max_streams_per_user 0\n}", wantErr: `max_streams_per_user "0" is not a positive whole number`, line: 2},
+		{name: "listen_database not PostgreSQL", input: "hypersync {\n listen_database sqlite:./x.db\n}", wantErr: `listen_database "sqlite:./x.db" is not a postgres:// DSN`, line: 2},
 		{name: "argument after the directive", input: "hypersync extra {\n shape t {\n key id\n }\n}", wantErr: "wrong argument count or unexpected line ending after 'extra'", line: 1},
 		{name: "unsupported database scheme", input: "hypersync {\n database mysql://x\n}", wantErr: `unsupported database "mysql://x": use postgres://…, postgresql://… or sqlite:<path>`, line: 2},
 		{name: "no shapes", input: "hypersync {\n database postgres://x\n}", wantErr: "hypersync needs at least one shape block", line: 1},

@@ -18,7 +18,7 @@ func init() {
 }
 
 // live holds every provisioned hypersync handler, for the health route.
-var live sync.Map // *HyperSync -> struct{}
+var provisioned sync.Map // *HyperSync -> struct{}
 
 // adminHealth serves GET /hypersync/health on Caddy's admin endpoint: each
 // configured database's reachability and latency, and each shape's schema
@@ -86,7 +86,7 @@ func checkHealth(ctx context.Context) Health {
 	h := Health{Status: "ok", Databases: []DatabaseHealth{}, Shapes: []ShapeHealth{}}
 	seen := map[*shapes.Database]bool{}
 	var handlers []*HyperSync
-	live.Range(func(k, _ any) bool {
+	provisioned.Range(func(k, _ any) bool {
 		handlers = append(handlers, k.(*HyperSync))
 		return true
 	})

@@ -23,6 +23,11 @@ var metrics struct {
 	dbDuration  *prometheus.HistogramVec
 	lockWait    prometheus.Histogram
 	pools       *poolCollector
+	streams     prometheus.Gauge
+	pokes       prometheus.Counter
+	pokeLatency prometheus.Histogram
+	notifies    prometheus.Counter
+	reconnects  prometheus.Counter
 	collectors  []prometheus.Collector
 	initialized bool
 }
@@ -48,8 +53,20 @@ func initMetrics() {
 			waits:  prometheus.NewDesc(ns+"_pool_acquire_waits_total", "Acquires that had to wait for a free connection.", []string{"database"}, nil),
 			waited: prometheus.NewDesc(ns+"_pool_acquire_wait_seconds_total", "Time acquires spent waiting for a free connection.", []string{"database"}, nil),
 		}
+		metrics.streams = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "live_streams",
+			Help: "Open live event streams."})
+		metrics.pokes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "live_pokes_total",
+			Help: "Pokes written to event streams."})
+		metrics.pokeLatency = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "live_poke_latency_seconds",
+			Help:    "Time from a commit to its poke written to a stream.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)})
+		metrics.notifies = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "live_notify_batches_total",
+			Help: "pg_notify batches sent to other instances."})
+		metrics.reconnects = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "live_listener_reconnects_total",
+			Help: "Times the LISTEN connection was made again."})
 		metrics.collectors = []prometheus.Collector{metrics.requests, metrics.duration, metrics.changes, metrics.rowsPulled,
-			metrics.dbDuration, metrics.lockWait, metrics.pools}
+			metrics.dbDuration, metrics.lockWait, metrics.pools, metrics.streams, metrics.pokes, metrics.pokeLatency,
+			metrics.notifies, metrics.reconnects}
 		metrics.initialized = true
 	})
 }
@@ -91,6 +108,34 @@ func (promObserver) DatabaseTime(op string, d time.Duration) {
 func observeLockWait(d time.Duration) {
 	if metrics.initialized {
 		metrics.lockWait.Observe(d.Seconds())
+	}
+}
+
+// liveObserver records what the live broker reports.
+type liveObserver struct{}
+
+func (liveObserver) Streams(n int) {
+	if metrics.initialized {
+		metrics.streams.Set(float64(n))
+	}
+}
+
+func (liveObserver) PokeSent(latency time.Duration) {
+	if metrics.initialized {
+		metrics.pokes.Inc()
+		metrics.pokeLatency.Observe(latency.Seconds())
+	}
+}
+
+func (liveObserver) NotifyBatch() {
+	if metrics.initialized {
+		metrics.notifies.Inc()
+	}
+}
+
+func (liveObserver) ListenerReconnect() {
+	if metrics.initialized {
+		metrics.reconnects.Inc()
 	}
 }
 

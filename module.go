@@ -21,7 +21,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/hypersync/hypersync/handler"
+	"github.com/hypersync/hypersync/live"
+	"github.com/hypersync/hypersync/live/pgnotify"
 	"github.com/hypersync/hypersync/shapes"
+
 	// The database drivers register their DSNs with package shapes.
 	_ "github.com/hypersync/hypersync/shapes/postgres"
 	_ "github.com/hypersync/hypersync/shapes/sqlite"
@@ -38,6 +41,10 @@ const DefaultUserID = "{http.auth.user.id}"
 // databases holds one pool per DSN, shared by every config that names it,
 // so a config reload keeps its connections.
 var databases = caddy.NewUsagePool()
+
+// brokers holds one live broker per database, shared across reloads as
+// the pools are: a stream opened under an old config keeps its pokes.
+var brokers = caddy.NewUsagePool()
 
 // HyperSync serves HyperSync push (POST …/push) and pull (GET …/pull) for
 // the shapes it maps to SQL tables.
@@ -62,6 +69,23 @@ type HyperSync struct {
 	// into a scope stamps each member's cursor, so its cost grows with
 	// them. A membership past it is rejected forbidden. Default: 1000.
 	MaxMembers int `json:"max_members,omitempty"`
+
+	// Live sync (…/events): on unless set to false.
+	Live *bool `json:"live,omitempty"`
+	// The comment an idle event stream gets, so that proxies keep it.
+	// Default: 25s.
+	Heartbeat caddy.Duration `json:"heartbeat,omitempty"`
+	// The most event streams this instance serves; more gets 503.
+	// Default: 10000.
+	MaxStreams int `json:"max_streams,omitempty"`
+	// The most event streams of one user; more gets 429. Default: 16.
+	MaxStreamsPerUser int `json:"max_streams_per_user,omitempty"`
+	// How long a stream lives before the server closes it and the client
+	// reconnects (randomized to 80-100 %). Default: 10m.
+	StreamMaxAge caddy.Duration `json:"stream_max_age,omitempty"`
+	// A direct session for LISTEN, when database goes through a
+	// transaction pooler, which cannot LISTEN.
+	ListenDatabase string `json:"listen_database,omitempty"`
 
 	// The largest request body, in bytes; more gets 413. Default: 16 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
@@ -90,6 +114,10 @@ type HyperSync struct {
 	store   *shapes.Store
 	handler *handler.Handler
 	logger  *zap.Logger
+
+	broker     *live.Broker
+	brokerKey  string
+	liveServer *live.Server
 }
 
 // CaddyModule returns the Caddy module information.
@@ -144,6 +172,11 @@ func (h *HyperSync) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.store.MaxMembers = h.MaxMembers
+	if h.liveOn() {
+		if err := h.provisionLive(); err != nil {
+			return err
+		}
+	}
 	cfg := h.handlerConfig()
 	cfg.Store, cfg.Logger = h.store, h.logger
 	if !h.DisableMetrics {
@@ -156,11 +189,12 @@ func (h *HyperSync) Provision(ctx caddy.Context) error {
 		}
 		return repl.ReplaceAll("{http.request.uuid}", "")
 	}
+	cfg.Live = h.liveServer
 	if h.handler, err = handler.New(cfg); err != nil {
 		return err
 	}
 
-	live.Store(h, struct{}{})
+	provisioned.Store(h, struct{}{})
 
 	checkCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -228,9 +262,12 @@ func checkUserID(s string) error {
 // Cleanup releases this config's hold on the database pool; the last
 // config to let go of a pool closes it.
 func (h *HyperSync) Cleanup() error {
-	live.Delete(h)
+	provisioned.Delete(h)
 	if h.store != nil {
 		h.store.Close()
+	}
+	if h.broker != nil {
+		_, _ = brokers.Delete(h.brokerKey)
 	}
 	if h.db != nil {
 		_, err := databases.Delete(h.dsn)
@@ -261,3 +298,60 @@ var (
 	_ caddy.CleanerUpper          = (*HyperSync)(nil)
 	_ caddyhttp.MiddlewareHandler = (*HyperSync)(nil)
 )
+
+func (h *HyperSync) liveOn() bool { return h.Live == nil || *h.Live }
+
+// provisionLive takes this database's broker (starting it, with its
+// listener on PostgreSQL, for the first config that uses it), and makes
+// the store poke after every commit.
+func (h *HyperSync) provisionLive() error {
+	listen := h.ListenDatabase
+	if listen != "" {
+		var err error
+		if listen, err = caddy.NewReplacer().ReplaceOrErr(listen, true, true); err != nil {
+			return fmt.Errorf("listen_database: %w", err)
+		}
+	}
+	h.brokerKey = h.dsn + "\x00" + listen
+	val, _, err := brokers.LoadOrNew(h.brokerKey, func() (caddy.Destructor, error) {
+		opts := live.Options{Logger: h.logger, Exiting: caddy.Exiting}
+		if !h.DisableMetrics {
+			opts.Observer = liveObserver{}
+		}
+		if shapes.KindOf(h.dsn) == "postgres" {
+			t, err := pgnotify.New(pgnotify.Options{DSN: h.dsn, ListenDSN: listen, Logger: h.logger, Reconnected: liveObserver{}.ListenerReconnect})
+			if err != nil {
+				return nil, fmt.Errorf("live: %w", err)
+			}
+			opts.Transport = t
+			return &brokerWithTransport{Broker: live.NewBroker(opts), t: t}, nil
+		}
+		return live.NewBroker(opts), nil
+	})
+	if err != nil {
+		return err
+	}
+	switch b := val.(type) {
+	case *live.Broker:
+		h.broker = b
+	case *brokerWithTransport:
+		h.broker = b.Broker
+	}
+	h.store.OnCommit = h.broker.Publish
+	srv := live.Server{Broker: h.broker, Heartbeat: time.Duration(h.Heartbeat), MaxStreams: h.MaxStreams,
+		MaxStreamsPerUser: h.MaxStreamsPerUser, MaxAge: time.Duration(h.StreamMaxAge), Cursor: h.store.Cursor, Logger: h.logger}.WithDefaults()
+	h.liveServer = &srv
+	return nil
+}
+
+// brokerWithTransport closes the transport after the broker.
+type brokerWithTransport struct {
+	*live.Broker
+	t *pgnotify.Transport
+}
+
+func (b *brokerWithTransport) Destruct() error {
+	err := b.Broker.Destruct()
+	b.t.Close()
+	return err
+}

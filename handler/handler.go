@@ -23,6 +23,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/hypersync/hypersync/live"
 	"github.com/hypersync/hypersync/shapes"
 )
 
@@ -66,6 +67,10 @@ type Config struct {
 	Observer Observer
 	// RequestID, when set, names the request in warning and error logs.
 	RequestID func(*http.Request) string
+
+	// Live serves …/events; nil when live sync is off, and then …/events
+	// answers 204.
+	Live *live.Server
 }
 
 // Check reports a value that no default can mend.
@@ -179,12 +184,12 @@ func (h *Handler) logger(r *http.Request) *zap.Logger {
 }
 
 // Op names the operation a request path asks for, by its last segment, so
-// that the handler works under any route prefix: "push", "pull", or ""
-// for a path that is not the handler's.
+// that the handler works under any route prefix: "push", "pull",
+// "events", "live.js", or "" for a path that is not the handler's.
 func Op(path string) string {
 	path = strings.TrimSuffix(path, "/")
 	switch op := path[strings.LastIndexByte(path, '/')+1:]; op {
-	case "push", "pull":
+	case "push", "pull", "events", "live.js":
 		return op
 	}
 	return ""
@@ -201,18 +206,35 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, user string) {
 			writeError(w, http.StatusMethodNotAllowed, "method-not-allowed", "push takes POST")
 			return
 		}
-	case "pull":
+	case "pull", "events":
 		if r.Method != http.MethodGet {
 			w.Header().Set("Allow", http.MethodGet)
-			writeError(w, http.StatusMethodNotAllowed, "method-not-allowed", "pull takes GET")
+			writeError(w, http.StatusMethodNotAllowed, "method-not-allowed", op+" takes GET")
 			return
 		}
+	case "live.js":
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			writeError(w, http.StatusMethodNotAllowed, "method-not-allowed", "live.js takes GET")
+			return
+		}
+		live.ServeScript(w, r)
+		return
 	default:
 		writeError(w, http.StatusNotFound, "not-found", "hypersync serves …/push and …/pull")
 		return
 	}
 	if msg := checkUser(user); msg != "" {
 		writeError(w, http.StatusUnauthorized, "unauthenticated", msg)
+		return
+	}
+	if op == "events" {
+		if h.cfg.Live == nil {
+			// live is off: 204 tells EventSource to stop reconnecting
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		h.cfg.Live.ServeEvents(w, r, user, func(status int, code, msg string) { writeError(w, status, code, msg) })
 		return
 	}
 	ctx := r.Context()

@@ -38,6 +38,8 @@ type Driver interface {
 	// Pull streams the rows of q.User in every shape of q.Shapes stamped in
 	// (q.Since, cursor] and returns the cursor (see PullResult).
 	Pull(ctx context.Context, q PullQuery, emit func(PulledRow) error) (PullResult, error)
+	// Cursor reads a user's sync stamp; zero when there is none.
+	Cursor(ctx context.Context, user string) (time.Time, error)
 	// Ping checks that the database answers.
 	Ping(ctx context.Context) error
 	// Close closes the connections.

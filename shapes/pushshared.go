@@ -95,8 +95,9 @@ var ErrRetry = errors.New("shapes: a concurrent write raced this one; retry")
 
 // pushShared writes a push that touches a shared shape, in one driver
 // transaction (see share.go for the rule it keeps).
-func (s *Store) pushShared(ctx context.Context, set *ShapeSet, user string, rows []*Row, results []Result) (time.Time, error) {
+func (s *Store) pushShared(ctx context.Context, set *ShapeSet, user string, rows []*Row, results []Result) (time.Time, []string, error) {
 	var stamp time.Time
+	var users []string
 	refused := map[int]string{} // membership changes the database refused
 	isolated := false
 	for attempt := 0; attempt <= len(rows)+1; attempt++ { // one refusal at a time, after the isolating one
@@ -116,7 +117,7 @@ func (s *Store) pushShared(ctx context.Context, set *ShapeSet, user string, rows
 		groups := plan(live, false, isolated, results)
 		err := s.db.d.Shared(ctx, func(tx Tx) error {
 			var err error
-			stamp, err = writeShared(tx, user, groups, isolated, results, s.maxMembers(), s.perUserStamps)
+			stamp, users, err = writeShared(tx, user, groups, isolated, results, s.maxMembers(), s.perUserStamps)
 			return err
 		})
 		var mr *memberRefused
@@ -130,11 +131,11 @@ func (s *Store) pushShared(ctx context.Context, set *ShapeSet, user string, rows
 			continue
 		case err != nil:
 			s.recheckOn(set, err)
-			return time.Time{}, err
+			return time.Time{}, nil, err
 		}
-		return stamp, nil
+		return stamp, users, nil
 	}
-	return stamp, fmt.Errorf("push: membership refusals did not settle")
+	return stamp, nil, fmt.Errorf("push: membership refusals did not settle")
 }
 
 // memberRefused: the database refused a membership change that the
@@ -171,7 +172,7 @@ type rowRef struct {
 // under lock: membership changes first, in batch order, then the other
 // rows in plan order. Then it stamps the cursors of everyone who could see
 // a touched scope before or after, and writes.
-func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Result, maxMembers int, perUserStamps bool) (time.Time, error) {
+func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Result, maxMembers int, perUserStamps bool) (time.Time, []string, error) {
 	var memberRows, sharedRows []*Row
 	for _, g := range groups {
 		for _, r := range g.Rows {
@@ -205,7 +206,7 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 	for _, sh := range order {
 		stored, err := tx.Stored(sh, byShape[sh])
 		if err != nil {
-			return time.Time{}, err
+			return time.Time{}, nil, err
 		}
 		for i, r := range byShape[sh] {
 			state[rowRef{sh, r.key}] = stored[i]
@@ -264,11 +265,11 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 			excl[i] = touched[m][sc]
 		}
 		if err := tx.LockScopes(m, list, excl); err != nil {
-			return time.Time{}, err
+			return time.Time{}, nil, err
 		}
 		members, err := tx.Members(m, list)
 		if err != nil {
-			return time.Time{}, err
+			return time.Time{}, nil, err
 		}
 		st := make(map[string]*scopeState, len(list))
 		for _, sc := range list {
@@ -415,7 +416,7 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 	}
 	stamp, err := tx.Stamp(users)
 	if err != nil {
-		return time.Time{}, err
+		return time.Time{}, nil, err
 	}
 
 	// Memberships first, then the rest; per-user shapes' rows are decided
@@ -463,7 +464,7 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 			// changes with each version (the SQLite stamping triggers
 			// tell hypersync's writes by it)
 			if stamp, err = tx.Stamp(users); err != nil {
-				return time.Time{}, err
+				return time.Time{}, nil, err
 			}
 		}
 		for _, r := range g.Rows {
@@ -473,13 +474,13 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 		var refused *RefusedError
 		if isolated && errors.As(err, &refused) {
 			if g.Shape.IsMembership() {
-				return time.Time{}, &memberRefused{index: g.Rows[0].Index, msg: refused.Message}
+				return time.Time{}, nil, &memberRefused{index: g.Rows[0].Index, msg: refused.Message}
 			}
 			g.Rows[0].Outcome, g.Rows[0].Refusal = RowRefused, refused.Message
 			continue
 		}
 		if err != nil {
-			return time.Time{}, err
+			return time.Time{}, nil, err
 		}
 	}
 	for i, r := range moved {
@@ -487,7 +488,7 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 	}
 	if len(moves) > 0 {
 		if err := tx.Moves(moves); err != nil {
-			return time.Time{}, err
+			return time.Time{}, nil, err
 		}
 	}
 	for _, g := range groups {
@@ -497,7 +498,7 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 			}
 		}
 	}
-	return stamp, nil
+	return stamp, users, nil
 }
 
 func jsonQuote(s string) []byte {

@@ -29,6 +29,12 @@ type Store struct {
 	// export_test.go).
 	perUserStamps bool
 
+	// OnCommit, when set, is called after a push committed, with every
+	// user whose cursor it moved (the pusher, and the members of the
+	// scopes it wrote into) and its stamp: live sync pokes them. Set it
+	// before the first request.
+	OnCommit func(users []string, stamp time.Time)
+
 	mu  sync.Mutex
 	set *ShapeSet // nil until resolved, and again after a table changed
 	// users counts the requests working on each set; a set that was
@@ -291,7 +297,11 @@ func (s *Store) Push(ctx context.Context, user string, changes []Change, results
 	}
 	for _, r := range rows {
 		if r.shape.share != nil {
-			return s.pushShared(ctx, set, user, rows, results)
+			stamp, users, err := s.pushShared(ctx, set, user, rows, results)
+			if err == nil && s.OnCommit != nil && !stamp.IsZero() {
+				s.OnCommit(users, stamp)
+			}
+			return stamp, err
 		}
 	}
 	w := Write{User: user, Groups: plan(rows, true, false, results)}
@@ -315,6 +325,9 @@ func (s *Store) Push(ctx context.Context, user string, changes []Change, results
 			results[r.Index] = resultOf(r)
 		}
 	}
+	if s.OnCommit != nil && !stamp.IsZero() {
+		s.OnCommit([]string{user}, stamp)
+	}
 	return stamp, nil
 }
 
@@ -330,6 +343,12 @@ func resultOf(r *Row) Result {
 		return rejected(CodeUserMismatch, "the row with this key belongs to another user")
 	}
 	return rejected(CodeInvalidPayload, "%s", r.Refusal)
+}
+
+// Cursor returns the user's sync stamp: what their next pull would hand
+// out as syncedAt; zero when they have none.
+func (s *Store) Cursor(ctx context.Context, user string) (time.Time, error) {
+	return s.db.d.Cursor(ctx, user)
 }
 
 // Pull streams the user's rows written after since. With limit > 0 it

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -277,4 +278,14 @@ func digits(b []byte) (int, bool) {
 		n = n*10 + int(c-'0')
 	}
 	return n, true
+}
+
+// Cursor reads the user's sync stamp.
+func (p *driver) Cursor(ctx context.Context, user string) (time.Time, error) {
+	var stamp time.Time
+	err := p.pool.QueryRow(ctx, `SELECT stamp FROM "`+shapes.CursorTable+`" WHERE user_id = $1`, user).Scan(&stamp)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return time.Time{}, nil
+	}
+	return stamp, pgError(err)
 }

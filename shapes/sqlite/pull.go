@@ -272,3 +272,16 @@ func parseTime(v []byte) (time.Time, bool) {
 	}
 	return time.Date(year, time.Month(month), day, hour, minute, sec, ms*1e6, time.UTC), true
 }
+
+// Cursor reads the user's sync stamp.
+func (s *driver) Cursor(ctx context.Context, user string) (time.Time, error) {
+	var stamp string
+	err := s.r.QueryRowContext(ctx, `SELECT stamp FROM "`+shapes.CursorTable+`" WHERE user_id = ?`, user).Scan(&stamp)
+	if errors.Is(err, sql.ErrNoRows) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, classify(err)
+	}
+	return time.Parse(stampLayout, stamp)
+}

@@ -1,0 +1,345 @@
+// Package live tells devices when to sync: a Server-Sent Events stream per
+// device, on which a poke arrives when a write they can see commits. A
+// poke carries no row data; the device answers it with an ordinary pull.
+//
+// One Broker per database keeps the open streams and delivers pokes to
+// them: from pushes in this process (Publish), and, on PostgreSQL, from
+// other instances and from the stamping triggers, through a Transport
+// (package live/pgnotify). Files: broker.go the registry and delivery,
+// stream.go the HTTP side, script.go the browser helper live.js.
+package live
+
+import (
+	"context"
+	"crypto/md5"
+	"crypto/rand"
+	"encoding/hex"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Poke is a hint to sync for the users whose keys it names.
+type Poke struct {
+	// Keys are users' keys (Broker.Key); All pokes every stream.
+	Keys []string `json:"u,omitempty"`
+	All  bool     `json:"a,omitempty"`
+	// Stamp is the commit's sync stamp in Unix milliseconds (0 when not
+	// known, as from a trigger): the event id a stream hands out.
+	Stamp int64 `json:"s,omitempty"`
+	// At is when the poke was published, in Unix microseconds, for the
+	// commit-to-poke latency.
+	At int64 `json:"t,omitempty"`
+	// Origin is the publishing instance, which delivered it already.
+	Origin string `json:"o,omitempty"`
+}
+
+// Transport carries pokes between instances on one database.
+type Transport interface {
+	// Secret returns the database's key for hashing user ids, shared by
+	// every instance and by the stamping triggers.
+	Secret(ctx context.Context) (string, error)
+	// Run delivers pokes from other instances until ctx ends, and calls
+	// resync after every (re)connect, when pokes may have been missed.
+	Run(ctx context.Context, deliver func(Poke), resync func())
+	// Send publishes one batch of pokes, small enough for one message.
+	Send(ctx context.Context, p Poke) error
+}
+
+// Observer receives the broker's measurements.
+type Observer interface {
+	Streams(n int)
+	PokeSent(latency time.Duration)
+	NotifyBatch()
+	ListenerReconnect()
+}
+
+// Broker holds the open streams of one database's users.
+type Broker struct {
+	transport Transport
+	logger    *zap.Logger
+	observer  Observer
+	origin    string
+	secret    string
+
+	mu      sync.Mutex
+	streams map[string]map[*stream]struct{} // by user key
+	total   int
+
+	outMu   sync.Mutex
+	out     map[string]struct{} // keys waiting to be sent to other instances
+	outMax  int64
+	outAt   int64
+	outWake chan struct{}
+
+	closing chan struct{} // closed when the process exits, or the broker is destroyed
+	once    sync.Once
+	cancel  context.CancelFunc
+	done    sync.WaitGroup
+	exiting func() bool
+}
+
+// Options configure a broker.
+type Options struct {
+	// Transport, when set, carries pokes to and from other instances.
+	Transport Transport
+	Logger    *zap.Logger
+	Observer  Observer
+	// Exiting reports that the process is stopping for good: then every
+	// stream is closed, so that a graceful shutdown does not wait on them.
+	Exiting func() bool
+}
+
+// NewBroker starts a broker.
+func NewBroker(opts Options) *Broker {
+	b := &Broker{transport: opts.Transport, logger: opts.Logger, observer: opts.Observer, exiting: opts.Exiting,
+		streams: map[string]map[*stream]struct{}{}, out: map[string]struct{}{}, outWake: make(chan struct{}, 1),
+		closing: make(chan struct{})}
+	if b.logger == nil {
+		b.logger = zap.NewNop()
+	}
+	var rnd [16]byte
+	_, _ = rand.Read(rnd[:])
+	b.origin = hex.EncodeToString(rnd[:8])
+	b.secret = hex.EncodeToString(rnd[8:])
+	ctx, cancel := context.WithCancel(context.Background())
+	b.cancel = cancel
+	if b.transport != nil {
+		if s, err := b.transport.Secret(ctx); err == nil {
+			b.secret = s
+		} else {
+			b.logger.Warn("live: reading the shared key; pokes reach this instance's streams only until it is read", zap.Error(err))
+		}
+		b.done.Add(2)
+		go func() { defer b.done.Done(); b.transport.Run(ctx, b.deliver, b.pokeAll) }()
+		go func() { defer b.done.Done(); b.sendLoop(ctx) }()
+	}
+	if b.exiting != nil {
+		b.done.Add(1)
+		go func() { defer b.done.Done(); b.watchExit(ctx) }()
+	}
+	return b
+}
+
+// Destruct stops the broker and closes its streams (caddy.Destructor).
+func (b *Broker) Destruct() error {
+	b.once.Do(func() { close(b.closing) })
+	b.cancel()
+	b.done.Wait()
+	return nil
+}
+
+// watchExit closes every stream once the process is exiting: Caddy's
+// default grace period is unlimited, and it would wait for them.
+func (b *Broker) watchExit(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if b.exiting() {
+				b.once.Do(func() { close(b.closing) })
+				return
+			}
+		}
+	}
+}
+
+// Key is the hashed id of a user, as pokes between instances carry it:
+// any database role can LISTEN, so raw user ids never travel. The
+// stamping triggers compute the same: left(md5(secret || user), 16).
+func (b *Broker) Key(user string) string {
+	h := md5.Sum([]byte(b.secret + user))
+	return hex.EncodeToString(h[:8])
+}
+
+// Publish pokes users after a commit stamped stamp: their streams here at
+// once, and the other instances' within a few milliseconds.
+func (b *Broker) Publish(users []string, stamp time.Time) {
+	keys := make([]string, len(users))
+	for i, u := range users {
+		keys[i] = b.Key(u)
+	}
+	p := Poke{Keys: keys, Stamp: stamp.UnixMilli(), At: time.Now().UnixMicro()}
+	b.deliver(p)
+	if b.transport == nil {
+		return
+	}
+	b.outMu.Lock()
+	for _, k := range keys {
+		b.out[k] = struct{}{}
+	}
+	b.outMax = max(b.outMax, p.Stamp)
+	if b.outAt == 0 {
+		b.outAt = p.At
+	}
+	b.outMu.Unlock()
+	select {
+	case b.outWake <- struct{}{}:
+	default:
+	}
+}
+
+// sendLoop sends what Publish gathered, after a few milliseconds, in
+// messages under PostgreSQL's 8,000 bytes: never inside a push's
+// transaction, so that a full notification queue cannot fail a push.
+func (b *Broker) sendLoop(ctx context.Context) {
+	const perMessage = 300 // keys of 19 bytes in JSON: well under 8,000 bytes
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-b.outWake:
+		}
+		time.Sleep(3 * time.Millisecond) // gather the pushes committing meanwhile
+		b.outMu.Lock()
+		keys := make([]string, 0, len(b.out))
+		for k := range b.out {
+			keys = append(keys, k)
+		}
+		stamp, at := b.outMax, b.outAt
+		b.out, b.outMax, b.outAt = map[string]struct{}{}, 0, 0
+		b.outMu.Unlock()
+		for len(keys) > 0 {
+			n := min(len(keys), perMessage)
+			p := Poke{Keys: keys[:n], Stamp: stamp, At: at, Origin: b.origin}
+			keys = keys[n:]
+			if err := b.transport.Send(ctx, p); err != nil && ctx.Err() == nil {
+				// the others' streams resync when their listener comes back
+				b.logger.Warn("live: sending pokes to other instances", zap.Error(err))
+			}
+			if b.observer != nil {
+				b.observer.NotifyBatch()
+			}
+		}
+	}
+}
+
+// deliver pokes the local streams a poke names.
+func (b *Broker) deliver(p Poke) {
+	if p.Origin != "" && p.Origin == b.origin {
+		return // delivered when it was published
+	}
+	if p.All {
+		b.pokeAll()
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, k := range p.Keys {
+		for s := range b.streams[k] {
+			s.offer(p.Stamp, p.At)
+		}
+	}
+}
+
+// pokeAll pokes every stream: after the listener reconnects, when
+// notifications may have been lost.
+func (b *Broker) pokeAll() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, set := range b.streams {
+		for s := range set {
+			s.offer(0, time.Now().UnixMicro())
+		}
+	}
+}
+
+// admission is why a stream was refused.
+type admission int
+
+const (
+	admitted admission = iota
+	tooManyStreams
+	tooManyForUser
+)
+
+// join registers a stream, within the limits.
+func (b *Broker) join(s *stream, maxStreams, maxPerUser int) admission {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.total >= maxStreams {
+		return tooManyStreams
+	}
+	set := b.streams[s.key]
+	if len(set) >= maxPerUser {
+		return tooManyForUser
+	}
+	if set == nil {
+		set = map[*stream]struct{}{}
+		b.streams[s.key] = set
+	}
+	set[s] = struct{}{}
+	b.total++
+	if b.observer != nil {
+		b.observer.Streams(b.total)
+	}
+	return admitted
+}
+
+func (b *Broker) leave(s *stream) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if set := b.streams[s.key]; set != nil {
+		delete(set, s)
+		if len(set) == 0 {
+			delete(b.streams, s.key)
+		}
+		b.total--
+	}
+	if b.observer != nil {
+		b.observer.Streams(b.total)
+	}
+}
+
+// Open returns the number of open streams.
+func (b *Broker) Open() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.total
+}
+
+// stream is one open event stream: a one-slot mailbox, so that pokes
+// coalesce and a slow client never holds up delivery to others.
+type stream struct {
+	key    string
+	wake   chan struct{} // capacity 1
+	mu     sync.Mutex
+	stamp  int64 // the newest stamp waiting
+	at     int64 // when the oldest waiting poke was published
+	queued atomic.Bool
+}
+
+func newStream(key string) *stream { return &stream{key: key, wake: make(chan struct{}, 1)} }
+
+// offer leaves a poke in the mailbox, merged with one already there.
+func (s *stream) offer(stamp, at int64) {
+	s.mu.Lock()
+	s.stamp = max(s.stamp, stamp)
+	if !s.queued.Load() || at < s.at {
+		s.at = at
+	}
+	s.queued.Store(true)
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take empties the mailbox.
+func (s *stream) take() (stamp, at int64, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.queued.Load() {
+		return 0, 0, false
+	}
+	stamp, at = s.stamp, s.at
+	s.stamp, s.at = 0, 0
+	s.queued.Store(false)
+	return stamp, at, true
+}
