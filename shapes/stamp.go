@@ -76,7 +76,8 @@ func (t StampTarget) Marker() string {
 		parts = append(parts, fmt.Sprintf("%+v", *t.Share))
 	}
 	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
-	return "hypersync-stamp-v1-" + hex.EncodeToString(h[:6])
+	// v2: the PostgreSQL objects notify live streams
+	return "hypersync-stamp-v2-" + hex.EncodeToString(h[:6])
 }
 
 // stampTargetOf is the target of a create_table shape.

@@ -22,20 +22,11 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/hypersync/hypersync/live"
+	"github.com/hypersync/hypersync/shapes/postgres"
 )
 
 // Channel is the notification channel.
-const Channel = "hypersync_poke"
-
-// SecretTable holds the database's key for hashing user ids: created by
-// the first instance, read by all, and by the stamping triggers.
-const SecretTable = "hypersync_live"
-
-// SecretDDL creates SecretTable and its one row.
-var SecretDDL = []string{
-	`CREATE TABLE IF NOT EXISTS "` + SecretTable + `" (id int PRIMARY KEY DEFAULT 1 CHECK (id = 1), secret text NOT NULL)`,
-	`INSERT INTO "` + SecretTable + `" (secret) VALUES (md5(random()::text || clock_timestamp()::text)) ON CONFLICT (id) DO NOTHING`,
-}
+const Channel = postgres.LiveChannel
 
 // Options configure a transport.
 type Options struct {
@@ -88,13 +79,13 @@ func (t *Transport) Close() { t.pool.Close() }
 func (t *Transport) Secret(ctx context.Context) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	for _, stmt := range SecretDDL {
+	for _, stmt := range postgres.LiveDDL {
 		if _, err := t.pool.Exec(ctx, stmt); err != nil {
 			return "", err
 		}
 	}
 	var s string
-	err := t.pool.QueryRow(ctx, `SELECT secret FROM "`+SecretTable+`"`).Scan(&s)
+	err := t.pool.QueryRow(ctx, `SELECT secret FROM "`+postgres.LiveTable+`"`).Scan(&s)
 	return s, err
 }
 

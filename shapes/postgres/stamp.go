@@ -35,6 +35,31 @@ import (
 
 const writerSetting = "hypersync.writer"
 
+// LiveChannel is the channel live pokes travel on between instances, and
+// LiveTable holds the database's key for hashing user ids in them (see
+// package live/pgnotify). The stamping objects notify it for writes made
+// outside hypersync; hypersync's own pushes notify after commit instead.
+const (
+	LiveChannel = "hypersync_poke"
+	LiveTable   = "hypersync_live"
+)
+
+// LiveDDL creates LiveTable and its one row, with a random key.
+var LiveDDL = []string{
+	`CREATE TABLE IF NOT EXISTS "` + LiveTable + `" (id int PRIMARY KEY DEFAULT 1 CHECK (id = 1), secret text NOT NULL)`,
+	`INSERT INTO "` + LiveTable + `" (secret) VALUES (md5(random()::text || clock_timestamp()::text)) ON CONFLICT (id) DO NOTHING`,
+}
+
+// notifySQL pokes the live streams of the users in the text[] expression
+// users: their keys, left(md5(key || user), 16), as package live hashes
+// them; every stream when there are too many for one notification. Within
+// a transaction PostgreSQL sends equal notifications once, so a bulk write
+// of one user's rows sends one.
+func notifySQL(users string) string {
+	return `PERFORM pg_notify('` + LiveChannel + `', CASE WHEN cardinality(` + users + `) > 300 THEN '{"a":true}'
+		ELSE json_build_object('u', (SELECT json_agg(left(md5(k.secret || u), 16)) FROM unnest(` + users + `) AS u, "` + LiveTable + `" AS k))::text END);`
+}
+
 func stamping(t shapes.StampTarget) ([]string, []string) {
 	if t.Share != nil {
 		return sharedStamping(t)
@@ -65,14 +90,15 @@ BEGIN
 		ELSE greatest(now_ms, c.stamp + interval '1 millisecond') END
 	RETURNING c.stamp INTO new_stamp;
 	%[6]s := %[5]s;
+	%[7]s
 	RETURN NEW;
 END
-$hypersync$`, fn, marker, bumpUpdatedAt(t), q(t.User), stampExpr, synced)
+$hypersync$`, fn, marker, bumpUpdatedAt(t), q(t.User), stampExpr, synced, notifySQL("ARRAY[NEW."+q(t.User)+"::text]"))
 	trigger := fmt.Sprintf(`DROP TRIGGER IF EXISTS "hypersync_stamp" ON %[1]s;
 CREATE TRIGGER "hypersync_stamp" BEFORE INSERT OR UPDATE ON %[1]s FOR EACH ROW
 	WHEN (current_setting('`+writerSetting+`', true) IS DISTINCT FROM 'hypersync')
 	EXECUTE FUNCTION %[2]s()`, shapes.QuoteTable(t.Schema, t.Table), fn)
-	return []string{fnSQL, trigger}, []string{marker}
+	return append(append([]string{}, LiveDDL...), fnSQL, trigger), []string{marker}
 }
 
 // bumpUpdatedAt is the part of a trigger function that keeps
@@ -94,7 +120,7 @@ func bumpUpdatedAt(t shapes.StampTarget) string {
 }
 
 // stampMarker finds the marker in a trigger function's source.
-var stampMarker = regexp.MustCompile(`hypersync-stamp-v1-[0-9a-f]+`)
+var stampMarker = regexp.MustCompile(`hypersync-stamp-v[0-9]+-[0-9a-f]+`)
 
 // sharedStamping renders the stamping objects of a shared shape's table,
 // or of a membership table. The function does what a shared push does
@@ -205,12 +231,12 @@ BEGIN
 	END IF;
 `, scope, shapes.MovesTable, quoteLiteral(sh.Shape), q(t.User), q(t.UpdatedAt), strings.Join(obj, ", "), q(sh.ScopedAt))
 	}
-	b.WriteString("\tRETURN NEW;\nEND\n$hypersync$")
+	b.WriteString("\t" + notifySQL("users") + "\n\tRETURN NEW;\nEND\n$hypersync$")
 	trigger := fmt.Sprintf(`DROP TRIGGER IF EXISTS "hypersync_stamp" ON %[1]s;
 CREATE TRIGGER "hypersync_stamp" BEFORE INSERT OR UPDATE ON %[1]s FOR EACH ROW
 	WHEN (current_setting('`+writerSetting+`', true) IS DISTINCT FROM 'hypersync')
 	EXECUTE FUNCTION %[2]s()`, shapes.QuoteTable(t.Schema, t.Table), fn)
-	return []string{b.String(), trigger}, []string{marker}
+	return append(append([]string{}, LiveDDL...), b.String(), trigger), []string{marker}
 }
 
 // activeIn is the condition that the membership row alias is not removed.

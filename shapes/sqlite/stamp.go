@@ -86,7 +86,7 @@ END`, name, event, q(t.Table), user, when, marker, event, bump, q(t.Table), sync
 }
 
 // stampMarkers finds the markers in a table's triggers.
-var stampMarkers = regexp.MustCompile(`hypersync-stamp-v1-[0-9a-f]+ (INSERT|UPDATE)`)
+var stampMarkers = regexp.MustCompile(`hypersync-stamp-v[0-9]+-[0-9a-f]+ (INSERT|UPDATE)`)
 
 // sharedStamping renders the triggers of a shared shape's table, or of a
 // membership table. As for a shared push (shared.go), the file's write

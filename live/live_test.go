@@ -1,0 +1,414 @@
+package live_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hypersync/hypersync/handler"
+	"github.com/hypersync/hypersync/internal/pgtest"
+	"github.com/hypersync/hypersync/internal/testkit"
+	"github.com/hypersync/hypersync/live"
+	"github.com/hypersync/hypersync/live/pgnotify"
+	"github.com/hypersync/hypersync/shapes"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// instance is one hypersync "instance": a store, its broker and an HTTP
+// server for …/events, on a test database.
+type instance struct {
+	t      *testing.T
+	dsn    string
+	store  *shapes.Store
+	broker *live.Broker
+	url    string
+	f      *testkit.Fixture
+}
+
+type setup struct {
+	cross   bool // a LISTEN/NOTIFY transport (PostgreSQL)
+	configs []shapes.ShapeConfig
+	server  live.Server
+	exiting func() bool
+}
+
+func newInstance(t *testing.T, dsn string, s setup) *instance {
+	t.Helper()
+	if len(s.configs) == 0 {
+		s.configs = []shapes.ShapeConfig{testkit.TodosShape}
+	}
+	f := testkit.OpenStore(t, dsn, s.configs...)
+	opts := live.Options{Exiting: s.exiting}
+	if s.cross {
+		tr, err := pgnotify.New(pgnotify.Options{DSN: dsn, Idle: 500 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(tr.Close)
+		opts.Transport = tr
+	}
+	b := live.NewBroker(opts)
+	t.Cleanup(func() { _ = b.Destruct() })
+	f.Store.OnCommit = b.Publish
+	srv := s.server
+	srv.Broker, srv.Cursor = b, f.Store.Cursor
+	srv = srv.WithDefaults()
+	hs := testkit.NewServer(t, f.Store, handler.Config{Timeout: 10 * time.Second, Live: &srv})
+	return &instance{t: t, dsn: dsn, store: f.Store, broker: b, url: hs.URL, f: f}
+}
+
+// stream is an open event stream, read in the background.
+type stream struct {
+	resp   *http.Response
+	events chan event
+}
+
+type event struct {
+	name, id, data string
+}
+
+func (in *instance) open(user, lastID string) (*stream, *http.Response) {
+	in.t.Helper()
+	req, _ := http.NewRequest("GET", in.url+"/sync/events", nil)
+	req.Header.Set("X-Test-User", user)
+	if lastID != "" {
+		req.Header.Set("Last-Event-ID", lastID)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		in.t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		resp.Body.Close()
+		return nil, resp
+	}
+	s := &stream{resp: resp, events: make(chan event, 4096)}
+	in.t.Cleanup(func() { resp.Body.Close() })
+	go func() {
+		defer close(s.events)
+		sc := bufio.NewScanner(resp.Body)
+		var e event
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case line == "":
+				if e != (event{}) {
+					s.events <- e
+				}
+				e = event{}
+			case strings.HasPrefix(line, ":"):
+				e.name = "comment"
+			case strings.HasPrefix(line, "event: "):
+				e.name = strings.TrimPrefix(line, "event: ")
+			case strings.HasPrefix(line, "id: "):
+				e.id = strings.TrimPrefix(line, "id: ")
+			case strings.HasPrefix(line, "data: "):
+				e.data = strings.TrimPrefix(line, "data: ")
+			}
+		}
+	}()
+	return s, resp
+}
+
+// next waits up to d for the next poke, skipping comments.
+func (s *stream) next(d time.Duration) (event, bool) {
+	deadline := time.After(d)
+	for {
+		select {
+		case e, ok := <-s.events:
+			if !ok {
+				return event{}, false
+			}
+			if e.name == "poke" {
+				return e, true
+			}
+		case <-deadline:
+			return event{}, false
+		}
+	}
+}
+
+func push(t *testing.T, in *instance, user, key string) {
+	t.Helper()
+	testkit.WantOutcomes(t, in.f.Push(user, testkit.Change("todos", time.Now(), fmt.Sprintf(`{"todoId":%q,"title":"x"}`, key))), "applied")
+}
+
+// A push pokes the streams of its user, at once, and nobody else's; the
+// poke's id is the user's new cursor.
+func TestPokeDelivery(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		in := newInstance(t, b.Open(t, testkit.SeedTable), setup{})
+		alice, resp := in.open("alice", "")
+		if alice == nil {
+			t.Fatalf("events: %d", resp.StatusCode)
+		}
+		for h, want := range map[string]string{"Content-Type": "text/event-stream", "Cache-Control": "no-cache, no-transform"} {
+			if got := alice.resp.Header.Get(h); got != want {
+				t.Fatalf("%s = %q, want %q", h, got, want)
+			}
+		}
+		bob, _ := in.open("bob", "")
+		start := time.Now()
+		push(t, in, "alice", "t1")
+		e, ok := alice.next(2 * time.Second)
+		if !ok {
+			t.Fatal("no poke within 2 s")
+		}
+		t.Logf("poke after %v", time.Since(start))
+		cur, _ := in.store.Cursor(context.Background(), "alice")
+		if e.id != fmt.Sprint(cur.UnixMilli()) {
+			t.Fatalf("poke id %q, want the cursor %d", e.id, cur.UnixMilli())
+		}
+		if e, ok := bob.next(300 * time.Millisecond); ok {
+			t.Fatalf("bob got %+v for alice's push", e)
+		}
+	})
+}
+
+// On PostgreSQL a push on one instance pokes the streams on another.
+func TestPokeAcrossInstances(t *testing.T) {
+	dsn := testkit.Postgres().Open(t, testkit.SeedTable)
+	a := newInstance(t, dsn, setup{cross: true})
+	b := newInstance(t, dsn, setup{cross: true})
+	s, _ := b.open("alice", "")
+	time.Sleep(200 * time.Millisecond) // the listeners are up
+	push(t, a, "alice", "t1")
+	if _, ok := s.next(2 * time.Second); !ok {
+		t.Fatal("no poke from the other instance within 2 s")
+	}
+}
+
+// Pokes coalesce: 1,000 commits published faster than a stream can write
+// them reach it as a few pokes, the last of which carries the newest stamp;
+// 1,000 real pushes reach it as at most 1,000, the last with the cursor.
+func TestPokesCoalesce(t *testing.T) {
+	in := newInstance(t, testkit.SQLite().Open(t, testkit.SeedTable), setup{})
+	s, _ := in.open("alice", "")
+	count := func() (int, string) {
+		n, last := 0, ""
+		for {
+			e, ok := s.next(500 * time.Millisecond)
+			if !ok {
+				return n, last
+			}
+			n, last = n+1, e.id
+		}
+	}
+	base := time.Now().Truncate(time.Millisecond)
+	for i := 1; i <= 1000; i++ {
+		in.broker.Publish([]string{"alice"}, base.Add(time.Duration(i)*time.Millisecond))
+	}
+	n, last := count()
+	t.Logf("a burst of 1,000 commits: %d pokes", n)
+	if want := fmt.Sprint(base.Add(1000 * time.Millisecond).UnixMilli()); n == 0 || n >= 100 || last != want {
+		t.Fatalf("%d pokes, the last with id %s; want a few, the last with %s", n, last, want)
+	}
+	for i := 0; i < 1000; i++ {
+		push(t, in, "alice", fmt.Sprintf("t%d", i))
+	}
+	cur, _ := in.store.Cursor(context.Background(), "alice")
+	n, last = count()
+	t.Logf("1,000 pushes: %d pokes", n)
+	if n == 0 || n > 1000 || last != fmt.Sprint(cur.UnixMilli()) {
+		t.Fatalf("%d pokes, the last with id %s; want at most 1,000, the last with %d", n, last, cur.UnixMilli())
+	}
+}
+
+// A client that never reads its stream does not hold up anyone else's.
+func TestStalledClientDoesNotBlockOthers(t *testing.T) {
+	in := newInstance(t, testkit.SQLite().Open(t, testkit.SeedTable), setup{server: live.Server{Heartbeat: time.Millisecond}})
+	// a raw connection that asks for the stream and never reads: its
+	// heartbeats soon fill the socket buffers
+	conn, err := net.Dial("tcp", strings.TrimPrefix(in.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetReadBuffer(1024)
+	}
+	fmt.Fprintf(conn, "GET /sync/events HTTP/1.1\r\nHost: x\r\nX-Test-User: alice\r\n\r\n")
+	time.Sleep(500 * time.Millisecond)
+	other, _ := in.open("alice", "")
+	for i := 0; i < 20; i++ {
+		start := time.Now()
+		push(t, in, "alice", fmt.Sprintf("t%d", i))
+		if _, ok := other.next(time.Second); !ok {
+			t.Fatalf("push %d: no poke within 1 s beside a stalled stream", i)
+		}
+		if d := time.Since(start); d > 500*time.Millisecond {
+			t.Fatalf("push %d: poke after %v", i, d)
+		}
+	}
+}
+
+// Past max_streams_per_user a stream is refused 429, past max_streams 503
+// with Retry-After.
+func TestStreamLimits(t *testing.T) {
+	in := newInstance(t, testkit.SQLite().Open(t, testkit.SeedTable), setup{server: live.Server{MaxStreams: 3, MaxStreamsPerUser: 2}})
+	for i := 0; i < 2; i++ {
+		if s, resp := in.open("alice", ""); s == nil {
+			t.Fatalf("stream %d: %d", i, resp.StatusCode)
+		}
+	}
+	if _, resp := in.open("alice", ""); resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("a third stream of alice: %d, want 429", resp.StatusCode)
+	}
+	if s, resp := in.open("bob", ""); s == nil {
+		t.Fatalf("bob's stream: %d", resp.StatusCode)
+	}
+	_, resp := in.open("carol", "")
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("a fourth stream: %d (Retry-After %q), want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+}
+
+// A client reconnecting with the id it last saw gets a poke at once when
+// the user's cursor moved on since, none when it did not, and one for an
+// id it cannot read.
+func TestReconnectCatchUp(t *testing.T) {
+	in := newInstance(t, testkit.SQLite().Open(t, testkit.SeedTable), setup{})
+	push(t, in, "alice", "t1")
+	cur, _ := in.store.Cursor(context.Background(), "alice")
+	id := fmt.Sprint(cur.UnixMilli())
+	s, _ := in.open("alice", id)
+	if e, ok := s.next(300 * time.Millisecond); ok {
+		t.Fatalf("a client that missed nothing got %+v", e)
+	}
+	old, _ := in.open("alice", fmt.Sprint(cur.UnixMilli()-1))
+	if _, ok := old.next(time.Second); !ok {
+		t.Fatal("a client that missed a push got no poke")
+	}
+	for _, garbage := range []string{"yesterday", "-5", "1e99", strings.Repeat("9", 400), "\u00ff"} {
+		g, resp := in.open("alice", garbage)
+		if g == nil {
+			t.Fatalf("Last-Event-ID %q: %d", garbage, resp.StatusCode)
+		}
+		if _, ok := g.next(time.Second); !ok && garbage != strings.Repeat("9", 400) {
+			t.Fatalf("Last-Event-ID %q: no poke", garbage)
+		}
+		g.resp.Body.Close()
+	}
+}
+
+// With live off, …/events answers 204, which tells EventSource to stop.
+func TestLiveOffAnswers204(t *testing.T) {
+	f := testkit.OpenStore(t, testkit.SQLite().Open(t, testkit.SeedTable), testkit.TodosShape)
+	hs := testkit.NewServer(t, f.Store, handler.Config{})
+	req, _ := http.NewRequest("GET", hs.URL+"/sync/events", nil)
+	req.Header.Set("X-Test-User", "alice")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("events with live off: %d, want 204", resp.StatusCode)
+	}
+	// and without a user, 401 as push and pull
+	resp, _ = http.Get(hs.URL + "/sync/events")
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("events without a user: %d, want 401", resp.StatusCode)
+	}
+}
+
+// The listener's connection killed (pg_terminate_backend): it comes back,
+// every stream gets a catch-up poke, and pokes from the other instance
+// resume.
+func TestListenerLoss(t *testing.T) {
+	dsn := testkit.Postgres().Open(t, testkit.SeedTable)
+	a := newInstance(t, dsn, setup{cross: true})
+	b := newInstance(t, dsn, setup{cross: true})
+	s, _ := b.open("alice", "")
+	time.Sleep(200 * time.Millisecond)
+	killed := 0
+	err := testkit.Query(dsn, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'hypersync listener'`,
+		func(scan func(...any) error) error { return scan(&killed) })
+	if err != nil || killed != 2 {
+		t.Fatalf("terminated %d listeners (%v), want 2", killed, err)
+	}
+	if _, ok := s.next(3 * time.Second); !ok {
+		t.Fatal("no catch-up poke after the listener came back")
+	}
+	push(t, a, "alice", "t1")
+	if _, ok := s.next(3 * time.Second); !ok {
+		t.Fatal("pokes from the other instance did not resume")
+	}
+}
+
+// A write from outside hypersync pokes too, through the stamping trigger.
+func TestOutsideWritePokes(t *testing.T) {
+	dsn := testkit.Postgres().Open(t, testkit.SeedTable)
+	in := newInstance(t, dsn, setup{cross: true})
+	d, err := in.f.DB.Diagnose(context.Background(), testkit.TodosShape)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, stmt := range d.Fix {
+		testkit.Exec(t, dsn, stmt)
+	}
+	s, _ := in.open("alice", "")
+	time.Sleep(200 * time.Millisecond)
+	testkit.Exec(t, dsn, `INSERT INTO todos (todoId, title, userId) VALUES ('psql', 'from psql', 'alice')`)
+	if _, ok := s.next(2 * time.Second); !ok {
+		t.Fatal("no poke for a row written with SQL")
+	}
+}
+
+// A write into a shared list pokes every member of it, and nobody else.
+func TestSharedWritePokesEveryMember(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		in := newInstance(t, b.Open(t), setup{configs: testkit.ListShapes()})
+		testkit.WantOutcomes(t, in.f.Push("alice", testkit.Member(1, "L", "alice", false), testkit.Member(2, "L", "bob", false)), "applied,applied")
+		bob, _ := in.open("bob", "")
+		carol, _ := in.open("carol", "")
+		testkit.WantOutcomes(t, in.f.Push("alice", testkit.Todo(3, "t1", "L", "milk")), "applied")
+		if _, ok := bob.next(2 * time.Second); !ok {
+			t.Fatal("bob, a member, got no poke")
+		}
+		if e, ok := carol.next(300 * time.Millisecond); ok {
+			t.Fatalf("carol got %+v", e)
+		}
+	})
+}
+
+// A process exiting closes every stream, so that Caddy's graceful
+// shutdown does not wait on them.
+func TestExitClosesStreams(t *testing.T) {
+	exiting := make(chan struct{})
+	in := newInstance(t, testkit.SQLite().Open(t, testkit.SeedTable), setup{exiting: func() bool {
+		select {
+		case <-exiting:
+			return true
+		default:
+			return false
+		}
+	}})
+	var streams []*stream
+	for i := 0; i < 100; i++ {
+		s, resp := in.open(fmt.Sprintf("u%d", i), "")
+		if s == nil {
+			t.Fatalf("stream %d: %d", i, resp.StatusCode)
+		}
+		streams = append(streams, s)
+	}
+	start := time.Now()
+	close(exiting)
+	for i, s := range streams {
+		for range s.events {
+		}
+		if time.Since(start) > 2*time.Second {
+			t.Fatalf("stream %d still open after 2 s", i)
+		}
+	}
+	if in.broker.Open() != 0 {
+		t.Fatalf("%d streams left", in.broker.Open())
+	}
+}
