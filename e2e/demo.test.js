@@ -12,17 +12,20 @@ const stores = [
 
 for (const store of stores) {
   describe(`demo on ${store.name}`, { concurrency: false }, () => {
-    let db, caddy, browser;
+    let db, caddy, caddy2, browser;
     const devices = [];
 
     before(async () => {
       db = await store.database();
       caddy = await startCaddy({ databaseUrl: db.url });
+      // a second instance on the same database, for live sync across them
+      caddy2 = db.url ? await startCaddy({ databaseUrl: db.url }) : caddy;
       browser = await launchBrowser();
     });
     after(async () => {
       await browser?.close();
       await caddy?.stop();
+      if (caddy2 !== caddy) await caddy2?.stop();
       await db?.stop();
     });
 
@@ -61,6 +64,48 @@ for (const store of stores) {
       await a.syncNow();
       const titles = await a.titles();
       assert.ok(titles.includes(fixed) && !titles.includes(title), `A shows ${JSON.stringify(titles)}, want the admin's fix`);
+    });
+
+    // Live: polling every ten minutes, window focus off, nobody presses
+    // "Sync now" on the receiving side: only a poke can bring the change.
+    const slow = "?syncInterval=600000";
+    const openOn = async (instance, user, name) => {
+      const d = await Device.open(browser, instance.baseURL, user, name, slow);
+      devices.push(d);
+      return d;
+    };
+    const waitFor = async (d, title, ms) => {
+      const start = Date.now();
+      await d.page.locator("li.todo .title", { hasText: title }).first().waitFor({ timeout: ms });
+      return Date.now() - start;
+    };
+
+    scenario(`live: a todo added on one device shows on the other within 1 s${store.name === "postgres" ? ", across two Caddy instances" : ""}`, async () => {
+      const a = await openOn(caddy, "alice", "A"), b = await openOn(caddy2, "alice", "B");
+      await new Promise((r) => setTimeout(r, 300)); // B's stream is open
+      const title = unique("live");
+      const start = Date.now();
+      await a.addTodo(title);
+      await waitFor(b, title, 1000);
+      console.log(`live (${store.name}): ${Date.now() - start} ms from adding on A to showing on B`);
+    });
+
+    scenario("live: a member's edit reaches another member", async () => {
+      const alice = await openOn(caddy, "alice", "alice"), bob = await openOn(caddy2, "bob", "bob");
+      const list = unique("Live list");
+      const item = unique("bread");
+      await alice.addList(list);
+      await alice.openList(list);
+      await alice.addTodo(item);
+      await alice.share("bob");
+      await bob.page.locator("#lists li", { hasText: list }).first().waitFor({ timeout: 3000 });
+      await bob.openList(list);
+      await waitFor(bob, item, 2000);
+      const edited = unique("rye bread");
+      const start = Date.now();
+      await bob.rename(item, edited);
+      await waitFor(alice, edited, 1000);
+      console.log(`live (${store.name}): a member's edit reached another in ${Date.now() - start} ms`);
     });
 
     scenario("a shared list: invite, edit, a row from psql, remove; carol sees nothing", async () => {

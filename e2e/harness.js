@@ -115,7 +115,7 @@ export function launchBrowser() {
 // A Device is one browser context (its own IndexedDB and localStorage, as a
 // separate phone or laptop would have), signed in as one user.
 export class Device {
-  static async open(browser, baseURL, user, name = user) {
+  static async open(browser, baseURL, user, name = user, query = "") {
     const context = await browser.newContext({ baseURL, httpCredentials: { username: user, password: `${user}-pw` } });
     const page = await context.newPage();
     const d = new Device(name, context, page);
@@ -131,7 +131,7 @@ export class Device {
       d.log.push(`[${name}] ${req.method()} ${url.pathname}${url.search} -> ${r.status()}`);
       if (url.pathname.endsWith("/push")) d.pushes.push(req.postDataJSON());
     });
-    await page.goto("/");
+    await page.goto("/" + query);
     await page.waitForFunction(() => Number(document.getElementById("status").dataset.syncs) >= 1);
     return d;
   }

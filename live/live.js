@@ -10,32 +10,46 @@
 // one sync at a time, and one more if a poke came during it. It never calls
 // syncDebounced(), which waits two seconds.
 export function live(sync, options = {}) {
+  // options: url (default: events beside this module), name (of the lock
+  // and channel), onSynced() after each sync, onError(err), onClosed()
+  // when the server refused the stream for good (204: live is off).
   const url = options.url ?? new URL("events", import.meta.url).href;
   const name = options.name ?? "hypersync-live:" + url;
-  let running = false;
+  // The in-flight guard: one sync at a time, and one more after it when
+  // asked again meanwhile. run() resolves when the syncs it joined are
+  // done, and rejects with the last one's error.
+  let current = null;
   let again = false;
-  async function run() {
-    if (running) {
+  function run() {
+    if (current) {
       again = true;
-      return;
+      return current;
     }
-    running = true;
-    try {
-      do {
-        again = false;
-        try {
-          await sync.sync();
-        } catch (err) {
-          options.onError?.(err);
-        }
-      } while (again);
-    } finally {
-      running = false;
-    }
+    current = (async () => {
+      let failed = null;
+      try {
+        do {
+          again = false;
+          failed = null;
+          try {
+            await sync.sync();
+            options.onSynced?.();
+          } catch (err) {
+            failed = err;
+            options.onError?.(err);
+          }
+        } while (again);
+      } finally {
+        current = null;
+      }
+      if (failed) throw failed;
+    })();
+    return current;
   }
+  const poke = () => run().catch(() => {});
 
   const channel = typeof BroadcastChannel === "function" ? new BroadcastChannel(name) : null;
-  if (channel) channel.onmessage = () => run();
+  if (channel) channel.onmessage = poke;
 
   let source = null;
   let stopped = false;
@@ -45,13 +59,13 @@ export function live(sync, options = {}) {
     source = new EventSource(url, { withCredentials: true });
     source.addEventListener("poke", () => {
       channel?.postMessage("poke");
-      run();
+      poke();
     });
     source.addEventListener("open", () => {
       // after a reconnect, sync once: pokes may have gone by meanwhile
       if (lost) {
         channel?.postMessage("poke");
-        run();
+        poke();
       }
       lost = false;
     });
@@ -74,6 +88,10 @@ export function live(sync, options = {}) {
     open();
   }
   return {
+    // syncNow syncs behind the same guard, for an app that wants its own
+    // change out at once instead of after the client's debounce, or a
+    // "Sync now" button: the client's sync() must not run twice at once.
+    syncNow: run,
     stop() {
       stopped = true;
       source?.close();

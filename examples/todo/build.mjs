@@ -15,6 +15,8 @@ await build({
   // @vueuse/core (used by the client) reads these at build time
   define: { "process.env.NODE_ENV": '"production"', __VUE_OPTIONS_API__: "false", __VUE_PROD_DEVTOOLS__: "false", __VUE_PROD_HYDRATION_MISMATCH_DETAILS__: "false" },
   logLevel: "warning",
+  // served by hypersync itself, next to /sync/push and /sync/pull
+  external: ["/sync/live.js"],
 });
 cpSync("src/index.html", "dist/index.html");
 cpSync("src/style.css", "dist/style.css");

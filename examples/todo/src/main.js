@@ -9,6 +9,8 @@
 // what (share … via list_members in the Caddyfile); the app only shows it.
 import Dexie from "dexie";
 import { configureSync, useShape } from "@jaaahn/hyper-sync/web";
+// Live sync: hypersync pokes this page when something it can see changed.
+import { live } from "/sync/live.js";
 
 const db = new Dexie("hypersync-todo-demo");
 db.version(1).stores({
@@ -21,7 +23,12 @@ db.version(2).stores({
   members: "&[listId+memberId], listId, memberId",
 });
 
-const sync = configureSync({ serverEndpoint: "/sync", syncInterval: 30_000 });
+// ?syncInterval=<ms> sets the client's polling (the browser suite makes it
+// ten minutes, so that only live sync can be what brings a change).
+const params = new URLSearchParams(location.search);
+const sync = configureSync({ serverEndpoint: "/sync", syncInterval: Number(params.get("syncInterval")) || 30_000,
+  syncOnWindowFocus: !params.has("syncInterval") });
+let liveSync = null;
 let userId = null;
 
 // Last-write-wins on the device too: a pulled change replaces the local row
@@ -50,6 +57,9 @@ async function change(shape, table, key, fields) {
   scheduleRender();
   await shape.pushChange(fields, userId, updatedAt);
   renderStatus();
+  // push now, rather than after the client's two-second debounce: with
+  // live sync, the other devices see it within a second
+  liveSync?.syncNow().then(renderStatus, renderStatus);
 }
 
 // Ids are random UUIDs: a list id must be unguessable, or a stranger could
@@ -184,7 +194,9 @@ async function syncNow() {
   const el = $("status");
   el.dataset.state = "syncing";
   try {
-    await sync.sync();
+    // behind live sync's guard once it runs: the client's sync() must not
+    // run twice at once
+    await (liveSync ? liveSync.syncNow() : sync.sync());
     lastSync = new Date();
     syncError = null;
     el.dataset.state = "idle";
@@ -225,6 +237,8 @@ async function main() {
   $("status").dataset.state = "idle";
   await render();
   await syncNow();
+  // after the first sync: a poke then brings only what is new
+  liveSync = live(sync, { onSynced: () => { lastSync = new Date(); scheduleRender(); } });
 }
 
 main();
