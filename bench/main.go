@@ -41,21 +41,24 @@ import (
 )
 
 var (
-	runs       = flag.Int("runs", 5, "runs of each measurement; the median is reported")
-	pushTotal  = flag.Int("push", 60000, "changes pushed per push measurement")
-	batchSize  = flag.Int("batch", 300, "changes per push request (the client's pushBatchSize)")
-	pullRows   = flag.Int("pull", 100000, "rows in the full-pull measurement")
-	bigRows    = flag.Int("big", 1000000, "rows in the memory measurement (0 skips it)")
-	smallOther = flag.Int("others", 1000000, "rows of other users around the small pull (0 skips it)")
-	caddyBin   = flag.String("caddy", "", "a Caddy with hypersync; built from ./cmd/caddy when empty")
-	profile    = flag.String("profile", "", "save Caddy's CPU profile during the first 1-user push to this file")
-	dsnFlag    = flag.String("dsn", "", "an existing PostgreSQL database to use (it must be empty); a throwaway cluster when empty")
-	withPG     = flag.Bool("postgres", true, "measure the PostgreSQL rows (-postgres=false: the SQLite rows alone)")
-	withSQLite = flag.Bool("sqlite", true, "measure the SQLite rows")
-	withShared = flag.Bool("shared", true, "measure the shared-scope rows (PostgreSQL)")
-	onlyShared = flag.Bool("only-shared", false, "measure the shared-scope rows alone")
-	sqlitePull = flag.Int("sqlite-pull", 0, "rows in the SQLite full-pull measurement (0: as many as -pull)")
-	sqliteProf = flag.String("sqlite-profile", "", "save Caddy's CPU profile during the first SQLite push to this file")
+	runs        = flag.Int("runs", 5, "runs of each measurement; the median is reported")
+	pushTotal   = flag.Int("push", 60000, "changes pushed per push measurement")
+	batchSize   = flag.Int("batch", 300, "changes per push request (the client's pushBatchSize)")
+	pullRows    = flag.Int("pull", 100000, "rows in the full-pull measurement")
+	bigRows     = flag.Int("big", 1000000, "rows in the memory measurement (0 skips it)")
+	smallOther  = flag.Int("others", 1000000, "rows of other users around the small pull (0 skips it)")
+	caddyBin    = flag.String("caddy", "", "a Caddy with hypersync; built from ./cmd/caddy when empty")
+	profile     = flag.String("profile", "", "save Caddy's CPU profile during the first 1-user push to this file")
+	dsnFlag     = flag.String("dsn", "", "an existing PostgreSQL database to use (it must be empty); a throwaway cluster when empty")
+	withPG      = flag.Bool("postgres", true, "measure the PostgreSQL rows (-postgres=false: the SQLite rows alone)")
+	withSQLite  = flag.Bool("sqlite", true, "measure the SQLite rows")
+	withShared  = flag.Bool("shared", true, "measure the shared-scope rows (PostgreSQL)")
+	onlyShared  = flag.Bool("only-shared", false, "measure the shared-scope rows alone")
+	withLive    = flag.Bool("live", true, "measure the live-sync rows")
+	onlyLive    = flag.Bool("only-live", false, "measure the live-sync rows alone")
+	liveStreams = flag.Int("streams", 10000, "idle streams in the live memory measurement (ulimit -n must allow them)")
+	sqlitePull  = flag.Int("sqlite-pull", 0, "rows in the SQLite full-pull measurement (0: as many as -pull)")
+	sqliteProf  = flag.String("sqlite-profile", "", "save Caddy's CPU profile during the first SQLite push to this file")
 )
 
 const ddl = pgtest.TodosDDL + ";\n" + pgtest.TodosIndex
@@ -120,7 +123,15 @@ func run() error {
 	}
 	var out outcome
 	if *onlyShared {
-		*withPG, *withSQLite, *withShared = false, false, true
+		*withPG, *withSQLite, *withShared, *withLive = false, false, true, false
+	}
+	if *onlyLive {
+		*withPG, *withSQLite, *withShared, *withLive = false, false, false, true
+	}
+	if *withLive {
+		if err := runLive(ctx, bin, &out); err != nil {
+			return fmt.Errorf("live: %w", err)
+		}
 	}
 	if *withShared {
 		if err := runShared(ctx, bin, &out); err != nil {

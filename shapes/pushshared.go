@@ -296,6 +296,15 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 	// Membership changes, in batch order.
 	applied := map[*Row]bool{}
 	isNew := map[*Row]bool{}
+	// the scopes the applied rows are in, before and after: whose members
+	// the push must stamp (a rejected change stamps nobody)
+	hit := map[*Membership]map[string]bool{}
+	mark := func(m *Membership, scope string) {
+		if hit[m] == nil {
+			hit[m] = map[string]bool{}
+		}
+		hit[m][scope] = true
+	}
 	for _, r := range memberRows {
 		if invalid[r] != "" {
 			continue
@@ -343,6 +352,7 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 		}
 		state[k] = &Stored{Scope: scope, User: user, UpdatedAt: r.UpdatedAt, Tomb: tomb}
 		applied[r], isNew[r] = true, st == nil
+		mark(m, scope)
 	}
 
 	// The other shared rows, in plan order.
@@ -383,6 +393,12 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 		}
 		state[k] = &Stored{Scope: to.text, ScopeNull: to.null, User: user, UpdatedAt: r.UpdatedAt, ScopedAt: entered}
 		applied[r], isNew[r] = true, st == nil
+		if st != nil && !st.ScopeNull {
+			mark(m, st.Scope)
+		}
+		if !to.null {
+			mark(m, to.text)
+		}
 	}
 	for r, why := range forbid {
 		results[r.Index] = rejected(CodeForbidden, "%s", why)
@@ -394,10 +410,29 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 		results[r.Index] = rejected(CodeUserMismatch, "the row with this key belongs to another user")
 	}
 
-	// Everyone who can see a touched scope before or after the push.
+	// Nothing to write: no stamp, and nobody's cursor moves.
+	perUser := false
+	for _, g := range groups {
+		perUser = perUser || g.Shape.share == nil
+	}
+	if len(applied) == 0 && !perUser {
+		for _, g := range groups {
+			for _, r := range g.Rows {
+				if forbid[r] == "" && invalid[r] == "" && !mismatch[r] {
+					results[r.Index] = resultOf(r)
+				}
+			}
+		}
+		return time.Time{}, nil, nil
+	}
+
+	// Everyone who can see a scope the push writes, before or after it.
 	seen := map[string]bool{user: true}
-	for _, st := range scopes {
-		for _, ss := range st {
+	for m, st := range scopes {
+		for sc, ss := range st {
+			if !hit[m][sc] {
+				continue
+			}
 			for _, u := range ss.initial {
 				seen[u] = true
 			}
@@ -584,7 +619,15 @@ func (r *Row) tombstone(st *Stored) []byte {
 		b = append(b, raw...)
 	}
 	for i := range sh.Keys {
-		field(sh.cols[i].Field, bytes.TrimSpace(r.Vals[i]))
+		// the key as the database spells it (a uuid lower-cased), as
+		// pulls send it, so that devices find the row they hold
+		raw := bytes.TrimSpace(r.Vals[i])
+		if c := &sh.cols[i]; c.IsUUID() {
+			if v, err := c.TextValue(raw); err == nil {
+				raw = jsonQuote(v)
+			}
+		}
+		field(sh.cols[i].Field, raw)
 	}
 	sc := sh.cols[sh.share.Scope]
 	if sh.share.Scope >= len(sh.Keys) {

@@ -231,7 +231,7 @@ func resolveSharing(set *ShapeSet, cfgs []ShapeConfig, inspect func(schema, tabl
 			byTable[via] = m
 		}
 		scope := sh.cols[sc.Scope]
-		if t := strings.ToLower(scope.Type); !(scope.Kind == KindInt || scope.Kind == KindText && !strings.HasPrefix(t, "character(") && t != "bpchar") {
+		if t := strings.ToLower(scope.Type); !(scope.Kind == KindInt || scope.Kind == KindText && !strings.HasPrefix(t, "character(") && t != "bpchar" && t != "citext") {
 			// a scope's text must name it alone: numeric (1.0 = 1.00),
 			// padded or case-blind types compare wider than their text
 			return fail(ProblemColumnType, RoleScope, scope.Name, "the scope column must be text, uuid or an integer, but its type is %s", scope.Type)

@@ -60,20 +60,17 @@ type StampShare struct {
 	Member     string
 }
 
-// MembersName is the membership table as its scope locks name it.
-func (s *StampShare) MembersName() string {
-	if s.MSchema == "" {
-		return s.MTable
-	}
-	return s.MSchema + "." + s.MTable
-}
 
 // Marker is the text the stamping objects carry, naming their version and
 // the columns they were made for (the table is the one they are on).
 func (t StampTarget) Marker() string {
 	parts := append([]string{t.User, t.UpdatedAt, t.SyncedAt, fmt.Sprint(t.UpdatedAtLocal, t.SyncedAtLocal)}, t.Keys...)
-	if t.Share != nil {
-		parts = append(parts, fmt.Sprintf("%+v", *t.Share))
+	if sh := t.Share; sh != nil {
+		// what the objects do, not how the configuration spells the
+		// membership table's schema or the scope's type
+		c := *sh
+		c.MSchema, c.ScopeType = "", ""
+		parts = append(parts, fmt.Sprintf("%+v", c))
 	}
 	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
 	// v2: the PostgreSQL objects notify live streams

@@ -43,10 +43,12 @@ import (
 // trigger its row then cursors; a cycle between them needs two writers on
 // one row, and PostgreSQL ends one, which Shared retries.
 
-// The advisory lock key of a scope: the membership table and the scope's
-// canonical text (the value cast to the column's type and back).
+// The advisory lock key of a scope: the membership table's name (without
+// its schema, which a configuration may leave out) and the scope's
+// canonical text (the value cast to the column's type and back). The
+// stamping triggers take the same key.
 func scopeLockKey(m *shapes.Membership, scope string) string {
-	return fmt.Sprintf("hashtextextended(%s || %s::%s::text, 0)", quoteLiteral(m.QualifiedName()+":"), scope, m.Scope.Cast)
+	return fmt.Sprintf("hashtextextended(%s || %s::%s::text, 0)", quoteLiteral(m.Table+":"), scope, m.Scope.Cast)
 }
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

@@ -142,7 +142,9 @@ func sharedStamping(t shapes.StampTarget) ([]string, []string) {
 	members := shapes.QuoteTable(sh.MSchema, sh.MTable)
 	scope := q(sh.Scope)
 	var b strings.Builder
-	fmt.Fprintf(&b, `CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $hypersync$
+	// TimeZone UTC: the moves table and scoped_at take the stamp as it is,
+	// whatever time zone the writing session has
+	fmt.Fprintf(&b, `CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET TimeZone TO 'UTC' AS $hypersync$
 -- %s: stamps rows written outside hypersync, for every member of their scope, so that they reach devices
 DECLARE
 	now_ms timestamptz := date_trunc('milliseconds', clock_timestamp());
@@ -164,6 +166,11 @@ BEGIN
 		fmt.Fprintf(&b, "\t\told_member := OLD.%s::text;\n", q(sh.Member))
 	}
 	b.WriteString("\tEND IF;\n")
+	if sh.Membership && sh.MTomb != "" {
+		// a member removed before and after: nothing changes for anyone,
+		// and a new stamp would send move-out again
+		fmt.Fprintf(&b, "\tIF TG_OP = 'UPDATE' AND coalesce(OLD.%[1]s, false) AND coalesce(NEW.%[1]s, false) THEN\n\t\tNEW.%[2]s := OLD.%[2]s;\n\t\tRETURN NEW;\n\tEND IF;\n", q(sh.MTomb), q(t.SyncedAt))
+	}
 	if t.UpdatedAt != "" {
 		b.WriteString(bumpUpdatedAt(t))
 	}
@@ -177,7 +184,7 @@ BEGIN
 	-- everyone who can see the row, before or after
 	SELECT array_agg(u ORDER BY u) INTO users FROM (
 		SELECT m.%[4]s::text AS u FROM %[5]s AS m WHERE m.%[6]s IN (old_scope, NEW.%[3]s) AND %[7]s
-`, lock, quoteLiteral(sh.MembersName()+":"), scope, q(sh.MMember), members, q(sh.MScope), activeIn(sh, "m"))
+`, lock, quoteLiteral(sh.MTable+":"), scope, q(sh.MMember), members, q(sh.MScope), activeIn(sh, "m"))
 	if t.User != "" {
 		fmt.Fprintf(&b, "\t\tUNION SELECT NEW.%[1]s::text WHERE NEW.%[2]s IS NULL\n\t\tUNION SELECT old_user WHERE TG_OP = 'UPDATE' AND old_scope IS NULL\n", q(t.User), scope)
 	}

@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -154,13 +155,14 @@ func (t *liteTx) Members(m *shapes.Membership, scopes []string) ([]shapes.Member
 }
 
 func (t *liteTx) Stamp(users []string) (time.Time, error) {
-	args := make([]any, len(users))
-	for i, u := range users {
-		args[i] = u
+	// the users as one JSON array: a scope of many members would pass
+	// SQLite's limit of bound variables
+	list, err := json.Marshal(users)
+	if err != nil {
+		return time.Time{}, err
 	}
 	var last sql.NullString
-	if err := t.tx.QueryRowContext(t.ctx, `SELECT max(stamp) FROM "`+shapes.CursorTable+`" WHERE user_id IN (`+
-		strings.TrimSuffix(strings.Repeat("?, ", len(users)), ", ")+`)`, args...).Scan(&last); err != nil {
+	if err := t.tx.QueryRowContext(t.ctx, `SELECT max(stamp) FROM "`+shapes.CursorTable+`" WHERE user_id IN (SELECT value FROM json_each(?))`, string(list)).Scan(&last); err != nil {
 		return time.Time{}, classify(err)
 	}
 	stamp := t.s.now().UTC().Truncate(time.Millisecond)
@@ -174,12 +176,8 @@ func (t *liteTx) Stamp(users []string) (time.Time, error) {
 		}
 	}
 	t.stamp = stamp.Format(stampLayout)
-	vals := make([]any, 0, 2*len(users))
-	for _, u := range users {
-		vals = append(vals, u, t.stamp)
-	}
-	if _, err := t.tx.ExecContext(t.ctx, `INSERT INTO "`+shapes.CursorTable+`" (user_id, stamp) VALUES `+placeholders(2, len(users))+`
-		ON CONFLICT (user_id) DO UPDATE SET stamp = excluded.stamp`, vals...); err != nil {
+	if _, err := t.tx.ExecContext(t.ctx, `INSERT INTO "`+shapes.CursorTable+`" (user_id, stamp) SELECT value, ? FROM json_each(?) WHERE 1
+		ON CONFLICT (user_id) DO UPDATE SET stamp = excluded.stamp`, t.stamp, string(list)); err != nil {
 		return time.Time{}, classify(err)
 	}
 	return stamp, nil

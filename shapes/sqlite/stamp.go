@@ -181,11 +181,19 @@ func sharedStamping(t shapes.StampTarget) ([]string, []string) {
 				where, q(sh.ScopedAt))
 		}
 		when := "1"
+		if update && sh.Membership && sh.MTomb != "" {
+			// a member removed before and after: nothing changes for
+			// anyone, and a new stamp would send move-out again
+			when = fmt.Sprintf("NOT (coalesce(OLD.%[1]s, 0) AND coalesce(NEW.%[1]s, 0))", q(sh.MTomb))
+		}
 		if t.User != "" {
 			cursor := `(SELECT stamp FROM "` + shapes.CursorTable + `" WHERE user_id = NEW.` + q(t.User) + `)`
 			when = `NEW.` + synced + ` IS NULL OR NEW.` + synced + ` IS NOT ` + cursor
 			if update {
 				when = `NEW.` + synced + ` IS OLD.` + synced + ` OR ` + when
+			}
+			if update && sh.Membership && sh.MTomb != "" {
+				when = fmt.Sprintf("(%s) AND NOT (coalesce(OLD.%[2]s, 0) AND coalesce(NEW.%[2]s, 0))", when, q(sh.MTomb))
 			}
 		}
 		ddl = append(ddl, `DROP TRIGGER IF EXISTS `+name, fmt.Sprintf(`CREATE TRIGGER %s AFTER %s ON %s
