@@ -60,7 +60,6 @@ type StampShare struct {
 	Member     string
 }
 
-
 // Marker is the text the stamping objects carry, naming their version and
 // the columns they were made for (the table is the one they are on).
 func (t StampTarget) Marker() string {
