@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/hypersync/hypersync/internal/pgtest"
 )
 
@@ -32,6 +34,15 @@ func runLive(ctx context.Context, bin string, out *outcome) error {
 		return err
 	}
 	defer c.Destroy()
+	pool, err := pgxpool.New(ctx, c.DSN)
+	if err != nil {
+		return err
+	}
+	_, err = pool.Exec(ctx, ddl)
+	pool.Close()
+	if err != nil {
+		return err
+	}
 	users := []string{"u0", "idle"}
 	a, err := startCaddyWith(bin, c.DSN, users, liveExtra)
 	if err != nil {
@@ -106,6 +117,9 @@ func runLive(ctx context.Context, bin string, out *outcome) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
+	if err := createSQLite(dir + "/live.db"); err != nil {
+		return err
+	}
 	lite, err := startCaddyWith(bin, "sqlite:"+dir+"/live.db", users, liveExtra)
 	if err != nil {
 		return err

@@ -184,7 +184,7 @@ func (b *Broker) Publish(users []string, stamp time.Time) {
 	}
 }
 
-// sendLoop sends what Publish gathered, after a few milliseconds, in
+// sendLoop sends what Publish gathered, after 10 milliseconds, in
 // messages under PostgreSQL's 8,000 bytes: never inside a push's
 // transaction, so that a full notification queue cannot fail a push.
 func (b *Broker) sendLoop(ctx context.Context) {
@@ -195,7 +195,7 @@ func (b *Broker) sendLoop(ctx context.Context) {
 			return
 		case <-b.outWake:
 		}
-		time.Sleep(3 * time.Millisecond) // gather the pushes committing meanwhile
+		time.Sleep(10 * time.Millisecond) // gather the pushes committing meanwhile: one notification for many
 		b.outMu.Lock()
 		keys := make([]string, 0, len(b.out))
 		for k := range b.out {
