@@ -412,3 +412,47 @@ func TestExitClosesStreams(t *testing.T) {
 		t.Fatalf("%d streams left", in.broker.Open())
 	}
 }
+
+// A flood of stream opens by one user: at most max_streams_per_user are
+// served, the rest get 429 at once, and others are not affected.
+func TestStreamFloodByOneUser(t *testing.T) {
+	in := newInstance(t, testkit.SQLite().Open(t, testkit.SeedTable), setup{})
+	answers := make(chan int, 200)
+	for i := 0; i < 200; i++ {
+		go func() {
+			req, _ := http.NewRequest("GET", in.url+"/sync/events", nil)
+			req.Header.Set("X-Test-User", "mallory")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				answers <- 0
+				return
+			}
+			answers <- resp.StatusCode
+			if resp.StatusCode != 200 {
+				resp.Body.Close()
+				return
+			}
+			t.Cleanup(func() { resp.Body.Close() })
+		}()
+	}
+	counts := map[int]int{}
+	for i := 0; i < 200; i++ {
+		select {
+		case code := <-answers:
+			counts[code]++
+		case <-time.After(10 * time.Second):
+			t.Fatalf("answers so far %v", counts)
+		}
+	}
+	if counts[200] != live.DefaultMaxStreamsPerUser || counts[429] != 200-live.DefaultMaxStreamsPerUser {
+		t.Fatalf("answers %v, want %d streams and the rest 429", counts, live.DefaultMaxStreamsPerUser)
+	}
+	alice, resp := in.open("alice", "")
+	if alice == nil {
+		t.Fatalf("alice, beside the flood: %d", resp.StatusCode)
+	}
+	push(t, in, "alice", "t1")
+	if _, ok := alice.next(2 * time.Second); !ok {
+		t.Fatal("alice got no poke beside the flood")
+	}
+}
