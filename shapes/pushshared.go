@@ -203,13 +203,31 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 		}
 		byShape[r.shape] = append(byShape[r.shape], r)
 	}
+	// A key the database cannot read (a date column given "not a date")
+	// fails the lookup of every key with it: isolated, each key is looked
+	// up on its own, and a change whose key is refused is rejected alone.
+	refusedKey := map[rowRef]string{}
 	for _, sh := range order {
-		stored, err := tx.Stored(sh, byShape[sh])
-		if err != nil {
-			return time.Time{}, nil, err
+		batches := [][]*Row{byShape[sh]}
+		if isolated {
+			batches = batches[:0]
+			for _, r := range byShape[sh] {
+				batches = append(batches, []*Row{r})
+			}
 		}
-		for i, r := range byShape[sh] {
-			state[rowRef{sh, r.key}] = stored[i]
+		for _, rows := range batches {
+			stored, err := tx.Stored(sh, rows)
+			var refused *RefusedError
+			if isolated && errors.As(err, &refused) {
+				refusedKey[rowRef{sh, rows[0].key}] = refused.Message
+				continue
+			}
+			if err != nil {
+				return time.Time{}, nil, err
+			}
+			for i, r := range rows {
+				state[rowRef{sh, r.key}] = stored[i]
+			}
 		}
 	}
 
@@ -227,6 +245,10 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 	}
 	newScope := map[*Row]scopeValue{}
 	for _, r := range append(append([]*Row{}, memberRows...), sharedRows...) {
+		if msg, ok := refusedKey[rowRef{r.shape, r.key}]; ok {
+			invalid[r] = msg
+			continue
+		}
 		sc := r.shape.share
 		v, present, err := r.scope()
 		if err != nil {

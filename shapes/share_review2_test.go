@@ -325,3 +325,24 @@ func TestSharedForbiddenPushStampsNobody(t *testing.T) {
 		}
 	})
 }
+
+// A key the database cannot read (a date column given "not a date", which
+// a column of a type hypersync treats as text lets through) fails that
+// change alone, not the push.
+func TestSharedBadKeyFailsThatChangeAlone(t *testing.T) {
+	dsn := testkit.Postgres().Open(t)
+	cfgs := testkit.ListShapes()
+	testkit.Exec(t, dsn, `CREATE TABLE days ("day" date PRIMARY KEY, "listId" text, note text, deleted boolean, "userId" text NOT NULL,
+		"updatedAt" timestamptz NOT NULL, "lastSyncAt" timestamptz NOT NULL DEFAULT now(), "scopedAt" timestamptz NOT NULL DEFAULT now())`)
+	cfgs = append(cfgs, shapes.ShapeConfig{Key: "days", KeyFields: []string{"day"}, Fields: []string{"listId", "note", "deleted"},
+		Share: &shapes.ShareConfig{Field: "listId", Via: "list_members"}})
+	f := testkit.OpenStore(t, dsn, cfgs...)
+	changes := []shapes.Change{testkit.Member(1, "A", "alice", false),
+		testkit.Change("days", testkit.At(2), `{"day":"2026-12-01","listId":"A","note":"ok"}`),
+		testkit.Change("days", testkit.At(3), `{"day":"not a date","listId":"A","note":"bad"}`)}
+	res := make([]shapes.Result, len(changes))
+	if _, err := f.Store.Push(context.Background(), "alice", changes, res); err != nil {
+		t.Fatalf("one bad key fails the push: %v", err)
+	}
+	testkit.WantOutcomes(t, res, "applied,applied,rejected:invalid-payload")
+}

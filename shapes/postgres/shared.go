@@ -176,6 +176,11 @@ LATERAL (SELECT t.%s::text, t.%s::text, t.%s::timestamptz, %s, t.%s::timestamptz
 		q(sh.ScopeColumn().Name), q(sh.User.Name), q(sh.UpdatedAt.Name), tomb, q(sh.Share().ScopedAt.Name),
 		shapes.QuoteTable(sh.Schema, sh.Table), strings.Join(match, " AND "))
 	out := make([]*shapes.Stored, len(rows))
+	if len(rows) == 1 {
+		// one key on its own (an isolated push): a key the database
+		// cannot read is refused without aborting the transaction
+		t.queue("SAVEPOINT k", nil, nil)
+	}
 	t.queue(sql, args, func(br pgx.BatchResults) error {
 		res, err := br.Query()
 		if err != nil {
@@ -189,7 +194,17 @@ LATERAL (SELECT t.%s::text, t.%s::text, t.%s::timestamptz, %s, t.%s::timestamptz
 		}
 		return res.Err()
 	})
-	return out, pgError(t.flush())
+	err = t.flush()
+	if len(rows) == 1 {
+		if err != nil {
+			if _, rerr := t.conn.Exec(t.ctx, "ROLLBACK TO SAVEPOINT k"); rerr != nil {
+				return nil, rerr
+			}
+		} else {
+			t.queue("RELEASE SAVEPOINT k", nil, nil)
+		}
+	}
+	return out, pgError(err)
 }
 
 // scanStored reads one stored row into its place in out.
