@@ -134,6 +134,31 @@ func TestLiveThroughCaddy(t *testing.T) {
 		})
 	}
 
+	t.Run("metrics", func(t *testing.T) {
+		_, lines := openEvents(t, &http.Client{Transport: &http.Transport{DisableCompression: true}}, "http://localhost:9080/sync/events")
+		if !waitLine(lines, ":", 2*time.Second) {
+			t.Fatal("the stream did not start")
+		}
+		pushThroughCaddy(t, "t-metrics")
+		if !waitLine(lines, "event: poke", 2*time.Second) {
+			t.Fatal("no poke")
+		}
+		resp, err := http.Get("http://localhost:2999/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, want := range []string{"hypersync_live_streams ", "hypersync_live_pokes_total ", "hypersync_live_poke_latency_seconds_count "} {
+			if !strings.Contains(string(b), want) {
+				t.Errorf("/metrics lacks %s", want)
+			}
+		}
+		if strings.Contains(string(b), "hypersync_live_streams 0") {
+			t.Error("/metrics counts no open stream")
+		}
+	})
+
 	t.Run("reload", func(t *testing.T) {
 		_, lines := openEvents(t, &http.Client{Transport: &http.Transport{DisableCompression: true}}, "http://localhost:9080/sync/events")
 		if !waitLine(lines, ":", 2*time.Second) {

@@ -90,6 +90,32 @@ for (const store of stores) {
       console.log(`live (${store.name}): ${Date.now() - start} ms from adding on A to showing on B`);
     });
 
+    scenario("live: two tabs of one browser share one stream, and both show a change within 1 s", async () => {
+      const context = await browser.newContext({ baseURL: caddy.baseURL, httpCredentials: { username: "alice", password: "alice-pw" } });
+      try {
+        let streams = 0;
+        const tabs = [];
+        for (let i = 0; i < 2; i++) {
+          const page = await context.newPage();
+          page.on("request", (r) => { if (new URL(r.url()).pathname === "/sync/events") streams++; });
+          await page.goto("/" + slow);
+          await page.waitForFunction(() => Number(document.getElementById("status").dataset.syncs) >= 1);
+          tabs.push(page);
+        }
+        await new Promise((r) => setTimeout(r, 500));
+        assert.equal(streams, 1, `the two tabs opened ${streams} event streams, want one (Web Locks)`);
+        const other = await openOn(caddy, "alice", "phone");
+        const title = unique("two tabs");
+        await other.addTodo(title);
+        for (const [i, page] of tabs.entries()) {
+          await page.locator("li.todo .title", { hasText: title }).first().waitFor({ timeout: 1000 })
+            .catch(() => { throw new Error(`tab ${i + 1} did not show "${title}" within 1 s`); });
+        }
+      } finally {
+        await context.close();
+      }
+    });
+
     scenario("live: a member's edit reaches another member", async () => {
       const alice = await openOn(caddy, "alice", "alice"), bob = await openOn(caddy2, "bob", "bob");
       const list = unique("Live list");

@@ -62,7 +62,7 @@ type Broker struct {
 	logger    *zap.Logger
 	observer  Observer
 	origin    string
-	secret    string
+	secret    atomic.Pointer[string]
 
 	mu      sync.Mutex
 	streams map[string]map[*stream]struct{} // by user key
@@ -103,17 +103,25 @@ func NewBroker(opts Options) *Broker {
 	var rnd [16]byte
 	_, _ = rand.Read(rnd[:])
 	b.origin = hex.EncodeToString(rnd[:8])
-	b.secret = hex.EncodeToString(rnd[8:])
+	local := hex.EncodeToString(rnd[8:])
+	b.secret.Store(&local)
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
 	if b.transport != nil {
 		if s, err := b.transport.Secret(ctx); err == nil {
-			b.secret = s
+			b.setSecret(s)
 		} else {
 			b.logger.Warn("live: reading the shared key; pokes reach this instance's streams only until it is read", zap.Error(err))
 		}
+		resync := func() {
+			// read the key again: the database may not have answered at start
+			if s, err := b.transport.Secret(ctx); err == nil {
+				b.setSecret(s)
+			}
+			b.pokeAll()
+		}
 		b.done.Add(2)
-		go func() { defer b.done.Done(); b.transport.Run(ctx, b.deliver, b.pokeAll) }()
+		go func() { defer b.done.Done(); b.transport.Run(ctx, b.deliver, resync) }()
 		go func() { defer b.done.Done(); b.sendLoop(ctx) }()
 	}
 	if b.exiting != nil {
@@ -153,8 +161,34 @@ func (b *Broker) watchExit(ctx context.Context) {
 // any database role can LISTEN, so raw user ids never travel. The
 // stamping triggers compute the same: left(md5(secret || user), 16).
 func (b *Broker) Key(user string) string {
-	h := md5.Sum([]byte(b.secret + user))
+	return keyOf(*b.secret.Load(), user)
+}
+
+func keyOf(secret, user string) string {
+	h := md5.Sum([]byte(secret + user))
 	return hex.EncodeToString(h[:8])
+}
+
+// setSecret takes the database's key, and files the open streams under
+// their keys by it.
+func (b *Broker) setSecret(s string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if *b.secret.Load() == s {
+		return
+	}
+	b.secret.Store(&s)
+	streams := map[string]map[*stream]struct{}{}
+	for _, set := range b.streams {
+		for st := range set {
+			st.key = keyOf(s, st.user)
+			if streams[st.key] == nil {
+				streams[st.key] = map[*stream]struct{}{}
+			}
+			streams[st.key][st] = struct{}{}
+		}
+	}
+	b.streams = streams
 }
 
 // Publish pokes users after a commit stamped stamp: their streams here at
@@ -262,6 +296,7 @@ const (
 func (b *Broker) join(s *stream, maxStreams, maxPerUser int) admission {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	s.key = b.Key(s.user)
 	if b.total >= maxStreams {
 		return tooManyStreams
 	}
@@ -306,7 +341,8 @@ func (b *Broker) Open() int {
 // stream is one open event stream: a one-slot mailbox, so that pokes
 // coalesce and a slow client never holds up delivery to others.
 type stream struct {
-	key    string
+	user   string
+	key    string // Key(user), guarded by the broker's mu
 	wake   chan struct{} // capacity 1
 	mu     sync.Mutex
 	stamp  int64 // the newest stamp waiting
@@ -314,7 +350,7 @@ type stream struct {
 	queued atomic.Bool
 }
 
-func newStream(key string) *stream { return &stream{key: key, wake: make(chan struct{}, 1)} }
+func newStream(user string) *stream { return &stream{user: user, wake: make(chan struct{}, 1)} }
 
 // offer leaves a poke in the mailbox, merged with one already there.
 func (s *stream) offer(stamp, at int64) {

@@ -456,3 +456,19 @@ func TestStreamFloodByOneUser(t *testing.T) {
 		t.Fatal("alice got no poke beside the flood")
 	}
 }
+
+// A stream is closed cleanly after its age (80 to 100 % of
+// stream_max_age), for the client to reconnect.
+func TestStreamMaxAge(t *testing.T) {
+	in := newInstance(t, testkit.SQLite().Open(t, testkit.SeedTable), setup{server: live.Server{MaxAge: 300 * time.Millisecond}})
+	s, _ := in.open("alice", "")
+	start := time.Now()
+	for range s.events {
+	}
+	if d := time.Since(start); d < 200*time.Millisecond || d > 2*time.Second {
+		t.Fatalf("the stream ended after %v, want about 240-300 ms", d)
+	}
+	if in.broker.Open() != 0 {
+		t.Fatalf("%d streams left open", in.broker.Open())
+	}
+}

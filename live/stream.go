@@ -67,7 +67,7 @@ func (s Server) WithDefaults() Server {
 // one poke at once if the user's cursor moved on since, and none if it did
 // not, so that a restart of Caddy does not make every device pull.
 func (s *Server) ServeEvents(w http.ResponseWriter, r *http.Request, user string, writeError func(status int, code, msg string)) {
-	st := newStream(s.Broker.Key(user))
+	st := newStream(user)
 	switch s.Broker.join(st, s.MaxStreams, s.MaxStreamsPerUser) {
 	case tooManyStreams:
 		w.Header().Set("Retry-After", "5")
