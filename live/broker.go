@@ -342,7 +342,7 @@ func (b *Broker) Open() int {
 // coalesce and a slow client never holds up delivery to others.
 type stream struct {
 	user   string
-	key    string // Key(user), guarded by the broker's mu
+	key    string        // Key(user), guarded by the broker's mu
 	wake   chan struct{} // capacity 1
 	mu     sync.Mutex
 	stamp  int64 // the newest stamp waiting
