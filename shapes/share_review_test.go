@@ -178,3 +178,48 @@ func TestSharedOutsideWriteReachesEveryMember(t *testing.T) {
 		t.Fatalf("bob holds t1 %q, want the outside write", got)
 	}
 }
+
+// The scope lock: a write into a scope waits for a membership change of it
+// that has not committed, and then stamps the new member's cursor too.
+// Without the lock, the writer reads the members before the change, and
+// the new member's cursor stays below the row's stamp: a pull of theirs
+// could pass the row while it commits.
+func TestSharedWriteWaitsForMembershipChange(t *testing.T) {
+	f := sharedLists(t, testkit.Postgres())
+	testkit.WantOutcomes(t, f.Push("alice", testkit.Member(1, "X", "alice", false), testkit.Member(2, "X", "wendy", false)), "applied,applied")
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, f.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// a backend adds jack, and has not committed yet
+	if _, err := tx.Exec(ctx, `INSERT INTO list_members ("listId", "memberId", deleted, "userId") VALUES ('X', 'jack', false, 'backend')`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan []shapes.Result)
+	go func() {
+		results := make([]shapes.Result, 1)
+		if _, err := f.Store.Push(ctx, "wendy", []shapes.Change{testkit.Todo(3, "t1", "X", "milk")}, results); err != nil {
+			t.Error(err)
+		}
+		done <- results
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WantOutcomes(t, <-done, "applied")
+	var cursor, stamp time.Time
+	if err := testkit.Query(f.DSN, `SELECT (SELECT stamp FROM hypersync_cursors WHERE user_id = 'jack'), (SELECT "lastSyncAt" FROM todos WHERE "todoId" = 't1')`,
+		func(scan func(...any) error) error { return scan(&cursor, &stamp) }); err != nil {
+		t.Fatal(err)
+	}
+	if cursor.Before(stamp) {
+		t.Fatalf("jack's cursor %v is below the stamp %v of a row he can see", cursor, stamp)
+	}
+}

@@ -43,12 +43,27 @@ import (
 // trigger its row then cursors; a cycle between them needs two writers on
 // one row, and PostgreSQL ends one, which Shared retries.
 
-// The advisory lock key of a scope: the membership table's name (without
-// its schema, which a configuration may leave out) and the scope's
-// canonical text (the value cast to the column's type and back). The
-// stamping triggers take the same key.
+// The advisory lock of a scope is one of scopeLocks, in hypersync's own
+// class of two-key advisory locks: chosen by a hash of the membership
+// table's name (without its schema, which a configuration may leave out)
+// and the scope's canonical text (the value cast to the column's type and
+// back). The stamping triggers take the same lock (scopeLockSQL). Two
+// scopes that share a lock only wait for each other; the bound keeps a
+// push into many scopes, or a bulk write from outside across many, within
+// PostgreSQL's lock table (64 locks per connection by default).
+const (
+	scopeLockClass = 0x6879 // "hy"
+	scopeLocks     = 256
+)
+
 func scopeLockKey(m *shapes.Membership, scope string) string {
-	return fmt.Sprintf("hashtextextended(%s || %s::%s::text, 0)", quoteLiteral(m.Table+":"), scope, m.Scope.Cast)
+	return scopeLockSQL(m.Table, fmt.Sprintf("%s::%s::text", scope, m.Scope.Cast))
+}
+
+// scopeLockSQL is the lock number of the scope whose canonical text is
+// the expression text, in a membership table named table.
+func scopeLockSQL(table, text string) string {
+	return fmt.Sprintf("(hashtext(%s || %s) & %d)", quoteLiteral(table+":"), text, scopeLocks-1)
 }
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
@@ -238,9 +253,9 @@ func (t *pgTx) LockScopes(m *shapes.Membership, scopes []string, exclusive []boo
 	// Volatile functions in a target list run after the sort, so the
 	// locks are taken in key order, which every shared push follows.
 	sql := fmt.Sprintf(`SELECT count(*) FROM (
-	SELECT CASE WHEN x THEN pg_advisory_xact_lock(k)::text ELSE pg_advisory_xact_lock_shared(k)::text END
-	FROM (SELECT %s AS k, bool_or(e) AS x FROM unnest($1::text[], $2::bool[]) AS v(s, e) GROUP BY 1) AS keys
-	ORDER BY k) AS locked`, scopeLockKey(m, "v.s"))
+	SELECT CASE WHEN x THEN pg_advisory_xact_lock(%[2]d, k)::text ELSE pg_advisory_xact_lock_shared(%[2]d, k)::text END
+	FROM (SELECT %[1]s AS k, bool_or(e) AS x FROM unnest($1::text[], $2::bool[]) AS v(s, e) GROUP BY 1) AS keys
+	ORDER BY k) AS locked`, scopeLockKey(m, "v.s"), scopeLockClass)
 	t.queue(sql, []any{scopes, exclusive}, nil) // sent with Members, which follows
 	return nil
 }

@@ -179,12 +179,12 @@ BEGIN
 		lock = "pg_advisory_xact_lock"
 	}
 	fmt.Fprintf(&b, `	-- the scopes, before and after, in key order
-	PERFORM %[1]s(k) FROM (SELECT DISTINCT hashtextextended(%[2]s || s::text, 0) AS k
+	PERFORM %[1]s(%[8]d, k) FROM (SELECT DISTINCT %[2]s AS k
 		FROM unnest(ARRAY[old_scope, NEW.%[3]s]) AS s WHERE s IS NOT NULL ORDER BY 1) AS keys;
 	-- everyone who can see the row, before or after
 	SELECT array_agg(u ORDER BY u) INTO users FROM (
 		SELECT m.%[4]s::text AS u FROM %[5]s AS m WHERE m.%[6]s IN (old_scope, NEW.%[3]s) AND %[7]s
-`, lock, quoteLiteral(sh.MTable+":"), scope, q(sh.MMember), members, q(sh.MScope), activeIn(sh, "m"))
+`, lock, scopeLockSQL(sh.MTable, "s::text"), scope, q(sh.MMember), members, q(sh.MScope), activeIn(sh, "m"), scopeLockClass)
 	if t.User != "" {
 		fmt.Fprintf(&b, "\t\tUNION SELECT NEW.%[1]s::text WHERE NEW.%[2]s IS NULL\n\t\tUNION SELECT old_user WHERE TG_OP = 'UPDATE' AND old_scope IS NULL\n", q(t.User), scope)
 	}
