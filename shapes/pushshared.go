@@ -126,8 +126,10 @@ func (s *Store) pushShared(ctx context.Context, set *ShapeSet, user string, rows
 			isolated = true
 			continue
 		case errors.As(err, &mr):
-			// decided as if the membership held: decide again without it
-			refused[mr.index] = mr.msg
+			// decided as if the memberships held: decide again without them
+			for i, msg := range mr.refused {
+				refused[i] = msg
+			}
 			continue
 		case err != nil:
 			s.recheckOn(set, err)
@@ -138,15 +140,16 @@ func (s *Store) pushShared(ctx context.Context, set *ShapeSet, user string, rows
 	return stamp, nil, fmt.Errorf("push: membership refusals did not settle")
 }
 
-// memberRefused: the database refused a membership change that the
-// policy had already counted, so every later decision of the push may
-// rest on it.
+// memberRefused: the database refused membership changes that the policy
+// had already counted, so every later decision of the push may rest on
+// them. All the memberships of the push are tried first, so that one
+// decision again settles every refusal among them: a push of many refused
+// memberships costs two passes, not one per refusal.
 type memberRefused struct {
-	index int
-	msg   string
+	refused map[int]string // by change index
 }
 
-func (e *memberRefused) Error() string { return "membership refused: " + e.msg }
+func (e *memberRefused) Error() string { return fmt.Sprintf("%d memberships refused", len(e.refused)) }
 
 func (s *Store) maxMembers() int {
 	if s.MaxMembers > 0 {
@@ -509,6 +512,7 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 	}
 	written := map[rowRef]bool{}
 	moveAt := map[*Row]time.Time{}
+	var mr *memberRefused
 	for _, g := range write {
 		again := false
 		for _, r := range g.Rows {
@@ -527,11 +531,18 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 		for _, r := range g.Rows {
 			moveAt[r] = stamp
 		}
+		if mr != nil && !g.Shape.IsMembership() {
+			return time.Time{}, nil, mr // the memberships are written first
+		}
 		err := tx.Write(user, g, isolated)
 		var refused *RefusedError
 		if isolated && errors.As(err, &refused) {
 			if g.Shape.IsMembership() {
-				return time.Time{}, nil, &memberRefused{index: g.Rows[0].Index, msg: refused.Message}
+				if mr == nil {
+					mr = &memberRefused{refused: map[int]string{}}
+				}
+				mr.refused[g.Rows[0].Index] = refused.Message
+				continue
 			}
 			g.Rows[0].Outcome, g.Rows[0].Refusal = RowRefused, refused.Message
 			continue
@@ -539,6 +550,9 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 		if err != nil {
 			return time.Time{}, nil, err
 		}
+	}
+	if mr != nil {
+		return time.Time{}, nil, mr
 	}
 	for i, r := range moved {
 		moves[i].Stamp = moveAt[r]

@@ -346,3 +346,23 @@ func TestSharedBadKeyFailsThatChangeAlone(t *testing.T) {
 	}
 	testkit.WantOutcomes(t, res, "applied,applied,rejected:invalid-payload")
 }
+
+// Many memberships the database refuses (scopes too long for the key's
+// index) beside good ones: every refused one is rejected alone, and the
+// good ones are applied, in one decision again, not one per refusal.
+func TestSharedManyRefusedMemberships(t *testing.T) {
+	f := sharedLists(t, testkit.Postgres())
+	var changes []shapes.Change
+	const n = 100
+	for i := 0; i < n; i++ {
+		changes = append(changes, testkit.Member(i, fmt.Sprintf("ok%d", i), "alice", false))
+	}
+	for i := 0; i < n; i++ {
+		changes = append(changes, testkit.Member(n+i, fmt.Sprintf("%d", i)+randomText(9000), "alice", false))
+	}
+	start := time.Now()
+	res := f.Push("alice", changes...)
+	t.Logf("%d good and %d refused memberships: %v", n, n, time.Since(start))
+	want := strings.TrimSuffix(strings.Repeat("applied,", n)+strings.Repeat("rejected:invalid-payload,", n), ",")
+	testkit.WantOutcomes(t, res, want)
+}
