@@ -11,10 +11,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/hypersync/hypersync/internal/pgtest"
 )
 
 // liveExtra lets the bench's idle streams all belong to one user.
@@ -29,20 +25,12 @@ const liveExtra = "\t\t\tmax_streams_per_user 100000\n\t\t\tmax_streams 100000\n
 //     Caddy with live off, alternated.
 func runLive(ctx context.Context, bin string, out *outcome) error {
 	raiseFileLimit()
-	c, err := pgtest.StartCluster()
+	c, pool, err := startDatabase(ctx)
 	if err != nil {
 		return err
 	}
 	defer c.Destroy()
-	pool, err := pgxpool.New(ctx, c.DSN)
-	if err != nil {
-		return err
-	}
-	_, err = pool.Exec(ctx, ddl)
 	pool.Close()
-	if err != nil {
-		return err
-	}
 	users := []string{"u0", "idle"}
 	a, err := startCaddyWith(bin, c.DSN, users, liveExtra)
 	if err != nil {

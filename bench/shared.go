@@ -44,19 +44,12 @@ const sharedShapes = `			shape stodos {
 //   - a direct bulk INSERT of 10,000 rows into a shared table with the
 //     stamping trigger, against a copy without it.
 func runShared(ctx context.Context, bin string, out *outcome) error {
-	c, err := pgtest.StartCluster()
+	c, pool, err := startDatabase(ctx)
 	if err != nil {
 		return err
 	}
 	defer c.Destroy()
-	pool, err := pgxpool.New(ctx, c.DSN)
-	if err != nil {
-		return err
-	}
 	defer pool.Close()
-	if _, err := pool.Exec(ctx, ddl); err != nil {
-		return err
-	}
 	users := []string{"u0", "reader", "writer"}
 	for i := 0; i < 10; i++ {
 		users = append(users, fmt.Sprintf("m%d", i))
@@ -161,6 +154,26 @@ func runShared(ctx context.Context, bin string, out *outcome) error {
 		value: fmt.Sprintf("%.0f ms with the trigger", median(with)), reference: fmt.Sprintf("%.0f ms without", median(without)),
 		ratio: fmt.Sprintf("%.1f×", median(wr)), target: "report", met: true, each: floats(wr)})
 	return nil
+}
+
+// startDatabase starts a throwaway PostgreSQL cluster with the README's
+// table, and a pool on it.
+func startDatabase(ctx context.Context) (*pgtest.Cluster, *pgxpool.Pool, error) {
+	c, err := pgtest.StartCluster()
+	if err != nil {
+		return nil, nil, err
+	}
+	pool, err := pgxpool.New(ctx, c.DSN)
+	if err == nil {
+		if _, err = pool.Exec(ctx, ddl); err != nil {
+			pool.Close()
+		}
+	}
+	if err != nil {
+		c.Destroy()
+		return nil, nil, err
+	}
+	return c, pool, nil
 }
 
 func floats(xs []float64) string {

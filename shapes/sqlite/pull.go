@@ -65,13 +65,25 @@ func pullShape(ctx context.Context, tx *sql.Tx, sh *shapes.Shape, user, since, s
 	if sh.Share() != nil {
 		return pullShared(ctx, tx, sh, user, since, stamp, emit)
 	}
-	rows, err := tx.QueryContext(ctx, pullSQL(sh), user, since, stamp)
+	return scanPulled(ctx, tx, sh, pullSQL(sh), false, []any{user, since, stamp}, emit)
+}
+
+// scanPulled runs a pull statement and emits its rows: updatedAt, then
+// the shape's columns; for a shared shape, a flag before them and the
+// author after them (see pullSharedSQL).
+func scanPulled(ctx context.Context, tx *sql.Tx, sh *shapes.Shape, query string, shared bool, args []any, emit func(shapes.PulledRow) error) error {
+	rows, err := tx.QueryContext(ctx, query, args...)
 	if err != nil {
 		return classify(err)
 	}
 	defer rows.Close()
 	cols := sh.Columns()
-	raw := make([]sql.RawBytes, len(cols)+1)
+	first := 1 // the column of updatedAt
+	n := len(cols) + 1
+	if shared {
+		first, n = 2, len(cols)+3
+	}
+	raw := make([]sql.RawBytes, n)
 	dest := make([]any, len(raw))
 	for i := range raw {
 		dest[i] = &raw[i]
@@ -81,10 +93,22 @@ func pullShape(ctx context.Context, tx *sql.Tx, sh *shapes.Shape, user, since, s
 		if err := rows.Scan(dest...); err != nil {
 			return classify(err)
 		}
-		for i, c := range cols {
-			vals[i] = shapes.ValueOf(c.Kind, raw[i+1], parseTime)
+		row := shapes.PulledRow{Shape: sh, UpdatedAt: shapes.ValueOf(shapes.KindTimestamp, raw[first-1], parseTime), Values: vals}
+		if shared {
+			row.User = shapes.ValueOf(shapes.KindText, raw[len(raw)-1], nil)
+			switch string(raw[0]) {
+			case "p":
+				row.Payload = raw[2]
+			case "t":
+				row.Tombstone = true
+			}
 		}
-		if err := emit(shapes.PulledRow{Shape: sh, Values: vals, UpdatedAt: shapes.ValueOf(shapes.KindTimestamp, raw[0], parseTime)}); err != nil {
+		if row.Payload == nil {
+			for i, c := range cols {
+				vals[i] = shapes.ValueOf(c.Kind, raw[first+i], parseTime)
+			}
+		}
+		if err := emit(row); err != nil {
 			return err
 		}
 	}
@@ -172,40 +196,7 @@ WHERE mv.shape = %[6]s AND m.%[7]s = ?1 AND (%[9]s)
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 func pullShared(ctx context.Context, tx *sql.Tx, sh *shapes.Shape, user, since, stamp string, emit func(shapes.PulledRow) error) error {
-	rows, err := tx.QueryContext(ctx, pullSharedSQL(sh), user, since, stamp)
-	if err != nil {
-		return classify(err)
-	}
-	defer rows.Close()
-	cols := sh.Columns()
-	raw := make([]sql.RawBytes, len(cols)+3)
-	dest := make([]any, len(raw))
-	for i := range raw {
-		dest[i] = &raw[i]
-	}
-	vals := make([]shapes.Value, len(cols))
-	for rows.Next() {
-		if err := rows.Scan(dest...); err != nil {
-			return classify(err)
-		}
-		row := shapes.PulledRow{Shape: sh, UpdatedAt: shapes.ValueOf(shapes.KindTimestamp, raw[1], parseTime),
-			User: shapes.ValueOf(shapes.KindText, raw[len(raw)-1], nil), Values: vals}
-		switch string(raw[0]) {
-		case "p":
-			row.Payload = raw[2]
-		case "t":
-			row.Tombstone = true
-		}
-		if row.Payload == nil {
-			for i, c := range cols {
-				vals[i] = shapes.ValueOf(c.Kind, raw[i+2], parseTime)
-			}
-		}
-		if err := emit(row); err != nil {
-			return err
-		}
-	}
-	return classify(rows.Err())
+	return scanPulled(ctx, tx, sh, pullSharedSQL(sh), true, []any{user, since, stamp}, emit)
 }
 
 // pullSQL reads a shape's rows stamped in (?, ?], updatedAt first, each
