@@ -106,3 +106,48 @@ func printedFix(out string) []string {
 	}
 	return fix
 }
+
+// check on a shared shape over tables of one's own: it names what sharing
+// lacks (the scoped-at column, the backend's membership table, the scope
+// index, the stamping triggers), with the SQL, and is satisfied once that
+// SQL has run.
+func TestCheckCommandOnSharedShapes(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	pgtest.Exec(t, dsn, `CREATE TABLE notes (noteId text PRIMARY KEY, teamId text, body text, deleted boolean, userId text NOT NULL, updatedAt timestamptz, lastSyncAt timestamptz)`,
+		`CREATE INDEX ON notes (userId, lastSyncAt)`)
+	config := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(config, []byte(`:0 {
+	hypersync {
+		database `+dsn+`
+		shape notes {
+			key noteId
+			fields teamId body deleted
+			share teamId via team_members
+		}
+	}
+}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	for i := 0; i < 6; i++ {
+		code, out := runCommand(t, cmdCheck, config)
+		seen = append(seen, out)
+		if code == 0 && !strings.Contains(out, "⚠") {
+			break
+		}
+		fix := printedFix(out)
+		if len(fix) == 0 {
+			t.Fatalf("check found a problem and printed no fix:\n%s", out)
+		}
+		pgtest.Exec(t, dsn, fix...)
+	}
+	all := strings.Join(seen, "\n")
+	for _, want := range []string{`scoped_at_column "scopedAt"`, "membership table team_members does not exist", "no index leads with (", "team_members has no current stamping trigger"} {
+		if !strings.Contains(all, want) {
+			t.Fatalf("check never said %q:\n%s", want, all)
+		}
+	}
+	if code, out := runCommand(t, cmdCheck, config); code != 0 || strings.Contains(out, "⚠") || !strings.Contains(out, `✓ shape "notes"`) {
+		t.Fatalf("check after the fixes: %d\n%s", code, out)
+	}
+}
