@@ -208,6 +208,10 @@ func checkName(s string) error {
 	if len(s) > 63 {
 		return fmt.Errorf("%q is longer than 63 bytes", s)
 	}
+	if strings.Contains(s, "$hypersync$") {
+		// it would end the body of a stamping function early
+		return fmt.Errorf("%q contains $hypersync$", s)
+	}
 	return nil
 }
 

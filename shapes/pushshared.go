@@ -348,11 +348,10 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 		case ss.active[user]:
 		case !ss.ever && member == user && !tomb:
 			// founding a scope that never had a member
-		case !ss.ever:
-			forbid[r] = "a scope that has no members can only be founded by adding yourself as its first member"
-			continue
 		default:
-			forbid[r] = "only a member of the scope can change its members"
+			// one message either way: a stranger learns nothing of
+			// whether the scope exists
+			forbid[r] = "only a member of the scope can change its members; a new scope is founded by adding yourself as its first member"
 			continue
 		}
 		if !tomb && !ss.active[member] && len(ss.active) >= maxMembers {

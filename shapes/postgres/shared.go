@@ -75,8 +75,12 @@ func (p *driver) Shared(ctx context.Context, fn func(shapes.Tx) error) error {
 		err := p.shared(ctx, fn)
 		var pgErr *pgconn.PgError
 		retry := errors.Is(err, shapes.ErrRetry) || (errors.As(err, &pgErr) && pgErr.Code[:2] == "40")
-		if retry && attempt < 5 {
+		switch {
+		case retry && attempt < 5:
 			continue
+		case retry:
+			// still losing to concurrent writers: the client tries later
+			return fmt.Errorf("%w: a shared push kept conflicting with others: %v", shapes.ErrUnavailable, err)
 		}
 		return pgError(err)
 	}
