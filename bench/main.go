@@ -57,6 +57,7 @@ var (
 	withLive    = flag.Bool("live", true, "measure the live-sync rows")
 	onlyLive    = flag.Bool("only-live", false, "measure the live-sync rows alone")
 	liveStreams = flag.Int("streams", 10000, "idle streams in the live memory measurement (ulimit -n must allow them)")
+	liveOff     = flag.Bool("live-off", false, "serve the push and pull rows with live off (to compare with a build that has no live sync)")
 	sqlitePull  = flag.Int("sqlite-pull", 0, "rows in the SQLite full-pull measurement (0: as many as -pull)")
 	sqliteProf  = flag.String("sqlite-profile", "", "save Caddy's CPU profile during the first SQLite push to this file")
 )
@@ -617,7 +618,11 @@ func freePort() int {
 // startCaddy starts Caddy with hypersync on database (a PostgreSQL DSN or
 // sqlite:FILE), behind basic_auth for users, all with the password "pw".
 func startCaddy(bin, database string, users []string) (*caddyServer, error) {
-	return startCaddyWith(bin, database, users, "")
+	extra := ""
+	if *liveOff {
+		extra = "\t\t\tlive off\n"
+	}
+	return startCaddyWith(bin, database, users, extra)
 }
 
 // startCaddyWith starts Caddy with the todos shape and the shapes in extra
