@@ -206,10 +206,18 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, user string) {
 			writeError(w, http.StatusMethodNotAllowed, "method-not-allowed", "push takes POST")
 			return
 		}
-	case "pull", "events":
+	case "pull":
 		if r.Method != http.MethodGet {
 			w.Header().Set("Allow", http.MethodGet)
-			writeError(w, http.StatusMethodNotAllowed, "method-not-allowed", op+" takes GET")
+			writeError(w, http.StatusMethodNotAllowed, "method-not-allowed", "pull takes GET")
+			return
+		}
+	case "events":
+		// HEAD: live.js asks whether live sync is on, after EventSource
+		// gave up on a refusal
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			writeError(w, http.StatusMethodNotAllowed, "method-not-allowed", "events takes GET")
 			return
 		}
 	case "live.js":
@@ -232,6 +240,11 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, user string) {
 		if h.cfg.Live == nil {
 			// live is off: 204 tells EventSource to stop reconnecting
 			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		if r.Method == http.MethodHead {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.WriteHeader(http.StatusOK)
 			return
 		}
 		h.cfg.Live.ServeEvents(w, r, user, func(status int, code, msg string) { writeError(w, status, code, msg) })

@@ -108,20 +108,9 @@ func NewBroker(opts Options) *Broker {
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
 	if b.transport != nil {
-		if s, err := b.transport.Secret(ctx); err == nil {
-			b.setSecret(s)
-		} else {
-			b.logger.Warn("live: reading the shared key; pokes reach this instance's streams only until it is read", zap.Error(err))
-		}
-		resync := func() {
-			// read the key again: the database may not have answered at start
-			if s, err := b.transport.Secret(ctx); err == nil {
-				b.setSecret(s)
-			}
-			b.pokeAll()
-		}
-		b.done.Add(2)
-		go func() { defer b.done.Done(); b.transport.Run(ctx, b.deliver, resync) }()
+		b.done.Add(3)
+		go func() { defer b.done.Done(); b.readSecret(ctx) }()
+		go func() { defer b.done.Done(); b.transport.Run(ctx, b.deliver, b.pokeAll) }()
 		go func() { defer b.done.Done(); b.sendLoop(ctx) }()
 	}
 	if b.exiting != nil {
@@ -137,6 +126,28 @@ func (b *Broker) Destruct() error {
 	b.cancel()
 	b.done.Wait()
 	return nil
+}
+
+// readSecret reads the database's key until it has it, with backoff: until
+// then pokes from other instances and triggers match no stream here. Once
+// read, every stream is poked, for what it may have missed.
+func (b *Broker) readSecret(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		s, err := b.transport.Secret(ctx)
+		if err == nil {
+			b.setSecret(s)
+			b.pokeAll()
+			return
+		}
+		b.logger.Warn("live: reading the shared key; pokes from other instances miss this one's streams until it is read", zap.Error(err), zap.Duration("retry_in", backoff))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
 }
 
 // watchExit closes every stream once the process is exiting: Caddy's
@@ -243,8 +254,24 @@ func (b *Broker) sendLoop(ctx context.Context) {
 			p := Poke{Keys: keys[:n], Stamp: stamp, At: at, Origin: b.origin}
 			keys = keys[n:]
 			if err := b.transport.Send(ctx, p); err != nil && ctx.Err() == nil {
-				// the others' streams resync when their listener comes back
+				// keep them for the next send, a second on
 				b.logger.Warn("live: sending pokes to other instances", zap.Error(err))
+				b.outMu.Lock()
+				for _, k := range p.Keys {
+					b.out[k] = struct{}{}
+				}
+				for _, k := range keys {
+					b.out[k] = struct{}{}
+				}
+				b.outMax, b.outAt = max(b.outMax, p.Stamp), p.At
+				b.outMu.Unlock()
+				keys = nil
+				time.AfterFunc(time.Second, func() {
+					select {
+					case b.outWake <- struct{}{}:
+					default:
+					}
+				})
 			}
 			if b.observer != nil {
 				b.observer.NotifyBatch()
@@ -292,12 +319,16 @@ const (
 	tooManyForUser
 )
 
+// instanceStreams counts the streams of the whole process, for
+// max_streams, which is per instance, whatever the databases.
+var instanceStreams atomic.Int64
+
 // join registers a stream, within the limits.
 func (b *Broker) join(s *stream, maxStreams, maxPerUser int) admission {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s.key = b.Key(s.user)
-	if b.total >= maxStreams {
+	if instanceStreams.Load() >= int64(maxStreams) {
 		return tooManyStreams
 	}
 	set := b.streams[s.key]
@@ -310,8 +341,9 @@ func (b *Broker) join(s *stream, maxStreams, maxPerUser int) admission {
 	}
 	set[s] = struct{}{}
 	b.total++
+	n := instanceStreams.Add(1)
 	if b.observer != nil {
-		b.observer.Streams(b.total)
+		b.observer.Streams(int(n))
 	}
 	return admitted
 }
@@ -326,8 +358,9 @@ func (b *Broker) leave(s *stream) {
 		}
 		b.total--
 	}
+	n := instanceStreams.Add(-1)
 	if b.observer != nil {
-		b.observer.Streams(b.total)
+		b.observer.Streams(int(n))
 	}
 }
 

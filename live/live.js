@@ -54,15 +54,19 @@ export function live(sync, options = {}) {
   let source = null;
   let stopped = false;
   let stopLock = null;
+  let retryDelay = 2000;
   function open() {
-    let lost = false;
+    // a new stream syncs once when it opens: whatever came while no stream
+    // was open (before it, or between a tab's stream and the next's) has
+    // had no poke
+    let lost = true;
     source = new EventSource(url, { withCredentials: true });
     source.addEventListener("poke", () => {
       channel?.postMessage("poke");
       poke();
     });
     source.addEventListener("open", () => {
-      // after a reconnect, sync once: pokes may have gone by meanwhile
+      retryDelay = 2000;
       if (lost) {
         channel?.postMessage("poke");
         poke();
@@ -71,8 +75,20 @@ export function live(sync, options = {}) {
     });
     source.addEventListener("error", () => {
       lost = true;
-      // a 204 (live is off) or another refusal: EventSource has given up
-      if (source.readyState === EventSource.CLOSED && !stopped) options.onClosed?.();
+      if (source.readyState !== EventSource.CLOSED || stopped) return;
+      // EventSource gives up on any answer but 200: a 204 means live sync
+      // is off, and then this stops; a 429, a 503 or a proxy's 502 means
+      // try again later, with backoff
+      fetch(url, { method: "HEAD", credentials: "include" }).then((r) => r.status, () => 0).then((status) => {
+        if (stopped) return;
+        if (status === 204) {
+          options.onClosed?.();
+          return;
+        }
+        const delay = retryDelay * (0.5 + Math.random());
+        retryDelay = Math.min(retryDelay * 2, 60_000);
+        setTimeout(() => { if (!stopped) open(); }, delay);
+      });
     });
     return source;
   }

@@ -472,3 +472,42 @@ func TestStreamMaxAge(t *testing.T) {
 		t.Fatalf("%d streams left open", in.broker.Open())
 	}
 }
+
+// A write from outside into a scope of more than 300 members pokes its
+// members, in several notifications, and nobody else.
+func TestOutsideWriteIntoBigScopePokesOnlyMembers(t *testing.T) {
+	dsn := testkit.Postgres().Open(t)
+	in := newInstance(t, dsn, setup{cross: true, configs: testkit.ListShapes()})
+	var members []shapes.Change
+	members = append(members, testkit.Member(0, "L", "alice", false))
+	for i := 1; i <= 320; i++ {
+		members = append(members, testkit.Member(i, "L", fmt.Sprintf("m%03d", i), false))
+	}
+	in.f.Push("alice", members...)
+	last, _ := in.open("m320", "")
+	carol, _ := in.open("carol", "")
+	time.Sleep(300 * time.Millisecond)
+	testkit.Exec(t, dsn, `INSERT INTO todos ("todoId", "listId", title, "userId") VALUES ('psql', 'L', 'from psql', 'backend')`)
+	if _, ok := last.next(2 * time.Second); !ok {
+		t.Fatal("the 321st member got no poke")
+	}
+	if e, ok := carol.next(300 * time.Millisecond); ok {
+		t.Fatalf("carol, no member, got %+v", e)
+	}
+}
+
+// max_streams counts the streams of the instance, whatever the database.
+func TestMaxStreamsIsPerInstance(t *testing.T) {
+	srv := setup{server: live.Server{MaxStreams: 2}}
+	a := newInstance(t, testkit.SQLite().Open(t, testkit.SeedTable), srv)
+	b := newInstance(t, testkit.SQLite().Open(t, testkit.SeedTable), srv)
+	if s, resp := a.open("alice", ""); s == nil {
+		t.Fatalf("first: %d", resp.StatusCode)
+	}
+	if s, resp := b.open("bob", ""); s == nil {
+		t.Fatalf("second: %d", resp.StatusCode)
+	}
+	if _, resp := b.open("carol", ""); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("a third stream on another database: %d, want 503", resp.StatusCode)
+	}
+}

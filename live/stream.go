@@ -95,7 +95,7 @@ func (s *Server) ServeEvents(w http.ResponseWriter, r *http.Request, user string
 	}
 	if last := r.Header.Get("Last-Event-ID"); last != "" {
 		seen, err := strconv.ParseInt(last, 10, 64)
-		if err != nil || seen < 0 || seen < id {
+		if err != nil || seen < 0 || seen < id || id == 0 {
 			// missed something (or cannot tell): one poke at once
 			st.offer(id, time.Now().UnixMicro())
 		}

@@ -45,19 +45,25 @@ const (
 )
 
 // LiveDDL creates LiveTable and its one row, with a random key.
+// Instances starting together, and an admin running what check prints,
+// may create it at once: CREATE TABLE IF NOT EXISTS checks before it
+// inserts into the catalog, so the loser's error is caught.
 var LiveDDL = []string{
-	`CREATE TABLE IF NOT EXISTS "` + LiveTable + `" (id int PRIMARY KEY DEFAULT 1 CHECK (id = 1), secret text NOT NULL)`,
+	`DO $hypersync$ BEGIN
+	CREATE TABLE IF NOT EXISTS "` + LiveTable + `" (id int PRIMARY KEY DEFAULT 1 CHECK (id = 1), secret text NOT NULL);
+EXCEPTION WHEN duplicate_table OR unique_violation THEN NULL;
+END $hypersync$`,
 	`INSERT INTO "` + LiveTable + `" (secret) VALUES (md5(random()::text || clock_timestamp()::text)) ON CONFLICT (id) DO NOTHING`,
 }
 
 // notifySQL pokes the live streams of the users in the text[] expression
 // users: their keys, left(md5(key || user), 16), as package live hashes
-// them; every stream when there are too many for one notification. Within
-// a transaction PostgreSQL sends equal notifications once, so a bulk write
-// of one user's rows sends one.
+// them, 300 to a notification (about 6,000 bytes, under PostgreSQL's
+// 8,000). Within a transaction PostgreSQL sends equal notifications once,
+// so a bulk write of one scope's rows sends each once.
 func notifySQL(users string) string {
-	return `PERFORM pg_notify('` + LiveChannel + `', CASE WHEN cardinality(` + users + `) > 300 THEN '{"a":true}'
-		ELSE json_build_object('u', (SELECT json_agg(left(md5(k.secret || u), 16)) FROM unnest(` + users + `) AS u, "` + LiveTable + `" AS k))::text END);`
+	return `PERFORM pg_notify('` + LiveChannel + `', json_build_object('u', json_agg(left(md5(k.secret || x.u), 16)))::text)
+		FROM (SELECT u, (row_number() OVER () - 1) / 300 AS n FROM unnest(` + users + `) AS u) AS x, "` + LiveTable + `" AS k GROUP BY x.n;`
 }
 
 func stamping(t shapes.StampTarget) ([]string, []string) {
