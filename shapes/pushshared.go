@@ -190,12 +190,13 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 		}
 	}
 	sort.SliceStable(memberRows, func(i, j int) bool { return memberRows[i].Index < memberRows[j].Index })
+	decided := append(append([]*Row{}, memberRows...), sharedRows...) // in the order they are decided
 
 	// The stored rows, locked: their scopes cannot change under us.
 	state := map[rowRef]*Stored{}
 	byShape := map[*Shape][]*Row{}
 	var order []*Shape
-	for _, r := range append(append([]*Row{}, memberRows...), sharedRows...) {
+	for _, r := range decided {
 		k := rowRef{r.shape, r.key}
 		if _, seen := state[k]; seen {
 			continue
@@ -247,7 +248,7 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 		touched[m][scope] = touched[m][scope] || exclusive
 	}
 	newScope := map[*Row]scopeValue{}
-	for _, r := range append(append([]*Row{}, memberRows...), sharedRows...) {
+	for _, r := range decided {
 		if msg, ok := refusedKey[rowRef{r.shape, r.key}]; ok {
 			invalid[r] = msg
 			continue
@@ -439,14 +440,18 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 	for _, g := range groups {
 		perUser = perUser || g.Shape.share == nil
 	}
-	if len(applied) == 0 && !perUser {
+	// the outcomes of the changes not rejected above
+	settle := func() {
 		for _, g := range groups {
 			for _, r := range g.Rows {
-				if forbid[r] == "" && invalid[r] == "" && !mismatch[r] {
+				if results[r.Index].Outcome != Rejected {
 					results[r.Index] = resultOf(r)
 				}
 			}
 		}
+	}
+	if len(applied) == 0 && !perUser {
+		settle()
 		return time.Time{}, nil, nil
 	}
 
@@ -561,13 +566,7 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 			return time.Time{}, nil, err
 		}
 	}
-	for _, g := range groups {
-		for _, r := range g.Rows {
-			if forbid[r] == "" && invalid[r] == "" && !mismatch[r] {
-				results[r.Index] = resultOf(r)
-			}
-		}
-	}
+	settle()
 	return stamp, users, nil
 }
 

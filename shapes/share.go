@@ -97,16 +97,6 @@ func (s *Shape) TombColumn() (c Column, ok bool) {
 	return s.cols[s.share.Tomb], true
 }
 
-// Shared reports whether any shape of the set is shared.
-func (s *ShapeSet) Shared() bool {
-	for _, sh := range s.Shapes {
-		if sh.share != nil {
-			return true
-		}
-	}
-	return false
-}
-
 // memberColumn is the member column of shapes sharing through via: the one
 // named in a share, or the membership shape's own, or userId.
 func memberColumn(cfgs []ShapeConfig, via string) string {

@@ -114,8 +114,7 @@ func (s *Shape) StampTarget() StampTarget {
 	return t
 }
 
-// MembershipStampTarget is the target of a membership table that is no
-// shape: its writes stamp the membership stamp column, for everyone who
+// StampTarget is the target of a membership table that is no shape: its writes stamp the membership stamp column, for everyone who
 // can see the scope before or after.
 func (m *Membership) StampTarget() StampTarget {
 	sh := &StampShare{Scope: m.Scope.Name, ScopeType: m.Scope.Cast, MSchema: m.Schema, MTable: m.Table,

@@ -117,15 +117,15 @@ type device struct {
 }
 
 type run struct {
-	c         Convergence
-	client    *http.Client
-	mu        sync.Mutex
-	accepted  map[string]version // user/key -> newest version any push had accepted
-	usedTimes map[string]bool    // key@updatedAt already used, so that no two versions tie
-	pushed    atomic.Int64
-	resent    atomic.Int64
-	pulls     atomic.Int64
-	keys      map[string]*atomic.Int64 // per user: the rows made so far, with UpdateShare
+	c        Convergence
+	client   *http.Client
+	mu       sync.Mutex
+	accepted map[string]version // user/key -> newest version any push had accepted
+	times    uniqueTimes
+	pushed   atomic.Int64
+	resent   atomic.Int64
+	pulls    atomic.Int64
+	keys     map[string]*atomic.Int64 // per user: the rows made so far, with UpdateShare
 }
 
 // Converge runs c and returns its report. Errors of the protocol (a push
@@ -140,7 +140,7 @@ func Converge(t *testing.T, c Convergence) Report {
 		c.Skews = []time.Duration{0}
 	}
 	r := &run{c: c, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 32}},
-		accepted: map[string]version{}, usedTimes: map[string]bool{}, keys: map[string]*atomic.Int64{}}
+		accepted: map[string]version{}, keys: map[string]*atomic.Int64{}}
 	defer r.client.CloseIdleConnections()
 	var devices []*device
 	for u, user := range c.Users {
@@ -219,19 +219,9 @@ func Converge(t *testing.T, c Convergence) Report {
 		if err := scan(&user, &key, &v.Title, &upd); err != nil {
 			return err
 		}
-		switch u := upd.(type) {
-		case time.Time:
-			v.UpdatedAt = u
-		case string: // SQLite: hypersync's layout, or a default's
-			t, err := time.Parse(time.RFC3339Nano, u)
-			if err != nil {
-				if t, err = time.Parse(time.DateTime, u); err != nil {
-					return err
-				}
-			}
-			v.UpdatedAt = t
-		default:
-			return fmt.Errorf("updatedAt %v (%T)", upd, upd)
+		var err error
+		if v.UpdatedAt, err = timeOf(upd); err != nil {
+			return err
 		}
 		if db[user] == nil {
 			db[user] = map[string]version{}
@@ -301,12 +291,26 @@ func (r *run) stamp(d *device, key string) time.Time {
 	if cur, ok := d.local[key]; ok && !t.After(cur.UpdatedAt) {
 		t = cur.UpdatedAt.Add(time.Millisecond)
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for r.usedTimes[key+"@"+t.Format(time.RFC3339Nano)] {
+	return r.times.take(key, t)
+}
+
+// uniqueTimes hands out client times no two versions of a row share.
+type uniqueTimes struct {
+	mu   sync.Mutex
+	used map[string]bool // key@updatedAt
+}
+
+// take returns t, or the first millisecond after it not yet used for key.
+func (u *uniqueTimes) take(key string, t time.Time) time.Time {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.used == nil {
+		u.used = map[string]bool{}
+	}
+	for u.used[key+"@"+t.Format(time.RFC3339Nano)] {
 		t = t.Add(time.Millisecond)
 	}
-	r.usedTimes[key+"@"+t.Format(time.RFC3339Nano)] = true
+	u.used[key+"@"+t.Format(time.RFC3339Nano)] = true
 	return t
 }
 

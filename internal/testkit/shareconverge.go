@@ -64,7 +64,7 @@ type sharedRun struct {
 	c         SharedConvergence
 	client    *http.Client
 	mu        sync.Mutex
-	usedTimes map[string]bool
+	times     uniqueTimes
 	keys      map[string]int // per list, todos made so far
 	pushed    atomic.Int64
 	forbidden atomic.Int64
@@ -76,7 +76,7 @@ type sharedRun struct {
 func ConvergeShared(t *testing.T, c SharedConvergence) SharedReport {
 	t.Helper()
 	r := &sharedRun{c: c, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 32}},
-		usedTimes: map[string]bool{}, keys: map[string]int{}}
+		keys: map[string]int{}}
 	defer r.client.CloseIdleConnections()
 	rng := rand.New(rand.NewSource(1))
 	setup := []map[string]any{
@@ -290,14 +290,7 @@ func timeOf(v any) (time.Time, error) {
 
 // updatedAt is a unique client time for key: no two versions of a row tie.
 func (r *sharedRun) updatedAt(key string) time.Time {
-	t := time.Now().Truncate(time.Millisecond)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for r.usedTimes[key+"@"+t.Format(time.RFC3339Nano)] {
-		t = t.Add(time.Millisecond)
-	}
-	r.usedTimes[key+"@"+t.Format(time.RFC3339Nano)] = true
-	return t
+	return r.times.take(key, time.Now().Truncate(time.Millisecond))
 }
 
 func (r *sharedRun) change(shape, key string, payload map[string]any) map[string]any {
