@@ -142,6 +142,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "max_streams not a number", input: "hypersync {\n max_streams lots\n}", wantErr: `max_streams "lots" is not a positive whole number`, line: 2},
 		{name: "max_streams_per_user zero", input: "hypersync {\n max_streams_per_user 0\n}", wantErr: `max_streams_per_user "0" is not a positive whole number`, line: 2},
 		{name: "listen_database not PostgreSQL", input: "hypersync {\n listen_database sqlite:./x.db\n}", wantErr: `listen_database "sqlite:./x.db" is not a postgres:// DSN`, line: 2},
+		{name: "listen_database of an unknown kind", input: "hypersync {\n database postgres://x\n listen_database mysql://u:secret@x/app\n}", wantErr: `listen_database "mysql://u:xxxxx@x/app" is not a postgres:// DSN`, line: 3},
 		{name: "argument after the directive", input: "hypersync extra {\n shape t {\n key id\n }\n}", wantErr: "wrong argument count or unexpected line ending after 'extra'", line: 1},
 		{name: "unsupported database scheme", input: "hypersync {\n database mysql://x\n}", wantErr: `unsupported database "mysql://x": use postgres://…, postgresql://… or sqlite:<path>`, line: 2},
 		{name: "no shapes", input: "hypersync {\n database postgres://x\n}", wantErr: "hypersync needs at least one shape block", line: 1},

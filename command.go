@@ -165,9 +165,13 @@ func cmdSchema(fl caddycmd.Flags) (int, error) {
 		return caddy.ExitCodeFailedStartup, err
 	}
 	for _, h := range handlers {
-		kind := shapes.KindOf(h.Database)
-		if dsn, err := h.resolvedDSN(); err == nil {
+		// a DSN from a placeholder that is not set here: most such
+		// DSNs hold a PostgreSQL URL
+		kind := "postgres"
+		if dsn, err := h.resolvedDSN(); err == nil && shapes.KindOf(dsn) != "" {
 			kind = shapes.KindOf(dsn)
+		} else if k := shapes.KindOf(h.Database); k != "" {
+			kind = k
 		}
 		fmt.Printf("-- %s\n", kind)
 		for _, cfg := range h.Shapes {

@@ -53,6 +53,29 @@ type DatabaseHealth struct {
 	Reachable bool    `json:"reachable"`
 	LatencyMS float64 `json:"latency_ms"`
 	Error     string  `json:"error,omitempty"`
+	// Live is the live listener of the database, when it has one (live
+	// sync on PostgreSQL).
+	Live *LiveHealth `json:"live,omitempty"`
+}
+
+// LiveHealth is a database's live listener: whether pokes from other
+// instances and from writes outside hypersync reach this instance.
+type LiveHealth struct {
+	Listening bool   `json:"listening"`
+	Error     string `json:"error,omitempty"`
+}
+
+// listeners returns the state of every live listener, by database: nil
+// when it works.
+func listeners() map[string]error {
+	out := map[string]error{}
+	provisioned.Range(func(k, _ any) bool {
+		if hs := k.(*HyperSync); hs.db != nil && hs.broker != nil && hs.broker.Transported() {
+			out[hs.db.String()] = hs.broker.Listening()
+		}
+		return true
+	})
+	return out
 }
 
 // ShapeHealth is one shape's schema check.
@@ -104,6 +127,13 @@ func checkHealth(ctx context.Context) Health {
 			dh.Reachable = true
 		}
 		dh.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
+		if hs.broker != nil && hs.broker.Transported() {
+			dh.Live = &LiveHealth{Listening: true}
+			if err := hs.broker.Listening(); err != nil {
+				dh.Live = &LiveHealth{Error: err.Error()}
+				h.Status = "degraded"
+			}
+		}
 		h.Databases = append(h.Databases, dh)
 	}
 	for _, hs := range handlers {

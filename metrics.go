@@ -23,6 +23,7 @@ var metrics struct {
 	dbDuration  *prometheus.HistogramVec
 	lockWait    prometheus.Histogram
 	pools       *poolCollector
+	listeners   *listenerCollector
 	streams     prometheus.Gauge
 	pokes       prometheus.Counter
 	pokeLatency prometheus.Histogram
@@ -53,6 +54,8 @@ func initMetrics() {
 			waits:  prometheus.NewDesc(ns+"_pool_acquire_waits_total", "Acquires that had to wait for a free connection.", []string{"database"}, nil),
 			waited: prometheus.NewDesc(ns+"_pool_acquire_wait_seconds_total", "Time acquires spent waiting for a free connection.", []string{"database"}, nil),
 		}
+		metrics.listeners = &listenerCollector{up: prometheus.NewDesc(ns+"_live_listener_up",
+			"1 when pokes from other instances reach this one: the LISTEN session is up and hears what is sent through the database; else 0.", []string{"database"}, nil)}
 		metrics.streams = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "live_streams",
 			Help: "Open live event streams."})
 		metrics.pokes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "live_pokes_total",
@@ -65,7 +68,7 @@ func initMetrics() {
 		metrics.reconnects = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "live_listener_reconnects_total",
 			Help: "Times the LISTEN connection was made again."})
 		metrics.collectors = []prometheus.Collector{metrics.requests, metrics.duration, metrics.changes, metrics.rowsPulled,
-			metrics.dbDuration, metrics.lockWait, metrics.pools, metrics.streams, metrics.pokes, metrics.pokeLatency,
+			metrics.dbDuration, metrics.lockWait, metrics.pools, metrics.listeners, metrics.streams, metrics.pokes, metrics.pokeLatency,
 			metrics.notifies, metrics.reconnects}
 		metrics.initialized = true
 	})
@@ -169,4 +172,22 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.waited, prometheus.CounterValue, st.EmptyAcquireWait.Seconds(), name)
 		return true
 	})
+}
+
+// listenerCollector reports, at scrape time, whether each live listener
+// works.
+type listenerCollector struct {
+	up *prometheus.Desc
+}
+
+func (c *listenerCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.up }
+
+func (c *listenerCollector) Collect(ch chan<- prometheus.Metric) {
+	for name, err := range listeners() {
+		up := 0.0
+		if err == nil {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, name)
+	}
 }

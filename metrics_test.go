@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -120,4 +122,75 @@ func TestMetricsOnTheAdminEndpoint(t *testing.T) {
 	if !byShape["todos"].OK || byShape["lists"].OK || len(byShape["lists"].Fix) != 1 || !strings.Contains(byShape["lists"].Fix[0], "CREATE INDEX") {
 		t.Fatalf("shape health %+v", h.Shapes)
 	}
+}
+
+// A live listener that cannot LISTEN shows as degraded in the health route
+// and as 0 in hypersync_live_listener_up; fixed by a reload, it shows as
+// listening and 1.
+func TestListenerStateInHealthAndMetrics(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	pgtest.Exec(t, dsn, integrationDDL)
+	site := func(listen string) string {
+		return fmt.Sprintf(`http://localhost:9080 {
+	handle /sync/* {
+		hypersync {
+			database %s
+			%s
+			user_id {http.request.header.X-Test-User}
+			shape todos {
+				key todoId
+				fields title description done deleted
+			}
+		}
+	}
+}`, dsn, listen)
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = "127.0.0.1:1" // nothing listens there
+	tester := serveSites(t, nil, site("listen_database "+u.String()))
+	// waitFor polls the health route and /metrics until ok says their
+	// state is the one wanted, for at most 20 s.
+	waitFor := func(what string, ok func(h Health, metrics string) bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			var h Health
+			if resp, err := http.Get("http://localhost:2999/hypersync/health"); err == nil {
+				_ = json.NewDecoder(resp.Body).Decode(&h)
+				resp.Body.Close()
+			}
+			var metrics string
+			if resp, err := http.Get("http://localhost:2999/metrics"); err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				metrics = string(b)
+			}
+			if ok(h, metrics) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after 20 s, not %s: health %+v", what, h)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	live := func(h Health) *LiveHealth {
+		if len(h.Databases) != 1 {
+			return nil
+		}
+		return h.Databases[0].Live
+	}
+	waitFor("degraded", func(h Health, m string) bool {
+		l := live(h)
+		return h.Status == "degraded" && l != nil && !l.Listening && strings.Contains(l.Error, "cannot connect") &&
+			regexp.MustCompile(`hypersync_live_listener_up\{database="[^"]+"\} 0\n`).MatchString(m)
+	})
+	serveSites(t, tester, site(""))
+	waitFor("listening", func(h Health, m string) bool {
+		l := live(h)
+		return l != nil && l.Listening && l.Error == "" && regexp.MustCompile(`hypersync_live_listener_up\{database="[^"]+"\} 1\n`).MatchString(m)
+	})
 }

@@ -311,10 +311,13 @@ func (h *HyperSync) provisionLive() error {
 		if listen, err = caddy.NewReplacer().ReplaceOrErr(listen, true, true); err != nil {
 			return fmt.Errorf("listen_database: %w", err)
 		}
+		if shapes.KindOf(listen) != "postgres" {
+			return fmt.Errorf("listen_database %q is not a postgres:// DSN: only PostgreSQL carries pokes between instances", shapes.RedactDSN(listen))
+		}
 	}
 	h.brokerKey = h.dsn + "\x00" + listen
 	val, _, err := brokers.LoadOrNew(h.brokerKey, func() (caddy.Destructor, error) {
-		opts := live.Options{Logger: h.logger, Exiting: caddy.Exiting}
+		opts := live.Options{Logger: h.logger, Exiting: caddy.Exiting, Cursors: h.db.Cursors}
 		if !h.DisableMetrics {
 			opts.Observer = liveObserver{}
 		}

@@ -14,6 +14,7 @@ import (
 	"crypto/md5"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,9 +24,8 @@ import (
 
 // Poke is a hint to sync for the users whose keys it names.
 type Poke struct {
-	// Keys are users' keys (Broker.Key); All pokes every stream.
+	// Keys are users' keys (Broker.Key).
 	Keys []string `json:"u,omitempty"`
-	All  bool     `json:"a,omitempty"`
 	// Stamp is the commit's sync stamp in Unix milliseconds (0 when not
 	// known, as from a trigger): the event id a stream hands out.
 	Stamp int64 `json:"s,omitempty"`
@@ -34,6 +34,21 @@ type Poke struct {
 	At int64 `json:"t,omitempty"`
 	// Origin is the publishing instance, which delivered it already.
 	Origin string `json:"o,omitempty"`
+	// Probe, when set, is a transport's check that its listener hears
+	// what is sent through the database: it pokes nobody.
+	Probe string `json:"p,omitempty"`
+}
+
+// Listener is what a transport reports to its broker while it runs.
+type Listener struct {
+	// Deliver hands over a poke from another instance or a trigger.
+	Deliver func(Poke)
+	// Resync is called after every (re)connect, when pokes may have
+	// been missed.
+	Resync func()
+	// Status is called when the listener's state changes: nil when it
+	// listens and hears what is sent through the database, else why not.
+	Status func(err error)
 }
 
 // Transport carries pokes between instances on one database.
@@ -41,9 +56,9 @@ type Transport interface {
 	// Secret returns the database's key for hashing user ids, shared by
 	// every instance and by the stamping triggers.
 	Secret(ctx context.Context) (string, error)
-	// Run delivers pokes from other instances until ctx ends, and calls
-	// resync after every (re)connect, when pokes may have been missed.
-	Run(ctx context.Context, deliver func(Poke), resync func())
+	// Run delivers pokes from other instances until ctx ends, reporting
+	// to l.
+	Run(ctx context.Context, l Listener)
 	// Send publishes one batch of pokes, small enough for one message.
 	Send(ctx context.Context, p Poke) error
 }
@@ -63,6 +78,12 @@ type Broker struct {
 	observer  Observer
 	origin    string
 	secret    atomic.Pointer[string]
+	// listenErr is why the listener does not work (nil: it does, or there
+	// is no transport); started reports that the transport reported once.
+	listenMu  sync.Mutex
+	listenErr error
+	started   bool
+	keyed     atomic.Bool // the database's key was read
 
 	mu      sync.Mutex
 	streams map[string]map[*stream]struct{} // by user key
@@ -79,6 +100,7 @@ type Broker struct {
 	cancel  context.CancelFunc
 	done    sync.WaitGroup
 	exiting func() bool
+	cursors func(ctx context.Context, users []string) (map[string]time.Time, error)
 }
 
 // Options configure a broker.
@@ -90,13 +112,18 @@ type Options struct {
 	// Exiting reports that the process is stopping for good: then every
 	// stream is closed, so that a graceful shutdown does not wait on them.
 	Exiting func() bool
+	// Cursors reads users' sync stamps. After the listener (re)connects,
+	// when pokes from other instances may have been missed, a stream is
+	// poked only if its user's cursor moved past what it was told: a
+	// stream is never poked for a write its user cannot see.
+	Cursors func(ctx context.Context, users []string) (map[string]time.Time, error)
 }
 
 // NewBroker starts a broker.
 func NewBroker(opts Options) *Broker {
 	b := &Broker{transport: opts.Transport, logger: opts.Logger, observer: opts.Observer, exiting: opts.Exiting,
 		streams: map[string]map[*stream]struct{}{}, out: map[string]struct{}{}, outWake: make(chan struct{}, 1),
-		closing: make(chan struct{})}
+		closing: make(chan struct{}), cursors: opts.Cursors}
 	if b.logger == nil {
 		b.logger = zap.NewNop()
 	}
@@ -110,7 +137,10 @@ func NewBroker(opts Options) *Broker {
 	if b.transport != nil {
 		b.done.Add(3)
 		go func() { defer b.done.Done(); b.readSecret(ctx) }()
-		go func() { defer b.done.Done(); b.transport.Run(ctx, b.deliver, b.pokeAll) }()
+		go func() {
+			defer b.done.Done()
+			b.transport.Run(ctx, Listener{Deliver: b.deliver, Resync: func() { b.resync(ctx) }, Status: b.listenStatus})
+		}()
 		go func() { defer b.done.Done(); b.sendLoop(ctx) }()
 	}
 	if b.exiting != nil {
@@ -130,14 +160,15 @@ func (b *Broker) Destruct() error {
 
 // readSecret reads the database's key until it has it, with backoff: until
 // then pokes from other instances and triggers match no stream here. Once
-// read, every stream is poked, for what it may have missed.
+// read, the streams are caught up (resync).
 func (b *Broker) readSecret(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		s, err := b.transport.Secret(ctx)
 		if err == nil {
 			b.setSecret(s)
-			b.pokeAll()
+			b.keyed.Store(true)
+			b.resync(ctx)
 			return
 		}
 		b.logger.Warn("live: reading the shared key; pokes from other instances miss this one's streams until it is read", zap.Error(err), zap.Duration("retry_in", backoff))
@@ -167,6 +198,52 @@ func (b *Broker) watchExit(ctx context.Context) {
 		}
 	}
 }
+
+// listenStatus records the listener's state, and logs each change once:
+// a listener that keeps failing the same way is not logged again.
+func (b *Broker) listenStatus(err error) {
+	b.listenMu.Lock()
+	defer b.listenMu.Unlock()
+	was, started := b.listenErr, b.started
+	b.listenErr, b.started = err, true
+	switch {
+	case err != nil && (was == nil || was.Error() != err.Error()):
+		b.logger.Warn("live: pokes from other instances and from writes outside hypersync do not reach this instance", zap.Error(err))
+	case err == nil && was != nil:
+		b.logger.Info("live: the listener works again")
+	case err == nil && !started:
+		b.logger.Debug("live: listening")
+	}
+}
+
+// Listening reports whether pokes from other instances reach this one:
+// nil when they do (or there is no transport), else why not. Until the
+// transport first reports, and the database's key is read, it says so.
+func (b *Broker) Listening() error {
+	if b.transport == nil {
+		return nil
+	}
+	b.listenMu.Lock()
+	defer b.listenMu.Unlock()
+	switch {
+	case !b.started:
+		return errNotYetListening
+	case b.listenErr != nil:
+		return b.listenErr
+	case !b.keyed.Load():
+		return errNoKey
+	}
+	return nil
+}
+
+// Transported reports whether the broker has a transport to other
+// instances.
+func (b *Broker) Transported() bool { return b.transport != nil }
+
+var (
+	errNotYetListening = errors.New("the listener has not connected yet")
+	errNoKey           = errors.New("the database's key for live pokes is not read yet")
+)
 
 // Key is the hashed id of a user, as pokes between instances carry it:
 // any database role can LISTEN, so raw user ids never travel. The
@@ -285,10 +362,6 @@ func (b *Broker) deliver(p Poke) {
 	if p.Origin != "" && p.Origin == b.origin {
 		return // delivered when it was published
 	}
-	if p.All {
-		b.pokeAll()
-		return
-	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, k := range p.Keys {
@@ -298,15 +371,65 @@ func (b *Broker) deliver(p Poke) {
 	}
 }
 
-// pokeAll pokes every stream: after the listener reconnects, when
-// notifications may have been lost.
-func (b *Broker) pokeAll() {
+// resync catches the local streams up after pokes may have been missed
+// (the listener reconnected, or the database's key was just read): a
+// stream is poked when its user's cursor is past every stamp it was told
+// of, and left alone otherwise. Users are looked up in batches; a lookup
+// that fails is tried again with backoff, a few times, and a stream is
+// never poked on a guess: a missed poke costs a device its next poll, a
+// poke for a write the user cannot see tells a stranger that a scope moved.
+func (b *Broker) resync(ctx context.Context) {
+	if b.cursors == nil {
+		return
+	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
+	byUser := map[string][]*stream{}
 	for _, set := range b.streams {
 		for s := range set {
-			s.offer(0, time.Now().UnixMicro())
+			byUser[s.user] = append(byUser[s.user], s)
 		}
+	}
+	b.mu.Unlock()
+	users := make([]string, 0, len(byUser))
+	for u := range byUser {
+		users = append(users, u)
+	}
+	const batch = 1000
+	for len(users) > 0 {
+		n := min(len(users), batch)
+		var cur map[string]time.Time
+		var err error
+		backoff := 100 * time.Millisecond
+		for try := 0; try < 5 && ctx.Err() == nil; try++ {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			cur, err = b.cursors(cctx, users[:n])
+			cancel()
+			if err == nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff *= 2
+		}
+		if err != nil {
+			b.logger.Warn("live: reading cursors to catch streams up after a reconnect; they sync at their next poll", zap.Error(err))
+			return
+		}
+		now := time.Now().UnixMicro()
+		for _, u := range users[:n] {
+			c, ok := cur[u]
+			if !ok {
+				continue
+			}
+			for _, s := range byUser[u] {
+				if ms := c.UnixMilli(); ms > s.known.Load() {
+					s.offer(ms, now)
+				}
+			}
+		}
+		users = users[n:]
 	}
 }
 
@@ -374,7 +497,11 @@ func (b *Broker) Open() int {
 // stream is one open event stream: a one-slot mailbox, so that pokes
 // coalesce and a slow client never holds up delivery to others.
 type stream struct {
-	user   string
+	user string
+	// known is the newest stamp the client was told of, or is about to
+	// be: resync pokes a stream only when its user's cursor is past it.
+	known atomic.Int64
+
 	key    string        // Key(user), guarded by the broker's mu
 	wake   chan struct{} // capacity 1
 	mu     sync.Mutex
@@ -387,6 +514,7 @@ func newStream(user string) *stream { return &stream{user: user, wake: make(chan
 
 // offer leaves a poke in the mailbox, merged with one already there.
 func (s *stream) offer(stamp, at int64) {
+	s.tell(stamp)
 	s.mu.Lock()
 	s.stamp = max(s.stamp, stamp)
 	if !s.queued.Load() || at < s.at {
@@ -397,6 +525,12 @@ func (s *stream) offer(stamp, at int64) {
 	select {
 	case s.wake <- struct{}{}:
 	default:
+	}
+}
+
+// tell raises known to stamp.
+func (s *stream) tell(stamp int64) {
+	for k := s.known.Load(); stamp > k && !s.known.CompareAndSwap(k, stamp); k = s.known.Load() {
 	}
 }
 

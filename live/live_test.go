@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -32,7 +33,11 @@ type instance struct {
 }
 
 type setup struct {
-	cross   bool // a LISTEN/NOTIFY transport (PostgreSQL)
+	cross bool // a LISTEN/NOTIFY transport (PostgreSQL)
+	// listen is the transport's listen_database, and probe how long it
+	// waits to hear its own probe (both default)
+	listen  string
+	probe   time.Duration
 	configs []shapes.ShapeConfig
 	server  live.Server
 	exiting func() bool
@@ -44,9 +49,9 @@ func newInstance(t *testing.T, dsn string, s setup) *instance {
 		s.configs = []shapes.ShapeConfig{testkit.TodosShape}
 	}
 	f := testkit.OpenStore(t, dsn, s.configs...)
-	opts := live.Options{Exiting: s.exiting}
+	opts := live.Options{Exiting: s.exiting, Cursors: f.Store.Database().Cursors}
 	if s.cross {
-		tr, err := pgnotify.New(pgnotify.Options{DSN: dsn, Idle: 500 * time.Millisecond})
+		tr, err := pgnotify.New(pgnotify.Options{DSN: dsn, ListenDSN: s.listen, Idle: 500 * time.Millisecond, ProbeWait: s.probe})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -61,6 +66,24 @@ func newInstance(t *testing.T, dsn string, s setup) *instance {
 	srv = srv.WithDefaults()
 	hs := testkit.NewServer(t, f.Store, handler.Config{Timeout: 10 * time.Second, Live: &srv})
 	return &instance{t: t, dsn: dsn, store: f.Store, broker: b, url: hs.URL, f: f}
+}
+
+// waitListening waits until pokes from other instances reach the
+// instance: its listener LISTENs, hears its own probe, and has read the
+// database's key.
+func (in *instance) waitListening() {
+	in.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := in.broker.Listening()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			in.t.Fatalf("the listener is not up after 15 s: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // stream is an open event stream, read in the background.
@@ -177,7 +200,8 @@ func TestPokeAcrossInstances(t *testing.T) {
 	a := newInstance(t, dsn, setup{cross: true})
 	b := newInstance(t, dsn, setup{cross: true})
 	s, _ := b.open("alice", "")
-	time.Sleep(200 * time.Millisecond) // the listeners are up
+	a.waitListening()
+	b.waitListening()
 	push(t, a, "alice", "t1")
 	if _, ok := s.next(2 * time.Second); !ok {
 		t.Fatal("no poke from the other instance within 2 s")
@@ -320,28 +344,150 @@ func TestLiveOffAnswers204(t *testing.T) {
 }
 
 // The listener's connection killed (pg_terminate_backend): it comes back,
-// every stream gets a catch-up poke, and pokes from the other instance
-// resume.
+// and catches its streams up: a stream whose user's cursor moved while it
+// was away gets a poke with that cursor, and a stream of a user with
+// nothing new (carol) gets none. Pokes from the other instance resume.
 func TestListenerLoss(t *testing.T) {
 	dsn := testkit.Postgres().Open(t, testkit.SeedTable)
 	a := newInstance(t, dsn, setup{cross: true})
 	b := newInstance(t, dsn, setup{cross: true})
 	s, _ := b.open("alice", "")
-	time.Sleep(200 * time.Millisecond)
+	carol, _ := b.open("carol", "")
+	a.waitListening()
+	b.waitListening()
 	killed := 0
 	err := testkit.Query(dsn, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'hypersync listener'`,
 		func(scan func(...any) error) error { return scan(&killed) })
 	if err != nil || killed != 2 {
 		t.Fatalf("terminated %d listeners (%v), want 2", killed, err)
 	}
-	if _, ok := s.next(3 * time.Second); !ok {
-		t.Fatal("no catch-up poke after the listener came back")
+	push(t, a, "alice", "t1") // most likely while b's listener is away
+	cur, _ := a.store.Cursor(context.Background(), "alice")
+	e, ok := s.next(5 * time.Second)
+	if !ok {
+		t.Fatal("no poke for a push made while the listener was away")
 	}
-	push(t, a, "alice", "t1")
+	if e.id != fmt.Sprint(cur.UnixMilli()) {
+		t.Fatalf("catch-up poke with id %q, want the cursor %d", e.id, cur.UnixMilli())
+	}
+	b.waitListening()
+	// carol's first poke is the one for her own push: none came before it
+	push(t, b, "carol", "c1")
+	cc, _ := b.store.Cursor(context.Background(), "carol")
+	if e, ok := carol.next(5 * time.Second); !ok || e.id != fmt.Sprint(cc.UnixMilli()) {
+		t.Fatalf("carol's first poke %+v (%v), want the one for her push, id %d", e, ok, cc.UnixMilli())
+	}
+	push(t, a, "alice", "t2")
 	if _, ok := s.next(3 * time.Second); !ok {
 		t.Fatal("pokes from the other instance did not resume")
 	}
 }
+
+// The catch-up after a reconnect asks the database, and pokes a stream only
+// when its user's cursor is past what it was told, whether the stream was
+// told at open, or by a poke.
+func TestResyncPokesOnlyStreamsBehind(t *testing.T) {
+	in := newInstance(t, testkit.SQLite().Open(t, testkit.SeedTable), setup{})
+	push(t, in, "alice", "t1")
+	alice, _ := in.open("alice", "")
+	carol, _ := in.open("carol", "")
+	live.Resync(in.broker)
+	if e, ok := alice.next(300 * time.Millisecond); ok {
+		t.Fatalf("alice, told of her cursor when her stream opened, got %+v", e)
+	}
+	push(t, in, "alice", "t2")
+	if _, ok := alice.next(2 * time.Second); !ok {
+		t.Fatal("no poke for alice's push")
+	}
+	live.Resync(in.broker)
+	if e, ok := alice.next(300 * time.Millisecond); ok {
+		t.Fatalf("alice, told of her cursor by the last poke, got %+v", e)
+	}
+	// a write the broker was not told of, as from another instance
+	testkit.Exec(t, in.dsn, `UPDATE hypersync_cursors SET stamp = '2099-01-01T00:00:00.000000Z' WHERE user_id = 'alice'`)
+	live.Resync(in.broker)
+	if e, ok := alice.next(2 * time.Second); !ok || e.id != fmt.Sprint(time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()) {
+		t.Fatalf("alice, whose cursor moved, got %+v (%v), want a poke with the new cursor", e, ok)
+	}
+	if e, ok := carol.next(300 * time.Millisecond); ok {
+		t.Fatalf("carol, with no cursor, got %+v", e)
+	}
+}
+
+// A DSN with pgxpool's own parameters (pool_max_conns, as the README
+// advises) works for the listener too: a push on one instance pokes the
+// other.
+func TestListenerTakesPoolDSN(t *testing.T) {
+	dsn := testkit.Postgres().Open(t, testkit.SeedTable)
+	pooled := dsn + "&pool_max_conns=4"
+	if !strings.Contains(dsn, "?") {
+		pooled = dsn + "?pool_max_conns=4"
+	}
+	a := newInstance(t, pooled, setup{cross: true})
+	b := newInstance(t, pooled, setup{cross: true})
+	s, _ := b.open("alice", "")
+	a.waitListening()
+	b.waitListening()
+	push(t, a, "alice", "t1")
+	if _, ok := s.next(3 * time.Second); !ok {
+		t.Fatal("no poke from the other instance with pool_max_conns in the DSN")
+	}
+}
+
+// A listener that cannot LISTEN, or that LISTENs where it does not hear
+// what is sent through database (as behind a transaction pooler), says so:
+// Listening names the reason.
+func TestListenerDegraded(t *testing.T) {
+	dsn := testkit.Postgres().Open(t, testkit.SeedTable)
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := *u
+	other.Path = "/postgres" // another database of the cluster: LISTEN works there, and hears nothing of this one
+	deaf := newInstance(t, dsn, setup{cross: true, listen: other.String(), probe: 300 * time.Millisecond})
+	closed := *u
+	closed.Host = "127.0.0.1:1" // nothing listens there
+	down := newInstance(t, dsn, setup{cross: true, listen: closed.String()})
+	for _, c := range []struct {
+		in   *instance
+		want string
+	}{{deaf, "does not hear"}, {down, "cannot connect"}} {
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			err := c.in.broker.Listening()
+			if err != nil && strings.Contains(err.Error(), c.want) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("Listening() = %v after 15 s, want an error saying %q", err, c.want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// Notifications on the channel that are not hypersync's (any role may
+// NOTIFY) poke nobody: not the old poke-everyone form, not keys of another
+// shape, not extra fields.
+func TestForgedNotificationsPokeNobody(t *testing.T) {
+	dsn := testkit.Postgres().Open(t, testkit.SeedTable)
+	in := newInstance(t, dsn, setup{cross: true})
+	s, _ := in.open("alice", "")
+	in.waitListening()
+	key := in.broker.Key("alice")
+	for _, payload := range []string{`{"a":true}`, `not json`, `{"u":["` + key + `"],"x":1}`, `{"u":["` + key + `x"]}`, `{"u":[]}`, `[1]`} {
+		testkit.Exec(t, dsn, fmt.Sprintf(`SELECT pg_notify('hypersync_poke', %s)`, pgLiteral(payload)))
+	}
+	// a barrier: a real poke, sent the same way, arrives after them
+	testkit.Exec(t, dsn, fmt.Sprintf(`SELECT pg_notify('hypersync_poke', %s)`, pgLiteral(`{"u":["`+key+`"],"s":42}`)))
+	e, ok := s.next(3 * time.Second)
+	if !ok || e.id != "42" {
+		t.Fatalf("first poke %+v (%v), want only the well-formed one (id 42)", e, ok)
+	}
+}
+
+func pgLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // A write from outside hypersync pokes too, through the stamping trigger.
 func TestOutsideWritePokes(t *testing.T) {
@@ -355,7 +501,7 @@ func TestOutsideWritePokes(t *testing.T) {
 		testkit.Exec(t, dsn, stmt)
 	}
 	s, _ := in.open("alice", "")
-	time.Sleep(200 * time.Millisecond)
+	in.waitListening()
 	testkit.Exec(t, dsn, `INSERT INTO todos (todoId, title, userId) VALUES ('psql', 'from psql', 'alice')`)
 	if _, ok := s.next(2 * time.Second); !ok {
 		t.Fatal("no poke for a row written with SQL")
@@ -486,13 +632,16 @@ func TestOutsideWriteIntoBigScopePokesOnlyMembers(t *testing.T) {
 	in.f.Push("alice", members...)
 	last, _ := in.open("m320", "")
 	carol, _ := in.open("carol", "")
-	time.Sleep(300 * time.Millisecond)
+	in.waitListening()
 	testkit.Exec(t, dsn, `INSERT INTO todos ("todoId", "listId", title, "userId") VALUES ('psql', 'L', 'from psql', 'backend')`)
-	if _, ok := last.next(2 * time.Second); !ok {
+	if _, ok := last.next(5 * time.Second); !ok {
 		t.Fatal("the 321st member got no poke")
 	}
-	if e, ok := carol.next(300 * time.Millisecond); ok {
-		t.Fatalf("carol, no member, got %+v", e)
+	// carol's first poke is the one for her own push: none came before it
+	testkit.WantOutcomes(t, in.f.Push("carol", testkit.Todo(1, "c1", "", "mine")), "applied")
+	cc, _ := in.store.Cursor(context.Background(), "carol")
+	if e, ok := carol.next(5 * time.Second); !ok || e.id != fmt.Sprint(cc.UnixMilli()) {
+		t.Fatalf("carol, no member, got %+v (%v) before the poke for her own push (id %d)", e, ok, cc.UnixMilli())
 	}
 }
 

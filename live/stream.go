@@ -91,6 +91,7 @@ func (s *Server) ServeEvents(w http.ResponseWriter, r *http.Request, user string
 			s.Logger.Debug("live: reading the cursor", zap.Error(err))
 		} else if !cur.IsZero() {
 			id = cur.UnixMilli()
+			st.tell(id)
 		}
 	}
 	if last := r.Header.Get("Last-Event-ID"); last != "" {

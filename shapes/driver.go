@@ -38,8 +38,9 @@ type Driver interface {
 	// Pull streams the rows of q.User in every shape of q.Shapes stamped in
 	// (q.Since, cursor] and returns the cursor (see PullResult).
 	Pull(ctx context.Context, q PullQuery, emit func(PulledRow) error) (PullResult, error)
-	// Cursor reads a user's sync stamp; zero when there is none.
-	Cursor(ctx context.Context, user string) (time.Time, error)
+	// Cursors reads the sync stamps of users; a user without one is left
+	// out of the answer.
+	Cursors(ctx context.Context, users []string) (map[string]time.Time, error)
 	// Ping checks that the database answers.
 	Ping(ctx context.Context) error
 	// Close closes the connections.
@@ -216,13 +217,13 @@ func CheckDSN(dsn string) error {
 	return fmt.Errorf("unsupported database %q: use %s", RedactDSN(dsn), use)
 }
 
-// KindOf names the kind of database a DSN selects; "postgres" when none
-// matches, since a placeholder DSN usually holds a PostgreSQL URL.
+// KindOf names the kind of database a DSN selects: "postgres",
+// "sqlite", or "" when no registered kind has its prefix.
 func KindOf(dsn string) string {
 	if d := dialectOf(dsn); d != nil {
 		return d.Name
 	}
-	return "postgres"
+	return ""
 }
 
 // DefaultSQLite is the database used when none is configured.
@@ -280,6 +281,12 @@ func (db *Database) String() string { return db.target }
 
 // Driver returns the database's driver.
 func (db *Database) Driver() Driver { return db.d }
+
+// Cursors reads the sync stamps of users, for live sync: a user without
+// one is left out.
+func (db *Database) Cursors(ctx context.Context, users []string) (map[string]time.Time, error) {
+	return db.d.Cursors(ctx, users)
+}
 
 // Ping checks that the database answers.
 func (db *Database) Ping(ctx context.Context) error { return db.d.Ping(ctx) }

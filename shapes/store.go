@@ -348,7 +348,8 @@ func resultOf(r *Row) Result {
 // Cursor returns the user's sync stamp: what their next pull would hand
 // out as syncedAt; zero when they have none.
 func (s *Store) Cursor(ctx context.Context, user string) (time.Time, error) {
-	return s.db.d.Cursor(ctx, user)
+	c, err := s.db.d.Cursors(ctx, []string{user})
+	return c[user], err
 }
 
 // Pull streams the user's rows written after since. With limit > 0 it

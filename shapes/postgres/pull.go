@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -280,12 +279,18 @@ func digits(b []byte) (int, bool) {
 	return n, true
 }
 
-// Cursor reads the user's sync stamp.
-func (p *driver) Cursor(ctx context.Context, user string) (time.Time, error) {
-	var stamp time.Time
-	err := p.pool.QueryRow(ctx, `SELECT stamp FROM "`+shapes.CursorTable+`" WHERE user_id = $1`, user).Scan(&stamp)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return time.Time{}, nil
+// Cursors reads the sync stamps of users.
+func (p *driver) Cursors(ctx context.Context, users []string) (map[string]time.Time, error) {
+	rows, err := p.pool.Query(ctx, `SELECT user_id, stamp FROM "`+shapes.CursorTable+`" WHERE user_id = ANY ($1::text[]) AND stamp > '-infinity'`, users)
+	if err != nil {
+		return nil, pgError(err)
 	}
-	return stamp, pgError(err)
+	out := make(map[string]time.Time, len(users))
+	var user string
+	var stamp time.Time
+	_, err = pgx.ForEachRow(rows, []any{&user, &stamp}, func() error {
+		out[user] = stamp
+		return nil
+	})
+	return out, pgError(err)
 }

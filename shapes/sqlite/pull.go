@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -264,15 +265,29 @@ func parseTime(v []byte) (time.Time, bool) {
 	return time.Date(year, time.Month(month), day, hour, minute, sec, ms*1e6, time.UTC), true
 }
 
-// Cursor reads the user's sync stamp.
-func (s *driver) Cursor(ctx context.Context, user string) (time.Time, error) {
-	var stamp string
-	err := s.r.QueryRowContext(ctx, `SELECT stamp FROM "`+shapes.CursorTable+`" WHERE user_id = ?`, user).Scan(&stamp)
-	if errors.Is(err, sql.ErrNoRows) {
-		return time.Time{}, nil
-	}
+// Cursors reads the sync stamps of users.
+func (s *driver) Cursors(ctx context.Context, users []string) (map[string]time.Time, error) {
+	// the users as one JSON array: SQLite bounds the bound variables
+	list, err := json.Marshal(users)
 	if err != nil {
-		return time.Time{}, classify(err)
+		return nil, err
 	}
-	return time.Parse(stampLayout, stamp)
+	rows, err := s.r.QueryContext(ctx, `SELECT user_id, stamp FROM "`+shapes.CursorTable+`" WHERE user_id IN (SELECT value FROM json_each(?))`, string(list))
+	if err != nil {
+		return nil, classify(err)
+	}
+	defer rows.Close()
+	out := make(map[string]time.Time, len(users))
+	for rows.Next() {
+		var user, stamp string
+		if err := rows.Scan(&user, &stamp); err != nil {
+			return nil, classify(err)
+		}
+		t, err := time.Parse(stampLayout, stamp)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: bad cursor %q: %w", stamp, err)
+		}
+		out[user] = t
+	}
+	return out, classify(rows.Err())
 }
