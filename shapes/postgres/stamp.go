@@ -47,11 +47,13 @@ const (
 // LiveDDL creates LiveTable and its one row, with a random key.
 // Instances starting together, and an admin running what check prints,
 // may create it at once: CREATE TABLE IF NOT EXISTS checks before it
-// inserts into the catalog, so the loser's error is caught.
+// inserts into the catalog, so the loser's error is caught, whichever
+// catalog entry it trips on (the table's name, its row type's, or its
+// primary key's row).
 var LiveDDL = []string{
 	`DO $hypersync$ BEGIN
 	CREATE TABLE IF NOT EXISTS "` + LiveTable + `" (id int PRIMARY KEY DEFAULT 1 CHECK (id = 1), secret text NOT NULL);
-EXCEPTION WHEN duplicate_table OR unique_violation THEN NULL;
+EXCEPTION WHEN duplicate_table OR duplicate_object OR unique_violation THEN NULL;
 END $hypersync$`,
 	`INSERT INTO "` + LiveTable + `" (secret) VALUES (md5(random()::text || clock_timestamp()::text)) ON CONFLICT (id) DO NOTHING`,
 }
