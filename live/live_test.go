@@ -660,3 +660,23 @@ func TestMaxStreamsIsPerInstance(t *testing.T) {
 		t.Fatalf("a third stream on another database: %d, want 503", resp.StatusCode)
 	}
 }
+
+// A push that changes nothing (here, a change whose key is another user's)
+// pokes nobody, not even the pusher: the 1.0.0 client resends a refused
+// change at every sync, and a poke for it would make live.js sync again at
+// once, forever. The first poke alice gets is for her next real change.
+func TestRefusedPushPokesNobody(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		in := newInstance(t, b.Open(t, testkit.SeedTable), setup{})
+		push(t, in, "bob", "bobs")
+		alice, _ := in.open("alice", "")
+		for i := 0; i < 3; i++ {
+			testkit.WantOutcomes(t, in.f.Push("alice", testkit.Change("todos", time.Now(), `{"todoId":"bobs","title":"mine now"}`)), "rejected:user-mismatch")
+		}
+		push(t, in, "alice", "t1")
+		cur, _ := in.store.Cursor(context.Background(), "alice")
+		if e, ok := alice.next(5 * time.Second); !ok || e.id != fmt.Sprint(cur.UnixMilli()) {
+			t.Fatalf("alice's first poke %+v (%v), want the one for her applied push (id %d)", e, ok, cur.UnixMilli())
+		}
+	})
+}

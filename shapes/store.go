@@ -298,10 +298,13 @@ func (s *Store) Push(ctx context.Context, user string, changes []Change, results
 	for _, r := range rows {
 		if r.shape.share != nil {
 			stamp, users, err := s.pushShared(ctx, set, user, rows, results)
-			if err == nil && s.OnCommit != nil && !stamp.IsZero() {
+			if err != nil || !anyApplied(results) {
+				return time.Time{}, err
+			}
+			if s.OnCommit != nil && !stamp.IsZero() {
 				s.OnCommit(users, stamp)
 			}
-			return stamp, err
+			return stamp, nil
 		}
 	}
 	w := Write{User: user, Groups: plan(rows, true, false, results)}
@@ -325,10 +328,25 @@ func (s *Store) Push(ctx context.Context, user string, changes []Change, results
 			results[r.Index] = resultOf(r)
 		}
 	}
+	if !anyApplied(results) {
+		// the driver stamped nobody: nothing changed for anyone
+		return time.Time{}, nil
+	}
 	if s.OnCommit != nil && !stamp.IsZero() {
 		s.OnCommit([]string{user}, stamp)
 	}
 	return stamp, nil
+}
+
+// anyApplied reports whether a push applied a change: only then did it
+// stamp anyone, and only then is there anything to poke about.
+func anyApplied(results []Result) bool {
+	for _, r := range results {
+		if r.Outcome == Applied {
+			return true
+		}
+	}
+	return false
 }
 
 // resultOf turns what the driver reported of a row into the change's

@@ -97,6 +97,7 @@ func (p *driver) shared(ctx context.Context, fn func(shapes.Tx) error) error {
 	t.queue(markWriterSQL, nil, nil)
 	err = fn(t)
 	if err == nil {
+		t.commitStamp()
 		t.queue("COMMIT", nil, nil)
 		err = t.flush()
 	}
@@ -115,6 +116,7 @@ func (p *driver) shared(ctx context.Context, fn func(shapes.Tx) error) error {
 // round trips: the stored rows; the scope locks and memberships; the
 // cursor locks; the writes and the commit.
 type pgTx struct {
+	users    []string // the cursors Stamp locked
 	ctx      context.Context
 	conn     *pgx.Conn
 	p        *driver
@@ -293,27 +295,41 @@ func (t *pgTx) Members(m *shapes.Membership, scopes []string) ([]shapes.Member, 
 	return out, pgError(t.flush())
 }
 
-// Stamp locks the cursors of users in id order and sets them all to one
-// stamp above each. A cursor that does not exist yet is created first;
-// the insert locks it like the others.
+// Stamp locks the cursors of users in id order and takes one stamp above
+// each (write.go), kept in the transaction's stamp setting for the write
+// statements. A cursor that does not exist yet is made first; the insert
+// locks it like the others. The cursors move to the stamp at commit, if a
+// statement applied a row (commitStamp).
 func (t *pgTx) Stamp(users []string) (time.Time, error) {
 	var s time.Time
 	scan := func(br pgx.BatchResults) error { return br.QueryRow().Scan(&s) }
 	if t.p.naiveStamps {
-		t.queue(naiveStampSQL, []any{users[0]}, scan)
+		var writer string
+		t.queue(naiveStampSQL, []any{users[0]}, func(br pgx.BatchResults) error { return br.QueryRow().Scan(&s, &writer) })
 		return s, pgError(t.flush())
 	}
-	// the missing cursors made, then all of them locked, and the stamp
-	// read from the clock once they are
 	t.queue(`INSERT INTO "`+shapes.CursorTable+`" (user_id, stamp)
 SELECT u, '-infinity' FROM unnest($1::text[]) AS u ORDER BY u ON CONFLICT (user_id) DO NOTHING`, []any{users}, nil)
-	t.queue(`SELECT greatest(date_trunc('milliseconds', clock_timestamp()), max(stamp) + interval '1 millisecond')
+	t.queue(`SELECT set_config('`+stampSetting+`', greatest(date_trunc('milliseconds', clock_timestamp()), max(stamp) + interval '1 millisecond')::text, true)::timestamptz
 FROM (SELECT stamp FROM "`+shapes.CursorTable+`" WHERE user_id = ANY ($1::text[]) ORDER BY user_id FOR UPDATE) AS locked`, []any{users}, scan)
 	if err := t.flush(); err != nil {
 		return time.Time{}, pgError(err)
 	}
-	t.queue(`UPDATE "`+shapes.CursorTable+`" SET stamp = $2 WHERE user_id = ANY ($1::text[])`, []any{users, s}, nil)
+	t.users = users
 	return s, nil
+}
+
+// commitStamp queues, before the commit, the move of the cursors Stamp
+// locked to the push's stamp, if a write statement applied a row, and the
+// removal of cursor rows Stamp made for a push that applied nothing: such
+// a push stamps nobody (write.go).
+func (t *pgTx) commitStamp() {
+	if t.users == nil {
+		return
+	}
+	t.queue(`UPDATE "`+shapes.CursorTable+`" SET stamp = current_setting('`+stampSetting+`')::timestamptz
+WHERE user_id = ANY ($1::text[]) AND current_setting('`+appliedSetting+`', true) = 'yes'`, []any{t.users}, nil)
+	t.queue(`DELETE FROM "`+shapes.CursorTable+`" WHERE user_id = ANY ($1::text[]) AND stamp = '-infinity'`, []any{t.users}, nil)
 }
 
 func (t *pgTx) Write(user string, g shapes.Group, isolated bool) error {
@@ -333,7 +349,8 @@ func (t *pgTx) Write(user string, g shapes.Group, isolated bool) error {
 		sql = insertSharedSQL(g.Shape, g.Mask)
 		read = func(br pgx.BatchResults) error {
 			var n int
-			if err := br.QueryRow().Scan(&n); err != nil {
+			var flag *string
+			if err := br.QueryRow().Scan(&n, &flag); err != nil {
 				return err
 			}
 			if n < len(g.Rows) {
@@ -391,8 +408,8 @@ func insertSharedSQL(sh *shapes.Shape, m shapes.Mask) string {
 	ON CONFLICT (%s) DO NOTHING
 	RETURNING 1
 )
-SELECT count(*)::int FROM ins`, u.table, strings.Join(cols, ", "), u.synced, u.scoped, strings.Join(prefixed("input.", cols), ", "),
-			strings.Join(prefixed("input.", u.keyCols), ", "), strings.Join(u.keyCols, ", ")), nil
+SELECT count(*)::int, CASE WHEN count(*) > 0 THEN set_config('%s', 'yes', true) END FROM ins`, u.table, strings.Join(cols, ", "), u.synced, u.scoped, strings.Join(prefixed("input.", cols), ", "),
+			strings.Join(prefixed("input.", u.keyCols), ", "), strings.Join(u.keyCols, ", "), appliedSetting), nil
 	})
 	return s.(string)
 }

@@ -17,13 +17,15 @@ import (
 
 // How pull completeness is kept on PostgreSQL.
 //
-// Every push first upserts the user's row in hypersync_cursors, setting
+// Every push first locks the user's row in hypersync_cursors (made first,
+// at -infinity, when the user has none) and takes the stamp
 //
-//	stamp = greatest(clock_timestamp() truncated to ms, previous stamp + 1 ms)
+//	greatest(clock_timestamp() truncated to ms, previous stamp + 1 ms)
 //
-// and writes that stamp as the sync stamp of every row it applies, all in
-// one transaction. The row lock on the cursor row is held until commit, so
-// one user's pushes commit one at a time, in stamp order, whatever Caddy
+// which it writes as the sync stamp of every row it applies, all in one
+// transaction, and into the cursor row once a statement has applied a row
+// (bumpCTE). The row lock on the cursor row is held until commit, so one
+// user's pushes commit one at a time, in stamp order, whatever Caddy
 // instance runs them. Stamps come from the database's clock, never the
 // client's or Caddy's, and strictly increase per user even if that clock
 // steps back.
@@ -41,23 +43,62 @@ import (
 // bring a row of that millisecond again, never skip one. The pull takes no
 // lock and never waits.
 //
+// A push that applies nothing (every change refused or stale) leaves the
+// cursor where it was, and removes a cursor row it made: it stamps
+// nobody, so live sync pokes nobody. That matters: the 1.0.0 client sends
+// a refused change again at every sync, and a poke for it would make the
+// device sync again at once, forever. The stamp such a push computed was
+// written nowhere, so the next push may take it again.
+//
 // A write from outside hypersync takes the same lock through the stamping
 // trigger, after its row lock, where a push takes its row locks after the
 // cursor's: two such writers on one row can deadlock, and PostgreSQL ends
 // one of them, which Write retries and an outside writer should too.
 
+// The settings a push's transaction keeps: its stamp, for the statements
+// that write it; the stamp its user's cursor had before, to put back if
+// nothing is applied; and whether a statement applied a row (appliedSQL).
+const (
+	stampSetting   = "hypersync.stamp"
+	prevSetting    = "hypersync.prev"
+	appliedSetting = "hypersync.applied"
+)
+
+// stampSQL takes a push's stamp: it upserts the user's cursor row, which
+// locks it until commit, to greatest(clock, previous + 1 ms), and keeps
+// the previous stamp and the new one in the transaction's settings. It
+// also marks the transaction as hypersync's own (markWriterSQL), in the
+// same statement.
 const stampSQL = `INSERT INTO "` + shapes.CursorTable + `" AS c (user_id, stamp)
 VALUES ($1, date_trunc('milliseconds', clock_timestamp()))
 ON CONFLICT (user_id) DO UPDATE
-SET stamp = greatest(date_trunc('milliseconds', clock_timestamp()), c.stamp + interval '1 millisecond')
-RETURNING stamp`
+SET stamp = greatest(date_trunc('milliseconds', clock_timestamp()), set_config('` + prevSetting + `', c.stamp::text, true)::timestamptz + interval '1 millisecond')
+RETURNING set_config('` + stampSetting + `', stamp::text, true)::timestamptz, set_config('` + writerSetting + `', 'hypersync', true)`
+
+// appliedSQL is the branch of a write statement's answer that records, in
+// the transaction, that the statement applied a row (when the condition
+// applied holds); it answers no row a reader would take for a change.
+func appliedSQL(applied string) string {
+	return fmt.Sprintf("\nUNION ALL\nSELECT 0, set_config('%s', 'yes', true) = 'yes' WHERE %s", appliedSetting, applied)
+}
+
+// undoStampSQL puts the cursor of the user ($1) back where it was when no
+// statement of the push applied a row, and removes it when the push made
+// it: such a push stamps nobody.
+const undoStampSQL = `WITH undo AS (
+	SELECT nullif(current_setting('` + prevSetting + `', true), '')::timestamptz AS prev
+	WHERE current_setting('` + appliedSetting + `', true) IS DISTINCT FROM 'yes'
+), gone AS (
+	DELETE FROM "` + shapes.CursorTable + `" AS c USING undo WHERE c.user_id = $1 AND undo.prev IS NULL
+)
+UPDATE "` + shapes.CursorTable + `" AS c SET stamp = undo.prev FROM undo WHERE c.user_id = $1 AND undo.prev IS NOT NULL`
 
 // naiveStampSQL is the reference server's scheme: a push stamps its rows
 // with its transaction's start time, and a pull answers with the current
 // time (pull.go). Only tests switch it on (config.naiveStamps), to prove
 // that the concurrency test catches the rows it loses.
 const naiveStampSQL = `INSERT INTO "` + shapes.CursorTable + `" AS c (user_id, stamp) VALUES ($1, now())
-ON CONFLICT (user_id) DO UPDATE SET stamp = now() RETURNING stamp`
+ON CONFLICT (user_id) DO UPDATE SET stamp = now() RETURNING set_config('` + stampSetting + `', stamp::text, true)::timestamptz, set_config('` + writerSetting + `', 'hypersync', true)`
 
 // markWriterSQL tells the stamping trigger (stamp.go) that the
 // transaction is hypersync's own, which stamps its rows itself.
@@ -101,7 +142,6 @@ func (p *driver) Write(ctx context.Context, w shapes.Write) (time.Time, error) {
 // upsert and one statement per group, run as one implicit transaction.
 func (p *driver) writeBatch(ctx context.Context, w shapes.Write) (time.Time, error) {
 	b := &pgx.Batch{}
-	b.Queue(markWriterSQL)
 	b.Queue(p.stampSQL(), w.User)
 	for _, g := range w.Groups {
 		args, err := p.groupArgs(w.User, g)
@@ -110,14 +150,12 @@ func (p *driver) writeBatch(ctx context.Context, w shapes.Write) (time.Time, err
 		}
 		b.Queue(upsertSQL(g.Shape, g.Mask), args...)
 	}
+	b.Queue(undoStampSQL, w.User)
 	sent := time.Now()
 	br := p.pool.SendBatch(ctx, b)
 	var stamp time.Time
-	if _, err := br.Exec(); err != nil {
-		br.Close()
-		return time.Time{}, err
-	}
-	if err := br.QueryRow().Scan(&stamp); err != nil {
+	var writer string
+	if err := br.QueryRow().Scan(&stamp, &writer); err != nil {
 		br.Close()
 		return time.Time{}, err
 	}
@@ -153,9 +191,12 @@ func readOutcomes(rows pgx.Rows, g shapes.Group) error {
 		if err := rows.Scan(&ord, &foreign); err != nil {
 			return err
 		}
-		if foreign {
+		switch {
+		case ord == 0:
+			// appliedSQL's branch
+		case foreign:
 			g.Rows[ord-1].Outcome = shapes.RowForeign
-		} else {
+		default:
 			g.Rows[ord-1].Outcome = shapes.RowStale
 		}
 	}
@@ -170,11 +211,9 @@ func (p *driver) writeIsolated(ctx context.Context, w shapes.Write) (time.Time, 
 		return time.Time{}, err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	if _, err := tx.Exec(ctx, markWriterSQL); err != nil {
-		return time.Time{}, err
-	}
 	var stamp time.Time
-	if err := tx.QueryRow(ctx, p.stampSQL(), w.User).Scan(&stamp); err != nil {
+	var writer string
+	if err := tx.QueryRow(ctx, p.stampSQL(), w.User).Scan(&stamp, &writer); err != nil {
 		return time.Time{}, err
 	}
 	for _, g := range w.Groups {
@@ -201,6 +240,9 @@ func (p *driver) writeIsolated(ctx context.Context, w shapes.Write) (time.Time, 
 			}
 			return time.Time{}, err
 		}
+	}
+	if _, err := tx.Exec(ctx, undoStampSQL, w.User); err != nil {
+		return time.Time{}, err
 	}
 	return stamp, tx.Commit(ctx)
 }
@@ -316,7 +358,7 @@ func inputSQL(sh *shapes.Shape, m shapes.Mask) string {
 	SELECT v.ord, %s
 	FROM unnest(%s) WITH ORDINALITY AS v(%s, ord)
 ), stamp AS (
-	SELECT stamp FROM "`+shapes.CursorTable+`" WHERE user_id = $1
+	SELECT current_setting('`+stampSetting+`')::timestamptz AS stamp
 )`, strings.Join(exprs, ", "), strings.Join(arrays, ", "), strings.Join(names, ", "))
 }
 
@@ -374,11 +416,11 @@ func upsertConflictSQL(sh *shapes.Shape, m shapes.Mask) string {
 	RETURNING %[10]s
 )
 SELECT input.ord::int4, %[16]s
-FROM input WHERE (SELECT count(*) FROM up) < (SELECT count(*) FROM input) AND NOT EXISTS (SELECT FROM up WHERE %[13]s)`,
+FROM input WHERE (SELECT count(*) FROM up) < (SELECT count(*) FROM input) AND NOT EXISTS (SELECT FROM up WHERE %[13]s)%[17]s`,
 		u.table, strings.Join(insertCols, ", "), stampCols, strings.Join(prefixed("input.", insertCols), ", "),
 		strings.Join(prefixed("input.", u.keyCols), ", "), strings.Join(u.keyCols, ", "), strings.Join(sets, ", "),
 		u.user, u.upd, strings.Join(prefixed("t.", u.keyCols), ", "), u.keyCols[0],
-		matching("cur.", "input.", u.keyCols), matching("up.", "input.", u.keyCols), stamps, owner, foreignSQL(u))
+		matching("cur.", "input.", u.keyCols), matching("up.", "input.", u.keyCols), stamps, owner, foreignSQL(u), appliedSQL("EXISTS (SELECT FROM up)"))
 }
 
 // upsertSplitSQL updates the user's existing rows and inserts missing ones,
@@ -424,12 +466,13 @@ func upsertSplitSQL(sh *shapes.Shape, m shapes.Mask) string {
 SELECT input.ord::int4, %[18]s
 FROM input
 WHERE (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins) < (SELECT count(*) FROM input)
-	AND NOT EXISTS (SELECT FROM upd WHERE upd.ord = input.ord) AND NOT EXISTS (SELECT FROM ins WHERE %[14]s)`,
+	AND NOT EXISTS (SELECT FROM upd WHERE upd.ord = input.ord) AND NOT EXISTS (SELECT FROM ins WHERE %[14]s)%[19]s`,
 		u.table, strings.Join(sets, ", "), matching("t.", "input.", u.keyCols), u.user, u.upd,
 		strings.Join(insertCols, ", "), stampCols, strings.Join(prefixed("input.", insertCols), ", "),
 		strings.Join(prefixed("input.", u.keyCols), ", "), strings.Join(u.keyCols, ", "),
 		strings.Join(prefixed("t.", u.keyCols), ", "), u.keyCols[0],
-		matching("cur.", "input.", u.keyCols), matching("ins.", "input.", u.keyCols), u.lead, owner, stamps, foreignSQL(u))
+		matching("cur.", "input.", u.keyCols), matching("ins.", "input.", u.keyCols), u.lead, owner, stamps, foreignSQL(u),
+		appliedSQL("EXISTS (SELECT FROM upd) OR EXISTS (SELECT FROM ins)"))
 }
 
 // groupArgs are the arguments of a group's statement: the user, one array

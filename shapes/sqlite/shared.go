@@ -44,10 +44,16 @@ func (s *driver) Shared(ctx context.Context, fn func(shapes.Tx) error) error {
 	if err := fn(t); err != nil {
 		return classify(err)
 	}
+	if !t.wrote {
+		// nothing applied: the cursors stamped stay as they were (the
+		// deferred rollback), so that nobody is poked for this push
+		return nil
+	}
 	return classify(tx.Commit())
 }
 
 type liteTx struct {
+	wrote bool // a row was applied
 	ctx   context.Context
 	tx    *sql.Tx
 	s     *driver
@@ -188,7 +194,8 @@ func (t *liteTx) Stamp(users []string) (time.Time, error) {
 // older row, and a row not written is told stale or foreign by what is
 // stored; a shared shape's rows were decided by the policy, and are
 // updated whoever wrote them last.
-func (t *liteTx) Write(user string, g shapes.Group, isolated bool) error {
+func (t *liteTx) Write(user string, g shapes.Group, isolated bool) (err error) {
+	defer func() { t.wrote = t.wrote || err == nil && applied([]shapes.Group{g}) }()
 	sh := g.Shape
 	c := columnsOf(sh, g.Mask)
 	where := strings.Join(suffixed(c.keys, " = ?"), " AND ")

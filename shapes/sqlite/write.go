@@ -280,10 +280,27 @@ func (s *driver) Write(ctx context.Context, w shapes.Write) (time.Time, error) {
 		}
 		g.Rows[0].Outcome, g.Rows[0].Refusal = shapes.RowRefused, refused.Message
 	}
+	if !applied(w.Groups) {
+		// nothing changed: the cursor stays where it was (the deferred
+		// rollback), so that nobody is stamped or poked for this push
+		return time.Time{}, nil
+	}
 	if err := tx.Commit(); err != nil {
 		return time.Time{}, classify(err)
 	}
 	return stamp, nil
+}
+
+// applied reports whether any row of groups was applied.
+func applied(groups []shapes.Group) bool {
+	for _, g := range groups {
+		for _, r := range g.Rows {
+			if r.Outcome == shapes.RowApplied {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // stamp takes the push's sync stamp: greatest(now, previous + 1 ms).
