@@ -673,6 +673,9 @@ func TestRefusedPushPokesNobody(t *testing.T) {
 		for i := 0; i < 3; i++ {
 			testkit.WantOutcomes(t, in.f.Push("alice", testkit.Change("todos", time.Now(), `{"todoId":"bobs","title":"mine now"}`)), "rejected:user-mismatch")
 		}
+		if e, ok := alice.next(500 * time.Millisecond); ok {
+			t.Fatalf("alice got %+v for pushes that changed nothing", e)
+		}
 		push(t, in, "alice", "t1")
 		cur, _ := in.store.Cursor(context.Background(), "alice")
 		if e, ok := alice.next(5 * time.Second); !ok || e.id != fmt.Sprint(cur.UnixMilli()) {
