@@ -47,7 +47,7 @@ type Column struct {
 
 // IsUUID reports whether the column's type is uuid, whose values are
 // checked as UUIDs and compared without case.
-func (c *Column) IsUUID() bool { return strings.EqualFold(c.Type, "uuid") }
+func (c *ColumnInfo) IsUUID() bool { return strings.EqualFold(c.Type, "uuid") }
 
 // checkValue reports why raw, a JSON value, cannot be stored in the column,
 // or returns nil. It is the same check on every store, so that a change is
@@ -77,6 +77,17 @@ func (c *Column) checkValue(raw json.RawMessage) error {
 			var u string
 			if json.Unmarshal(raw, &u) != nil || !isUUID(u) {
 				return fmt.Errorf("field %q: %s is not a UUID", c.Field, clip(raw))
+			}
+		}
+		if c.MaxChars > 0 {
+			s, err := JSONString(raw)
+			if err != nil {
+				return fmt.Errorf("field %q: %v", c.Field, err)
+			}
+			if n := utf8.RuneCountInString(s); n > c.MaxChars {
+				// PostgreSQL would cut trailing spaces to fit, and store
+				// another value than the one sent
+				return fmt.Errorf("field %q: %d characters, but column %s (%s) holds at most %d", c.Field, n, c.Name, c.Type, c.MaxChars)
 			}
 		}
 	case KindBool:

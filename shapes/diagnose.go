@@ -183,6 +183,11 @@ func shareFix(sh *Shape, se *SchemaError, all []ShapeConfig, dl *Dialect) []stri
 				QuoteIdent(scope.Name), QuoteIdent(member)),
 			syncIndexSQL(schema, name, member, DefaultSyncedAtColumn, false),
 		}
+	case se.Problem == ProblemColumnType && se.Role == RoleScope && dl.Name == "postgres":
+		// text holds every scope as it is sent (SQLite cannot change a
+		// column's type: a new table is the fix there)
+		schema, name, _ := SplitTableName(se.Table)
+		return []string{fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s TYPE text", QuoteTable(schema, name), QuoteIdent(se.Column))}
 	case se.Problem == ProblemNoColumn && se.Role == RoleMemberStamp:
 		schema, name, _ := SplitTableName(sh.Config.Share.Via)
 		return []string{fmt.Sprintf("ALTER TABLE %s ADD COLUMN %s %s", QuoteTable(schema, name), QuoteIdent(DefaultSyncedAtColumn), dl.StampType)}

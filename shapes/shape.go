@@ -34,7 +34,17 @@ type ColumnInfo struct {
 	Cast string
 	Kind Kind
 	// Bits bounds KindInt values (16, 32 or 64) and KindFloat ones (32, 64).
-	Bits       int
+	Bits int
+	// MaxChars bounds the characters of a text value (varchar(n)): 0 for
+	// none. A longer value is refused, where PostgreSQL would cut
+	// trailing spaces on assignment and store another value than the one
+	// the push decided on.
+	MaxChars int
+	// Exact reports that the column stores a text value exactly as it is
+	// sent (PostgreSQL's text, varchar and uuid, SQLite's TEXT affinity
+	// and uuid): a scope must be such a column, or an integer, so that the
+	// value a push decides on is the value stored.
+	Exact      bool
 	NotNull    bool
 	HasDefault bool
 }

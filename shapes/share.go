@@ -221,13 +221,15 @@ func resolveSharing(set *ShapeSet, cfgs []ShapeConfig, inspect func(schema, tabl
 			byTable[via] = m
 		}
 		scope := sh.cols[sc.Scope]
-		if t := strings.ToLower(scope.Type); !(scope.Kind == KindInt || scope.Kind == KindText && !strings.HasPrefix(t, "character(") && t != "bpchar" && t != "citext") {
-			// a scope's text must name it alone: numeric (1.0 = 1.00),
-			// padded or case-blind types compare wider than their text
-			return fail(ProblemColumnType, RoleScope, scope.Name, "the scope column must be text, uuid or an integer, but its type is %s", scope.Type)
+		if !scopeType(scope.ColumnInfo) {
+			return fail(ProblemColumnType, RoleScope, scope.Name, "the scope column must be text, varchar, uuid or an integer, but its type is %s: %s", scope.Type, scopeTypeWhy)
 		}
-		if scope.Kind != m.Scope.Kind || scope.Cast != m.Scope.Cast {
-			return fail(ProblemColumnType, RoleScope, scope.Name, "the scope column is %s, but %s.%s is %s: they must have one type to be compared", scope.Type, m.QualifiedName(), m.Scope.Name, m.Scope.Type)
+		if !scopeType(m.Scope) {
+			return &SchemaError{Shape: cfg.Key, Table: m.QualifiedName(), Column: m.Scope.Name, Problem: ProblemColumnType, Role: RoleScope,
+				Reason: fmt.Sprintf("the membership table's scope column must be text, varchar, uuid or an integer, but its type is %s: %s", m.Scope.Type, scopeTypeWhy)}
+		}
+		if scope.Kind != m.Scope.Kind || scope.IsUUID() != m.Scope.IsUUID() || scope.Kind != KindText && scope.Cast != m.Scope.Cast {
+			return fail(ProblemColumnType, RoleScope, scope.Name, "the scope column is %s, but %s.%s is %s: they must both be text (text or varchar), both uuid, or one integer type, to be compared", scope.Type, m.QualifiedName(), m.Scope.Name, m.Scope.Type)
 		}
 		sc.Members = m
 		for _, idx := range infos[sh].Indexes {
@@ -244,6 +246,19 @@ func resolveSharing(set *ShapeSet, cfgs []ShapeConfig, inspect func(schema, tabl
 	}
 	return nil
 }
+
+// scopeType reports whether a column may hold scopes: a push decides on a
+// scope's value as it was sent, so the column must store that value as
+// it is, and compare it by it alone. Numeric (1.0 = 1.00), padded
+// (char(n)), case-blind (citext) types, domains (which may carry their
+// own rules) and types a database parses its own way (date, name, whose
+// text is cut at 63 bytes) do not; varchar(n) does, because a longer
+// value is refused (Column.MaxChars) rather than cut.
+func scopeType(c ColumnInfo) bool {
+	return c.Kind == KindInt || c.Kind == KindText && c.Exact
+}
+
+const scopeTypeWhy = "the value a push decides on must be the value the database stores"
 
 // resolveMembership finds the membership table via: a shape's table, or
 // one the app's backend keeps.

@@ -24,8 +24,11 @@ func (p *driver) Inspect(ctx context.Context, schema, table string) (*shapes.Tab
 	if err != nil {
 		return nil, pgError(err)
 	}
+	// a varchar(n) of a domain has its n on the domain's type
 	rows, err := p.pool.Query(ctx, `SELECT a.attname, format_type(a.atttypid, a.atttypmod), format_type(a.atttypid, NULL), b.typname, b.typcategory,
-			a.attnotnull, a.atthasdef OR a.attidentity <> '', a.attgenerated <> ''
+			a.attnotnull, a.atthasdef OR a.attidentity <> '', a.attgenerated <> '',
+			CASE WHEN b.typname IN ('varchar', 'bpchar') THEN greatest(CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END - 4, 0) ELSE 0 END,
+			t.typtype <> 'd' AND b.typname IN ('text', 'varchar', 'uuid')
 		FROM pg_attribute a
 		JOIN pg_type t ON t.oid = a.atttypid
 		JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
@@ -38,7 +41,8 @@ func (p *driver) Inspect(ctx context.Context, schema, table string) (*shapes.Tab
 		var c shapes.ColumnInfo
 		var typname, category string
 		var generated bool
-		if err := rows.Scan(&c.Name, &c.Type, &c.Cast, &typname, &category, &c.NotNull, &c.HasDefault, &generated); err != nil {
+		var maxChars int32
+		if err := rows.Scan(&c.Name, &c.Type, &c.Cast, &typname, &category, &c.NotNull, &c.HasDefault, &generated, &maxChars, &c.Exact); err != nil {
 			rows.Close()
 			return nil, pgError(err)
 		}
@@ -46,6 +50,7 @@ func (p *driver) Inspect(ctx context.Context, schema, table string) (*shapes.Tab
 			continue // computed by the database: never synced from clients
 		}
 		c.Kind, c.Bits = kindOf(typname, category)
+		c.MaxChars = int(maxChars)
 		info.Columns = append(info.Columns, c)
 	}
 	if err := rows.Err(); err != nil {

@@ -46,6 +46,7 @@ func (s *driver) Inspect(ctx context.Context, schema, table string) (*shapes.Tab
 			return nil, classify(err)
 		}
 		c.Kind, c.Bits = kindOf(c.Type)
+		c.Exact = exactText(c.Type)
 		if pos > 0 {
 			pk = append(pk, c.Name)
 			pkPos = append(pkPos, pos)
@@ -108,6 +109,16 @@ func containsEmpty(list []string) bool {
 		}
 	}
 	return false
+}
+
+// exactText reports that a column of the declared type stores a text
+// value as it is: TEXT affinity (SQLite's rules: INT before CHAR, CLOB or
+// TEXT), or UUID, whose values hypersync takes only in their canonical
+// form, which no affinity changes. NUMERIC affinity would store "007" as 7.
+func exactText(declared string) bool {
+	t := strings.ToUpper(declared)
+	has := func(s string) bool { return strings.Contains(t, s) }
+	return !has("INT") && (has("CHAR") || has("CLOB") || has("TEXT")) || t == "UUID"
 }
 
 // kindOf maps a declared column type onto a Kind, in the spirit of

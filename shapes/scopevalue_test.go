@@ -1,0 +1,135 @@
+package shapes_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/hypersync/hypersync/internal/testkit"
+	"github.com/hypersync/hypersync/shapes"
+)
+
+// listTables creates the todos and list_members tables of ListShapes with
+// the given types for todos."listId" and list_members."listId", and opens
+// the two shapes on them (created by the test, not by hypersync).
+func listTables(t *testing.T, dsn, todoScope, memberScope string) []shapes.ShapeConfig {
+	t.Helper()
+	stamp := "timestamptz"
+	if _, ok := testkit.IsSQLite(dsn); ok {
+		stamp = "TIMESTAMP"
+	}
+	testkit.Exec(t, dsn, `CREATE TABLE list_members ("listId" `+memberScope+` NOT NULL, "memberId" text NOT NULL, deleted boolean, "userId" text NOT NULL,
+		"updatedAt" `+stamp+` NOT NULL, "lastSyncAt" `+stamp+` NOT NULL DEFAULT CURRENT_TIMESTAMP, "scopedAt" `+stamp+` NOT NULL DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY ("listId", "memberId"))`,
+		`CREATE TABLE todos ("todoId" text PRIMARY KEY, "listId" `+todoScope+`, title text, done boolean, deleted boolean, "userId" text NOT NULL,
+		"updatedAt" `+stamp+` NOT NULL, "lastSyncAt" `+stamp+` NOT NULL DEFAULT CURRENT_TIMESTAMP, "scopedAt" `+stamp+` NOT NULL DEFAULT CURRENT_TIMESTAMP)`,
+		`CREATE INDEX todos_user ON todos ("userId", "lastSyncAt")`, `CREATE INDEX todos_list ON todos ("listId", "lastSyncAt")`,
+		`CREATE INDEX members_user ON list_members ("userId", "lastSyncAt")`, `CREATE INDEX members_list ON list_members ("listId", "lastSyncAt")`)
+	cfgs := testkit.ListShapes()[1:]
+	for i := range cfgs {
+		cfgs[i].CreateTable, cfgs[i].FieldTypes = false, nil
+	}
+	return cfgs
+}
+
+const aliceList = "6f1c2a8e-0d3b-4c5e-9a7f-1b2c3d4e5f60"
+
+// The value a push decides on is the value the database stores. With
+// list_members."listId" a varchar(36) of UUIDs, mallory's membership of
+// alice's list id plus one space would be decided as founding a new scope,
+// and stored, cut to 36 characters, as a membership of alice's list: it is
+// refused instead, and her pull brings nothing of the list. The same for a
+// todo moved into the padded id, and with the two tables' scope columns of
+// different text types.
+func TestScopeValueIsTheValueStored(t *testing.T) {
+	for _, c := range []struct{ todo, member string }{
+		{"varchar(36)", "varchar(36)"},
+		{"text", "varchar(36)"},
+		{"varchar(36)", "text"},
+	} {
+		t.Run(c.todo+"/"+c.member, func(t *testing.T) {
+			dsn := testkit.Postgres().Open(t)
+			f := testkit.OpenStore(t, dsn, listTables(t, dsn, c.todo, c.member)...)
+			testkit.WantOutcomes(t, f.Push("alice", testkit.Member(1, aliceList, "alice", false), testkit.Todo(2, "t1", aliceList, "alice's")), "applied,applied")
+			padded := aliceList + " "
+			mallory := f.NewDevice("mallory")
+			member := "rejected:invalid-payload"
+			if c.member == "text" {
+				member = "applied" // a scope of its own, "…60 ", which text keeps as it is
+			}
+			testkit.WantOutcomes(t, f.Push("mallory", testkit.Member(3, padded, "mallory", false)), member)
+			todo := "rejected:invalid-payload"
+			if c.todo == "text" {
+				todo = "rejected:forbidden" // the padded scope stays padded, and mallory is no member of it
+			}
+			if c.member == "text" && c.todo == "varchar(36)" {
+				todo = "rejected:invalid-payload"
+			}
+			testkit.WantOutcomes(t, f.Push("mallory", testkit.Todo(4, "m1", padded, "mallory's")), todo)
+			for _, r := range mallory.Sync() {
+				if strings.Contains(string(r.Raw), "alice's") || r.Payload["listId"] == aliceList {
+					t.Fatalf("mallory pulled %s of alice's list", r.Raw)
+				}
+			}
+			var n int
+			testkit.Query(dsn, `SELECT count(*) FROM list_members WHERE "listId" = '`+aliceList+`'`, func(scan func(...any) error) error { return scan(&n) })
+			if n != 1 {
+				t.Fatalf("alice's list has %d memberships, want alice's alone", n)
+			}
+		})
+	}
+}
+
+// A scope column of a type that would store another value than the one
+// sent, or compare by more than its text, fails the start-up check, and
+// check prints the ALTER that fixes it.
+func TestScopeColumnTypesThatChangeValuesAreRefused(t *testing.T) {
+	for _, typ := range []string{"date", "name", "character(36)", "numeric", "scope_text"} {
+		t.Run(typ, func(t *testing.T) {
+			dsn := testkit.Postgres().Open(t)
+			testkit.Exec(t, dsn, `CREATE DOMAIN scope_text AS text CHECK (VALUE <> '')`)
+			cfgs := listTables(t, dsn, typ, typ)
+			st := testkit.NewStore(t, testkit.OpenDB(t, dsn), cfgs...)
+			var se *shapes.SchemaError
+			if err := st.Check(context.Background()); !asSchemaError(err, &se) || se.Role != shapes.RoleScope {
+				t.Fatalf("check = %v, want the %s scope column refused", err, typ)
+			}
+			d, err := testkit.OpenDB(t, dsn).Diagnose(context.Background(), cfgs[0], cfgs...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.OK || len(d.Fix) == 0 || !strings.Contains(d.Fix[0], `ALTER COLUMN "listId" TYPE text`) {
+				t.Fatalf("diagnosis %+v, want the ALTER … TYPE text", d)
+			}
+		})
+	}
+	// SQLite: NUMERIC affinity would store "007" as 7
+	for _, typ := range []string{"NUMERIC", "DATE", "DECIMAL(10)"} {
+		t.Run("sqlite "+typ, func(t *testing.T) {
+			dsn := testkit.SQLite().Open(t)
+			st := testkit.NewStore(t, testkit.OpenDB(t, dsn), listTables(t, dsn, typ, typ)...)
+			var se *shapes.SchemaError
+			if err := st.Check(context.Background()); !asSchemaError(err, &se) || se.Role != shapes.RoleScope {
+				t.Fatalf("check = %v, want the %s scope column refused", err, typ)
+			}
+		})
+	}
+	t.Run("sqlite VARCHAR(36)", func(t *testing.T) {
+		dsn := testkit.SQLite().Open(t)
+		f := testkit.OpenStore(t, dsn, listTables(t, dsn, "VARCHAR(36)", "TEXT")...)
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(1, aliceList, "alice", false)), "applied")
+	})
+}
+
+// A text value longer than its varchar(n) column is refused, in any shape:
+// PostgreSQL would cut its trailing spaces and store another value.
+func TestOverlongTextIsRefused(t *testing.T) {
+	dsn := testkit.Postgres().Open(t)
+	testkit.Exec(t, dsn, `CREATE TABLE todos ("todoId" varchar(8) PRIMARY KEY, title varchar(5), "userId" text NOT NULL, "updatedAt" timestamptz, "lastSyncAt" timestamptz)`)
+	f := testkit.OpenStore(t, dsn, shapes.ShapeConfig{Key: "todos", KeyFields: []string{"todoId"}, Fields: []string{"title"}})
+	testkit.WantOutcomes(t, f.Push("alice",
+		testkit.Change("todos", testkit.At(1), `{"todoId":"k1","title":"fits!"}`),
+		testkit.Change("todos", testkit.At(2), `{"todoId":"k2","title":"fits!  "}`),
+		testkit.Change("todos", testkit.At(3), `{"todoId":"k1      `+"  "+`","title":"x"}`),
+		testkit.Change("todos", testkit.At(4), `{"todoId":"k4","title":"ünï€ø"}`),
+	), "applied,rejected:invalid-payload,rejected:invalid-payload,applied")
+}
