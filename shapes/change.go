@@ -88,6 +88,10 @@ const (
 	CodeUnknownShape   = "unknown-shape"
 	CodeInvalidPayload = "invalid-payload"
 	CodeUserMismatch   = "user-mismatch"
+	// CodeForbidden rejects a change the user may not make: a write into
+	// a scope they are not a member of, or one that takes a row out of
+	// their sight.
+	CodeForbidden = "forbidden"
 )
 
 // Result is the outcome of one change.

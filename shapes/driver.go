@@ -147,8 +147,14 @@ type Dialect struct {
 	StampType, StampDefault string
 	// CursorDDL creates CursorTable when it is missing.
 	CursorDDL string
-	// MovesDDL creates MovesTable and its index when they are missing.
-	MovesDDL []string
+	// SharingDDL creates the tables shared shapes need (MovesTable,
+	// LeftTable, VersionsTable, ScopesTable) and their indexes when they
+	// are missing.
+	SharingDDL []string
+	// LeftBackfill renders the statement that records in LeftTable the
+	// removals a membership table holds that it lacks: those made before
+	// hypersync kept LeftTable, so that their move-out is still sent.
+	LeftBackfill func(m *Membership) string
 	// Stamping renders the objects that stamp writes made outside
 	// hypersync (see stamp.go), and the markers Inspect finds on a table
 	// whose objects are current.

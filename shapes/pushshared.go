@@ -18,10 +18,11 @@ import (
 // the bound is rejected forbidden.
 const DefaultMaxMembers = 1000
 
-// CodeForbidden rejects a change the user may not make: a write into a
-// scope they are not a member of, or one that takes a row out of their
-// sight.
-const CodeForbidden = "forbidden"
+// DefaultMaxScopesPerUser bounds the scopes one user is an active member
+// of, in one membership table. A pull reads every membership of its user,
+// and a stranger could otherwise be added to any number of scopes. A
+// membership change that would pass the bound is rejected forbidden.
+const DefaultMaxScopesPerUser = 1000
 
 // Tx is the part of a driver's write transaction that a push into shared
 // shapes works through. Scopes travel as text: the database's own text
@@ -30,15 +31,28 @@ type Tx interface {
 	// Stored reads the stored rows that rows name, locking them until
 	// commit: per row, nil when there is none.
 	Stored(sh *Shape, rows []*Row) ([]*Stored, error)
+	// Members reads the state of scopes of m (see ScopeState). It is
+	// called before LockScopes, for a first look, and after it.
+	Members(m *Membership, scopes []string) (map[string]*ScopeState, error)
+	// Memberships counts the scopes of m each of users is an active
+	// member of.
+	Memberships(m *Membership, users []string) (map[string]int, error)
+	// Used reports which of scopes, none of which has a membership row,
+	// hold or held anything: a row of a shape shared through m, a row that
+	// moved out of it, or a row or membership deleted from it.
+	Used(m *Membership, scopes []string) (map[string]bool, error)
 	// LockScopes locks scopes of m until commit: in share mode, or
 	// exclusively where exclusive[i]. Scopes come sorted. A database whose
 	// writers are serialised anyway may do nothing.
 	LockScopes(m *Membership, scopes []string, exclusive []bool) error
-	// Members reads every membership row of the scopes.
-	Members(m *Membership, scopes []string) ([]Member, error)
-	// Stamp locks the cursors of users (sorted) and sets every one of them
-	// to one new stamp: greatest(clock, the greatest previous + 1 ms).
+	// Stamp locks the cursors of users (sorted) and takes one stamp above
+	// every one of them, and above any stamp it took before in the
+	// transaction. The cursors move to it only if a row is written.
 	Stamp(users []string) (time.Time, error)
+	// Archive keeps the stored versions of rows of a shared shape, before
+	// they are written over, for the move-out of members removed since
+	// those versions were written (see pullshared.go).
+	Archive(sh *Shape, rows []*Row) error
 	// Write writes one group with the stamp Stamp returned last, and sets
 	// its rows' outcomes. Rows of a shared shape are written without the
 	// owner check (the policy has checked them), with the user as their
@@ -47,6 +61,8 @@ type Tx interface {
 	Write(user string, g Group, isolated bool) error
 	// Moves records rows that left a scope, for the pulls of its members.
 	Moves(moves []Move) error
+	// Leave records members removed from scopes of m.
+	Leave(m *Membership, leaves []Leave) error
 }
 
 // Stored is a stored row as a shared write finds it, under its lock.
@@ -56,19 +72,29 @@ type Stored struct {
 	User      string
 	UpdatedAt time.Time // zero when null
 	Tomb      bool
-	// ScopedAt is when the row entered its scope (zero when null).
+	// ScopedAt is when the row entered its scope (zero when null); for a
+	// membership row, when the member last joined.
 	ScopedAt time.Time
+	// Synced is the row's sync stamp: when its version was written.
+	Synced time.Time
 }
 
-// Member is one membership row.
-type Member struct {
-	Scope, User string
-	Removed     bool
+// ScopeState is what the database holds of one scope.
+type ScopeState struct {
+	// Active are its members now.
+	Active []string
+	// Ever: a membership row of it exists, in any state.
+	Ever bool
+	// LastLeft is the newest removal of a member recorded in it; zero when
+	// there is none.
+	LastLeft time.Time
 }
 
 // Move is a row that left the scope From, stamped Stamp.
 type Move struct {
 	Shape *Shape
+	// Row is the change that moved it: its key names the row.
+	Row *Row
 	// From is the scope the row left; To the one it entered, ToNull when
 	// it became private to User.
 	From, To string
@@ -77,12 +103,18 @@ type Move struct {
 	User      string
 	UpdatedAt time.Time
 	Stamp     time.Time
-	// FromScopedAt is when the row had entered From: members removed from
-	// From after that, and before the move, receive the tombstone too.
+	// FromScopedAt is when the row had entered From.
 	FromScopedAt time.Time
 	// Payload is the tombstone the old scope's members receive: the key
 	// fields, the scope field set to From, and the tombstone true.
 	Payload []byte
+}
+
+// Leave is a member removed from a scope at Stamp, who had joined it at
+// Joined (zero when not known).
+type Leave struct {
+	Scope, Member string
+	Joined, Stamp time.Time
 }
 
 // enteredNow stands for the stamp of the push at hand as the time a row
@@ -94,13 +126,19 @@ var enteredNow = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
 var ErrRetry = errors.New("shapes: a concurrent write raced this one; retry")
 
 // pushShared writes a push that touches a shared shape, in one driver
-// transaction (see share.go for the rule it keeps).
+// transaction (see share.go for the rule it keeps). The database may
+// refuse a value only once it is written; the push is then written again
+// with each change on its own (isolated), and if a refused change was a
+// membership, decided again without it, since every later decision of the
+// push may rest on it.
 func (s *Store) pushShared(ctx context.Context, set *ShapeSet, user string, rows []*Row, results []Result) (time.Time, []string, error) {
 	var stamp time.Time
 	var users []string
 	refused := map[int]string{} // membership changes the database refused
 	isolated := false
-	for attempt := 0; attempt <= len(rows)+1; attempt++ { // one refusal at a time, after the isolating one
+	// at most: the first pass, the isolated one, and one more for the
+	// memberships refused in it, all of which it finds at once
+	for attempt := 0; attempt < 3; attempt++ {
 		for _, r := range rows {
 			results[r.Index] = Result{}
 		}
@@ -116,8 +154,10 @@ func (s *Store) pushShared(ctx context.Context, set *ShapeSet, user string, rows
 		// still be written when the newer one is forbidden.
 		groups := plan(live, false, isolated, results)
 		err := s.db.d.Shared(ctx, func(tx Tx) error {
+			p := &sharedPush{tx: tx, user: user, groups: groups, isolated: isolated, results: results,
+				maxMembers: s.maxMembers(), maxScopes: s.maxScopes(), perUserStamps: s.perUserStamps}
 			var err error
-			stamp, users, err = writeShared(tx, user, groups, isolated, results, s.maxMembers(), s.perUserStamps)
+			stamp, users, err = p.run()
 			return err
 		})
 		var mr *memberRefused
@@ -125,8 +165,7 @@ func (s *Store) pushShared(ctx context.Context, set *ShapeSet, user string, rows
 		case errors.Is(err, ErrRefused) && !isolated:
 			isolated = true
 			continue
-		case errors.As(err, &mr):
-			// decided as if the memberships held: decide again without them
+		case errors.As(err, &mr) && len(refused) == 0:
 			for i, msg := range mr.refused {
 				refused[i] = msg
 			}
@@ -137,14 +176,13 @@ func (s *Store) pushShared(ctx context.Context, set *ShapeSet, user string, rows
 		}
 		return stamp, users, nil
 	}
-	return stamp, nil, fmt.Errorf("push: membership refusals did not settle")
+	return time.Time{}, nil, fmt.Errorf("push: membership refusals did not settle")
 }
 
 // memberRefused: the database refused membership changes that the policy
 // had already counted, so every later decision of the push may rest on
-// them. All the memberships of the push are tried first, so that one
-// decision again settles every refusal among them: a push of many refused
-// memberships costs two passes, not one per refusal.
+// them. All the memberships of the push are written before anything else,
+// so one decision again settles every refusal among them.
 type memberRefused struct {
 	refused map[int]string // by change index
 }
@@ -158,88 +196,207 @@ func (s *Store) maxMembers() int {
 	return DefaultMaxMembers
 }
 
-// scopeState is what a push knows of one scope, under its lock.
-type scopeState struct {
-	ever    bool            // a membership row exists, or was written by this push
-	active  map[string]bool // members now
-	initial []string        // members before the push
+func (s *Store) maxScopes() int {
+	if s.MaxScopesPerUser > 0 {
+		return s.MaxScopesPerUser
+	}
+	return DefaultMaxScopesPerUser
 }
 
+// rowRef names one stored row.
 type rowRef struct {
 	shape *Shape
 	key   string
 }
 
-// writeShared is one attempt at a shared push, in tx. It decides every
-// change of a shared shape from the stored rows and memberships it read
-// under lock: membership changes first, in batch order, then the other
-// rows in plan order. Then it stamps the cursors of everyone who could see
-// a touched scope before or after, and writes.
-func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Result, maxMembers int, perUserStamps bool) (time.Time, []string, error) {
-	var memberRows, sharedRows []*Row
-	for _, g := range groups {
+// scopeState is what a push knows of one scope, under its lock.
+type scopeState struct {
+	ever     bool            // a membership row exists, or was written by this push
+	used     bool            // it holds or held anything (Tx.Used), for founding
+	active   map[string]bool // members now
+	initial  []string        // members before the push
+	lastLeft time.Time       // the newest removal before the push
+	leftHere bool            // a member is removed by this push
+}
+
+// sharedPush is one attempt at a shared push, in one transaction. Its
+// phases run in this order, and each keeps its part of the argument that
+// pulls stay complete (share.go, and the drivers' shared.go):
+//
+//  1. readStored: the stored rows the push names, locked: their scopes
+//     cannot change under it.
+//  2. lockScopes: the scopes those rows are in or enter, locked (share
+//     mode, or exclusively where a membership changes), after a first look
+//     that refuses, without any lock, membership changes the user may not
+//     make: a flood of them holds up nobody. Then the memberships, read
+//     under the locks: they cannot change under the push.
+//  3. decideMemberships: membership changes, in batch order.
+//  4. decideRows: the other shared rows, in plan order.
+//  5. audience: everyone who could see a touched scope before or after.
+//  6. write: one stamp above all their cursors, then each row once.
+type sharedPush struct {
+	tx            Tx
+	user          string
+	groups        []Group
+	isolated      bool
+	results       []Result
+	maxMembers    int
+	maxScopes     int
+	perUserStamps bool
+
+	memberRows, sharedRows []*Row              // in the order they are decided
+	state                  map[rowRef]*Stored  // stored rows, then as the push leaves them
+	stored                 map[rowRef]*Stored  // stored rows as read
+	newScope               map[*Row]scopeValue // each shared row's scope after it
+	scopes                 map[*Membership]map[string]*scopeState
+	counts                 map[*Membership]map[string]int // active memberships per member
+	refusal                map[*Row]Result                // changes refused by the policy
+	applied                []*Row                         // in decision order
+	hit                    map[*Membership]map[string]bool
+	leaves                 map[*Membership][]Leave
+}
+
+// run runs the phases, and returns the stamp and the users stamped; a zero
+// stamp when nothing was written.
+func (p *sharedPush) run() (time.Time, []string, error) {
+	p.sortRows()
+	if err := p.readStored(); err != nil {
+		return time.Time{}, nil, err
+	}
+	if err := p.lockScopes(); err != nil {
+		return time.Time{}, nil, err
+	}
+	p.decideMemberships()
+	p.decideRows()
+	for r, res := range p.refusal {
+		p.results[r.Index] = res
+	}
+	perUser := false
+	for _, g := range p.groups {
+		perUser = perUser || g.Shape.share == nil
+	}
+	if len(p.applied) == 0 && !perUser {
+		// nothing to write: no stamp, and nobody's cursor moves
+		p.settle()
+		return time.Time{}, nil, nil
+	}
+	users := p.audience()
+	stamp, err := p.write(users)
+	if err != nil {
+		return time.Time{}, nil, err
+	}
+	p.settle()
+	return stamp, users, nil
+}
+
+// sortRows splits the push's rows: memberships in batch order, then the
+// other shared rows in plan order.
+func (p *sharedPush) sortRows() {
+	for _, g := range p.groups {
 		for _, r := range g.Rows {
 			r.Outcome = RowApplied
-			results[r.Index] = Result{}
+			p.results[r.Index] = Result{}
 			switch {
 			case g.Shape.IsMembership():
-				memberRows = append(memberRows, r)
+				p.memberRows = append(p.memberRows, r)
 			case g.Shape.share != nil:
-				sharedRows = append(sharedRows, r)
+				p.sharedRows = append(p.sharedRows, r)
 			}
 		}
 	}
-	sort.SliceStable(memberRows, func(i, j int) bool { return memberRows[i].Index < memberRows[j].Index })
-	decided := append(append([]*Row{}, memberRows...), sharedRows...) // in the order they are decided
+	sort.SliceStable(p.memberRows, func(i, j int) bool { return p.memberRows[i].Index < p.memberRows[j].Index })
+	p.refusal = map[*Row]Result{}
+}
 
-	// The stored rows, locked: their scopes cannot change under us.
-	state := map[rowRef]*Stored{}
+// decided returns the shared rows in the order they are decided.
+func (p *sharedPush) decided() []*Row {
+	return append(append([]*Row{}, p.memberRows...), p.sharedRows...)
+}
+
+// readStored is phase 1: the stored rows, locked (FOR UPDATE), so that
+// their scopes cannot change under the push. Keys are locked in one
+// order by every writer. A key the database cannot read (a date column
+// given "not a date") fails the lookup of every key with it: isolated,
+// each key is looked up on its own, and a change whose key is refused is
+// rejected alone.
+func (p *sharedPush) readStored() error {
+	p.state, p.stored = map[rowRef]*Stored{}, map[rowRef]*Stored{}
 	byShape := map[*Shape][]*Row{}
 	var order []*Shape
-	for _, r := range decided {
+	seen := map[rowRef]bool{}
+	for _, r := range p.decided() {
 		k := rowRef{r.shape, r.key}
-		if _, seen := state[k]; seen {
+		if seen[k] {
 			continue
 		}
-		state[k] = nil
+		seen[k] = true
 		if byShape[r.shape] == nil {
 			order = append(order, r.shape)
 		}
 		byShape[r.shape] = append(byShape[r.shape], r)
 	}
-	// A key the database cannot read (a date column given "not a date")
-	// fails the lookup of every key with it: isolated, each key is looked
-	// up on its own, and a change whose key is refused is rejected alone.
 	refusedKey := map[rowRef]string{}
 	for _, sh := range order {
 		batches := [][]*Row{byShape[sh]}
-		if isolated {
+		if p.isolated {
 			batches = batches[:0]
 			for _, r := range byShape[sh] {
 				batches = append(batches, []*Row{r})
 			}
 		}
 		for _, rows := range batches {
-			stored, err := tx.Stored(sh, rows)
+			stored, err := p.tx.Stored(sh, rows)
 			var refused *RefusedError
-			if isolated && errors.As(err, &refused) {
+			if p.isolated && errors.As(err, &refused) {
 				refusedKey[rowRef{sh, rows[0].key}] = refused.Message
 				continue
 			}
 			if err != nil {
-				return time.Time{}, nil, err
+				return err
 			}
 			for i, r := range rows {
-				state[rowRef{sh, r.key}] = stored[i]
+				p.state[rowRef{sh, r.key}] = stored[i]
+				p.stored[rowRef{sh, r.key}] = stored[i]
 			}
 		}
 	}
+	// each row's scope after the push: the change's, or the stored one
+	// when the change does not carry it
+	p.newScope = map[*Row]scopeValue{}
+	for _, r := range p.decided() {
+		if msg, ok := refusedKey[rowRef{r.shape, r.key}]; ok {
+			p.refusal[r] = rejected(CodeInvalidPayload, "%s", msg)
+			continue
+		}
+		v, present, err := r.scope()
+		if err != nil {
+			p.refusal[r] = rejected(CodeInvalidPayload, "%s", err)
+			continue
+		}
+		if !present {
+			v = scopeValue{null: true}
+			if st := p.stored[rowRef{r.shape, r.key}]; st != nil {
+				v = scopeValue{text: st.Scope, null: st.ScopeNull}
+			}
+		}
+		p.newScope[r] = v
+	}
+	return nil
+}
 
-	// Every scope touched, per membership table: exclusively where a
-	// membership changes, so that membership stays still under the writes.
-	forbid := map[*Row]string{}
-	invalid := map[*Row]string{}
-	mismatch := map[*Row]bool{}
+// forbidMember is the one message for a membership change by one who may
+// not make it: a stranger learns nothing of whether the scope exists.
+const forbidMember = "only a member of the scope can change its members; a new scope is founded by adding yourself as its first member"
+
+// lockScopes is phase 2. Every scope the push touches is locked: in share
+// mode where rows are written into it, exclusively where its membership
+// changes, so that membership stays still under the writes (and the
+// members a push stamps are all who can see what it writes). A membership
+// change the user may not make is refused first, from a look without
+// locks: refusing is always safe, and so a flood of refused membership
+// changes takes no exclusive lock and holds up nobody. A change that
+// passes the first look is decided again under the locks.
+func (p *sharedPush) lockScopes() error {
 	touched := map[*Membership]map[string]bool{}
 	touch := func(m *Membership, scope string, exclusive bool) {
 		if touched[m] == nil {
@@ -247,39 +404,28 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 		}
 		touched[m][scope] = touched[m][scope] || exclusive
 	}
-	newScope := map[*Row]scopeValue{}
-	for _, r := range decided {
-		if msg, ok := refusedKey[rowRef{r.shape, r.key}]; ok {
-			invalid[r] = msg
+	if err := p.firstLook(); err != nil {
+		return err
+	}
+	for _, r := range p.decided() {
+		v, ok := p.newScope[r]
+		if !ok || p.refusal[r].Outcome == Rejected {
 			continue
 		}
-		sc := r.shape.share
-		v, present, err := r.scope()
-		if err != nil {
-			invalid[r] = err.Error()
-			continue
-		}
-		st := state[rowRef{r.shape, r.key}]
-		if !present {
-			v = scopeValue{null: true}
-			if st != nil {
-				v = scopeValue{text: st.Scope, null: st.ScopeNull}
-			}
-		}
-		newScope[r] = v
+		m := r.shape.share.Members
 		if !v.null {
-			touch(sc.Members, v.text, r.shape.IsMembership())
+			touch(m, v.text, r.shape.IsMembership())
 		}
-		if st != nil && !st.ScopeNull {
-			touch(sc.Members, st.Scope, false)
+		if st := p.stored[rowRef{r.shape, r.key}]; st != nil && !st.ScopeNull {
+			touch(m, st.Scope, false)
 		}
 	}
-	var tables []*Membership
+	tables := make([]*Membership, 0, len(touched))
 	for m := range touched {
 		tables = append(tables, m)
 	}
 	sort.Slice(tables, func(i, j int) bool { return tables[i].QualifiedName() < tables[j].QualifiedName() })
-	scopes := map[*Membership]map[string]*scopeState{}
+	p.scopes = map[*Membership]map[string]*scopeState{}
 	for _, m := range tables {
 		list := make([]string, 0, len(touched[m]))
 		for sc := range touched[m] {
@@ -290,176 +436,303 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 		for i, sc := range list {
 			excl[i] = touched[m][sc]
 		}
-		if err := tx.LockScopes(m, list, excl); err != nil {
-			return time.Time{}, nil, err
+		if err := p.tx.LockScopes(m, list, excl); err != nil {
+			return err
 		}
-		members, err := tx.Members(m, list)
+		st, err := p.tx.Members(m, list)
 		if err != nil {
-			return time.Time{}, nil, err
+			return err
 		}
-		st := make(map[string]*scopeState, len(list))
-		for _, sc := range list {
-			st[sc] = &scopeState{active: map[string]bool{}}
-		}
-		for _, mem := range members {
-			ss := st[mem.Scope]
-			if ss == nil {
-				continue // a scope the database spells otherwise: not one asked for
+		p.scopes[m] = map[string]*scopeState{}
+		var found []string
+		for i, sc := range list {
+			ss := &scopeState{active: map[string]bool{}}
+			if s := st[sc]; s != nil {
+				ss.ever, ss.lastLeft = s.Ever, s.LastLeft
+				for _, u := range s.Active {
+					ss.active[u] = true
+					ss.initial = append(ss.initial, u)
+				}
 			}
-			ss.ever = true
-			if !mem.Removed {
-				ss.active[mem.User] = true
-				ss.initial = append(ss.initial, mem.User)
+			p.scopes[m][sc] = ss
+			if !ss.ever && excl[i] {
+				found = append(found, sc)
 			}
 		}
-		scopes[m] = st
+		if len(found) > 0 {
+			// founding is only for a scope that nothing is, or ever was, in
+			used, err := p.tx.Used(m, found)
+			if err != nil {
+				return err
+			}
+			for sc := range used {
+				if ss := p.scopes[m][sc]; ss != nil {
+					ss.used = true
+				}
+			}
+		}
 	}
-	memberOf := func(m *Membership, scope string) bool {
-		ss := scopes[m][scope]
-		return ss != nil && ss.active[user]
-	}
+	return nil
+}
 
-	// Membership changes, in batch order.
-	applied := map[*Row]bool{}
-	isNew := map[*Row]bool{}
-	// the scopes the applied rows are in, before and after: whose members
-	// the push must stamp (a rejected change stamps nobody)
-	hit := map[*Membership]map[string]bool{}
-	mark := func(m *Membership, scope string) {
-		if hit[m] == nil {
-			hit[m] = map[string]bool{}
-		}
-		hit[m][scope] = true
+// firstLook refuses, without locks, the membership changes the user may
+// not make: in a scope they are not a member of, unless nobody ever had a
+// membership in it and the push adds the user to it (founds it); and a
+// change that would add a member past max_scopes_per_user. It also reads
+// how many scopes the members that changes add are in already. What
+// passes is decided again under the locks, in batch order.
+func (p *sharedPush) firstLook() error {
+	if len(p.memberRows) == 0 {
+		return nil
 	}
-	for _, r := range memberRows {
-		if invalid[r] != "" {
+	scopes := map[*Membership]map[string]bool{}
+	members := map[*Membership]map[string]bool{}
+	founds := map[*Membership]map[string]bool{}
+	for _, r := range p.memberRows {
+		v, ok := p.newScope[r]
+		if !ok || p.refusal[r].Outcome == Rejected {
+			continue
+		}
+		m := r.shape.share.Members
+		if scopes[m] == nil {
+			scopes[m], members[m], founds[m] = map[string]bool{}, map[string]bool{}, map[string]bool{}
+		}
+		scopes[m][v.text] = true
+		if member, err := r.member(); err == nil {
+			members[m][member] = true
+			if member == p.user && !p.tomb(r) {
+				founds[m][v.text] = true
+			}
+		}
+	}
+	p.counts = map[*Membership]map[string]int{}
+	for m, set := range scopes {
+		st, err := p.tx.Members(m, keys(set))
+		if err != nil {
+			return err
+		}
+		if p.counts[m], err = p.tx.Memberships(m, keys(members[m])); err != nil {
+			return err
+		}
+		added := map[string]int{}
+		for _, r := range p.memberRows {
+			v, ok := p.newScope[r]
+			if !ok || r.shape.share.Members != m || p.refusal[r].Outcome == Rejected {
+				continue
+			}
+			s := st[v.text]
+			member, _ := r.member()
+			switch {
+			case s != nil && contains(s.Active, p.user):
+			case (s == nil || !s.Ever) && founds[m][v.text]:
+			default:
+				p.refusal[r] = rejected(CodeForbidden, "%s", forbidMember)
+				continue
+			}
+			if !p.tomb(r) && (s == nil || !contains(s.Active, member)) {
+				if p.counts[m][member]+added[member] >= p.maxScopes {
+					p.refusal[r] = rejected(CodeForbidden, "the member is in %d scopes, the most allowed", p.maxScopes)
+					continue
+				}
+				added[member]++
+			}
+		}
+	}
+	return nil
+}
+
+func keys(set map[string]bool) []string {
+	out := make([]string, 0, len(set))
+	for k := range set {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// tomb reports whether a membership change removes its member: its
+// tombstone, or the stored row's when the change does not carry it.
+func (p *sharedPush) tomb(r *Row) bool {
+	if !r.Has(r.shape.share.Tomb) {
+		if st := p.state[rowRef{r.shape, r.key}]; st != nil {
+			return st.Tomb
+		}
+	}
+	return r.tomb()
+}
+
+// decideMemberships is phase 3: membership changes, in batch order, each
+// against the members as the changes before it left them.
+//
+// Permissions follow the order in which the server applies membership
+// changes, not device clocks: a change that adds one who is not a member,
+// or removes one who is, is applied whatever its updatedAt, and takes
+// greatest(its updatedAt, the stored one + 1 ms), so that every device
+// applies it too. Otherwise a member whose device dates their own
+// membership a day ahead could not be removed by anyone for a day. A
+// change that changes no one's membership is decided by last-write-wins,
+// as any row.
+func (p *sharedPush) decideMemberships() {
+	for _, r := range p.memberRows {
+		if p.refusal[r].Outcome == Rejected {
 			continue
 		}
 		sh, m := r.shape, r.shape.share.Members
-		scope := newScope[r].text
-		ss := scopes[m][scope]
+		scope := p.newScope[r].text
+		ss := p.scopes[m][scope]
 		member, _ := r.member()
-		tomb := r.tomb()
+		tomb := p.tomb(r)
 		k := rowRef{sh, r.key}
-		st := state[k]
-		if st != nil && !r.Has(sh.share.Tomb) {
-			tomb = st.Tomb
-		}
+		st := p.state[k]
 		switch {
-		case ss.active[user]:
-		case !ss.ever && member == user && !tomb:
-			// founding a scope that never had a member
+		case ss.active[p.user]:
+		case !ss.ever && !ss.used && member == p.user && !tomb:
+			// founding a scope that nothing is, or ever was, in
 		default:
-			// one message either way: a stranger learns nothing of
-			// whether the scope exists
-			forbid[r] = "only a member of the scope can change its members; a new scope is founded by adding yourself as its first member"
+			p.refusal[r] = rejected(CodeForbidden, "%s", forbidMember)
 			continue
 		}
-		if !tomb && !ss.active[member] && len(ss.active) >= maxMembers {
-			forbid[r] = fmt.Sprintf("the scope has %d members, the most allowed", maxMembers)
+		joins := !tomb && !ss.active[member]
+		if joins && len(ss.active) >= p.maxMembers {
+			p.refusal[r] = rejected(CodeForbidden, "the scope has %d members, the most allowed", p.maxMembers)
 			continue
 		}
-		if st != nil && !r.UpdatedAt.After(st.UpdatedAt) {
-			r.Outcome = RowStale
+		if joins && p.counts[m][member] >= p.maxScopes {
+			p.refusal[r] = rejected(CodeForbidden, "the member is in %d scopes, the most allowed", p.maxScopes)
 			continue
 		}
-		if tomb && !ss.active[member] {
+		leaves := tomb && ss.active[member]
+		switch {
+		case tomb && !ss.active[member]:
 			// removing one who is not a member changes nothing, and
 			// writing it would move the row's stamp, which move-out keys on
 			r.Outcome = RowStale
 			continue
+		case st != nil && !r.UpdatedAt.After(st.UpdatedAt) && !joins && !leaves:
+			r.Outcome = RowStale
+			continue
+		case st != nil && !r.UpdatedAt.After(st.UpdatedAt):
+			r.UpdatedAt = st.UpdatedAt.Add(time.Millisecond)
 		}
 		ss.ever = true
-		if tomb {
+		switch {
+		case leaves:
 			delete(ss.active, member)
-		} else {
+			ss.leftHere = true
+			joined := time.Time{}
+			if st != nil {
+				joined = st.ScopedAt // enteredNow when they joined in this push
+			}
+			if p.leaves == nil {
+				p.leaves = map[*Membership][]Leave{}
+			}
+			p.leaves[m] = append(p.leaves[m], Leave{Scope: scope, Member: member, Joined: joined})
+		case joins:
 			ss.active[member] = true
+			if p.counts[m] != nil {
+				p.counts[m][member]++
+			}
 		}
-		state[k] = &Stored{Scope: scope, User: user, UpdatedAt: r.UpdatedAt, Tomb: tomb}
-		applied[r], isNew[r] = true, st == nil
-		mark(m, scope)
+		joined := enteredNow // a member joins at this push's stamp
+		if st != nil && !joins {
+			joined = st.ScopedAt
+		}
+		p.state[k] = &Stored{Scope: scope, User: p.user, UpdatedAt: r.UpdatedAt, Tomb: tomb, ScopedAt: joined}
+		p.applied = append(p.applied, r)
+		p.mark(m, scope)
 	}
+}
 
-	// The other shared rows, in plan order.
-	var moves []Move
-	var moved []*Row
-	for _, r := range sharedRows {
-		if invalid[r] != "" {
+// mark records that the push writes into scope: its members, before and
+// after, are stamped.
+func (p *sharedPush) mark(m *Membership, scope string) {
+	if p.hit == nil {
+		p.hit = map[*Membership]map[string]bool{}
+	}
+	if p.hit[m] == nil {
+		p.hit[m] = map[string]bool{}
+	}
+	p.hit[m][scope] = true
+}
+
+// memberOf reports whether the user is a member of scope, as the push has
+// left its members so far.
+func (p *sharedPush) memberOf(m *Membership, scope string) bool {
+	ss := p.scopes[m][scope]
+	return ss != nil && ss.active[p.user]
+}
+
+// decideRows is phase 4: the other shared rows, in plan order. A change is
+// applied only if the user may write the stored row (a member of its
+// scope, or the owner of a private row) and ends with a row they can see.
+func (p *sharedPush) decideRows() {
+	for _, r := range p.sharedRows {
+		if p.refusal[r].Outcome == Rejected {
 			continue
 		}
 		m := r.shape.share.Members
 		k := rowRef{r.shape, r.key}
-		st := state[k]
-		to := newScope[r]
+		st := p.state[k]
+		to := p.newScope[r]
 		switch {
-		case st != nil && st.ScopeNull && st.User != user:
+		case st != nil && st.ScopeNull && st.User != p.user:
 			// as in a shape without share: the key names another user's row
-			mismatch[r] = true
+			p.refusal[r] = rejected(CodeUserMismatch, "the row with this key belongs to another user")
 			continue
-		case st != nil && !st.ScopeNull && !memberOf(m, st.Scope):
-			forbid[r] = "the row's scope is one you are not a member of"
+		case st != nil && !st.ScopeNull && !p.memberOf(m, st.Scope):
+			p.refusal[r] = rejected(CodeForbidden, "the row's scope is one you are not a member of")
 			continue
-		case !to.null && !memberOf(m, to.text):
-			forbid[r] = "the change moves the row into a scope you are not a member of"
+		case !to.null && !p.memberOf(m, to.text):
+			p.refusal[r] = rejected(CodeForbidden, "the change moves the row into a scope you are not a member of")
 			continue
 		}
 		if st != nil && !r.UpdatedAt.After(st.UpdatedAt) {
 			r.Outcome = RowStale
 			continue
-		}
-		if p := r.tombstone(st); p != nil {
-			moves = append(moves, Move{Shape: r.shape, From: st.Scope, To: to.text, ToNull: to.null, User: user,
-				UpdatedAt: r.UpdatedAt, Payload: p, FromScopedAt: st.ScopedAt})
-			moved = append(moved, r)
 		}
 		entered := enteredNow // this push's stamp, not known yet
 		if st != nil && !st.ScopeNull && !to.null && to.text == st.Scope {
 			entered = st.ScopedAt
 		}
-		state[k] = &Stored{Scope: to.text, ScopeNull: to.null, User: user, UpdatedAt: r.UpdatedAt, ScopedAt: entered}
-		applied[r], isNew[r] = true, st == nil
+		p.state[k] = &Stored{Scope: to.text, ScopeNull: to.null, User: p.user, UpdatedAt: r.UpdatedAt, ScopedAt: entered}
+		p.applied = append(p.applied, r)
 		if st != nil && !st.ScopeNull {
-			mark(m, st.Scope)
+			p.mark(m, st.Scope)
 		}
 		if !to.null {
-			mark(m, to.text)
+			p.mark(m, to.text)
 		}
 	}
-	for r, why := range forbid {
-		results[r.Index] = rejected(CodeForbidden, "%s", why)
-	}
-	for r, why := range invalid {
-		results[r.Index] = rejected(CodeInvalidPayload, "%s", why)
-	}
-	for r := range mismatch {
-		results[r.Index] = rejected(CodeUserMismatch, "the row with this key belongs to another user")
-	}
+}
 
-	// Nothing to write: no stamp, and nobody's cursor moves.
-	perUser := false
-	for _, g := range groups {
-		perUser = perUser || g.Shape.share == nil
-	}
-	// the outcomes of the changes not rejected above
-	settle := func() {
-		for _, g := range groups {
-			for _, r := range g.Rows {
-				if results[r.Index].Outcome != Rejected {
-					results[r.Index] = resultOf(r)
-				}
+// settle sets the outcomes of the changes the policy did not refuse.
+func (p *sharedPush) settle() {
+	for _, g := range p.groups {
+		for _, r := range g.Rows {
+			if p.results[r.Index].Outcome != Rejected {
+				p.results[r.Index] = resultOf(r)
 			}
 		}
 	}
-	if len(applied) == 0 && !perUser {
-		settle()
-		return time.Time{}, nil, nil
-	}
+}
 
-	// Everyone who can see a scope the push writes, before or after it.
-	seen := map[string]bool{user: true}
-	for m, st := range scopes {
+// audience is phase 5: everyone who can see a scope the push writes,
+// before or after it, and the pusher. Only the scopes of changes applied
+// count: a refused change stamps nobody.
+func (p *sharedPush) audience() []string {
+	seen := map[string]bool{p.user: true}
+	for m, st := range p.scopes {
 		for sc, ss := range st {
-			if !hit[m][sc] {
+			if !p.hit[m][sc] {
 				continue
 			}
 			for _, u := range ss.initial {
@@ -475,49 +748,91 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 		users = append(users, u)
 	}
 	sort.Strings(users)
-	if perUserStamps {
-		users = []string{user}
+	if p.perUserStamps {
+		users = []string{p.user}
 	}
-	stamp, err := tx.Stamp(users)
-	if err != nil {
-		return time.Time{}, nil, err
-	}
+	return users
+}
 
-	// Memberships first, then the rest; per-user shapes' rows are decided
-	// by the driver's usual statements.
-	var write []Group
-	for pass := 0; pass < 2; pass++ {
-		for _, g := range groups {
-			if g.Shape.IsMembership() != (pass == 0) {
-				continue
+// write is phase 6: one stamp above the cursors of every user of the
+// audience, then the rows: memberships first (the later decisions rest on
+// them), then the other shared rows, then the per-user ones as planned.
+//
+// Each shared row is written once, whatever number of its changes were
+// applied: the applied changes to one row are merged, in the order they
+// were decided, into one version (the fields of each, the later winning),
+// with one stamp. So a push costs one stamp of each member's cursor
+// however many changes it carries, and a row that moved twice in one push
+// is one move, from where it was to where it ends. A new row is written
+// with its scope (and a membership with its tombstone) even when the
+// change leaves it out, so that a column default cannot put it somewhere
+// else than where it was decided to be.
+func (p *sharedPush) write(users []string) (time.Time, error) {
+	stamp, err := p.tx.Stamp(users)
+	if err != nil {
+		return time.Time{}, err
+	}
+	merged, parts := p.merge()
+	var memberGroups, sharedGroups []Group
+	for _, r := range merged {
+		k := rowRef{r.shape, r.key}
+		g := Group{Shape: r.shape, Mask: r.mask, Rows: []*Row{r}, New: p.stored[k] == nil}
+		if r.shape.IsMembership() {
+			memberGroups = appendGrouped(memberGroups, g, p.isolated)
+		} else {
+			sharedGroups = appendGrouped(sharedGroups, g, p.isolated)
+		}
+	}
+	// the versions written over that a member removed since saw last
+	for _, g := range append(append([]Group{}, memberGroups...), sharedGroups...) {
+		var keep []*Row
+		for _, r := range g.Rows {
+			if st := p.stored[rowRef{r.shape, r.key}]; st != nil && !st.ScopeNull && p.removedSince(r.shape.share.Members, st) {
+				keep = append(keep, r)
 			}
-			if g.Shape.share == nil {
-				write = append(write, g)
-				continue
-			}
-			// the new rows apart: an insert that meets a row inserted
-			// meanwhile must not become an update of a row whose scope
-			// the push did not lock
-			old, fresh := Group{Shape: g.Shape, Mask: g.Mask}, Group{Shape: g.Shape, Mask: g.Mask, New: true}
-			for _, r := range g.Rows {
-				switch {
-				case applied[r] && isNew[r]:
-					fresh.Rows = append(fresh.Rows, r)
-				case applied[r]:
-					old.Rows = append(old.Rows, r)
-				}
-			}
-			for _, keep := range []Group{old, fresh} {
-				if len(keep.Rows) > 0 {
-					write = append(write, keep)
-				}
+		}
+		if len(keep) > 0 {
+			if err := p.tx.Archive(g.Shape, keep); err != nil {
+				return time.Time{}, err
 			}
 		}
 	}
-	written := map[rowRef]bool{}
-	moveAt := map[*Row]time.Time{}
 	var mr *memberRefused
-	for _, g := range write {
+	for _, g := range memberGroups {
+		if err := p.tx.Write(p.user, g, p.isolated); err != nil {
+			var refused *RefusedError
+			if !p.isolated || !errors.As(err, &refused) {
+				return time.Time{}, err
+			}
+			if mr == nil {
+				mr = &memberRefused{refused: map[int]string{}}
+			}
+			for _, r := range parts[g.Rows[0]] {
+				mr.refused[r.Index] = refused.Message
+			}
+		}
+	}
+	if mr != nil {
+		return time.Time{}, mr
+	}
+	for _, g := range sharedGroups {
+		if err := p.tx.Write(p.user, g, p.isolated); err != nil {
+			var refused *RefusedError
+			if !p.isolated || !errors.As(err, &refused) {
+				return time.Time{}, err
+			}
+			g.Rows[0].Outcome, g.Rows[0].Refusal = RowRefused, refused.Message
+		}
+	}
+	// per-user rows, in the planned rounds: a row written again takes a
+	// new stamp, so that its stamp changes with each version (the SQLite
+	// stamping triggers tell hypersync's writes by it); only the pusher
+	// sees them, so only the pusher's cursor takes it
+	written := map[rowRef]bool{}
+	for _, g := range p.groups {
+		if g.Shape.share != nil {
+			continue
+		}
 		again := false
 		for _, r := range g.Rows {
 			k := rowRef{g.Shape, r.key}
@@ -525,49 +840,140 @@ func writeShared(tx Tx, user string, groups []Group, isolated bool, results []Re
 			written[k] = true
 		}
 		if again {
-			// a row written again takes a new stamp, so that its stamp
-			// changes with each version (the SQLite stamping triggers
-			// tell hypersync's writes by it)
-			if stamp, err = tx.Stamp(users); err != nil {
-				return time.Time{}, nil, err
+			if stamp, err = p.tx.Stamp([]string{p.user}); err != nil {
+				return time.Time{}, err
 			}
 		}
-		for _, r := range g.Rows {
-			moveAt[r] = stamp
-		}
-		if mr != nil && !g.Shape.IsMembership() {
-			return time.Time{}, nil, mr // the memberships are written first
-		}
-		err := tx.Write(user, g, isolated)
+		err := p.tx.Write(p.user, g, p.isolated)
 		var refused *RefusedError
-		if isolated && errors.As(err, &refused) {
-			if g.Shape.IsMembership() {
-				if mr == nil {
-					mr = &memberRefused{refused: map[int]string{}}
-				}
-				mr.refused[g.Rows[0].Index] = refused.Message
-				continue
-			}
+		if p.isolated && errors.As(err, &refused) {
 			g.Rows[0].Outcome, g.Rows[0].Refusal = RowRefused, refused.Message
 			continue
 		}
 		if err != nil {
-			return time.Time{}, nil, err
+			return time.Time{}, err
 		}
 	}
-	if mr != nil {
-		return time.Time{}, nil, mr
-	}
-	for i, r := range moved {
-		moves[i].Stamp = moveAt[r]
-	}
-	if len(moves) > 0 {
-		if err := tx.Moves(moves); err != nil {
-			return time.Time{}, nil, err
+	// every change merged into a row shares its outcome
+	for m, rs := range parts {
+		for _, r := range rs {
+			r.Outcome, r.Refusal = m.Outcome, m.Refusal
 		}
 	}
-	settle()
-	return stamp, users, nil
+	if err := p.recordMoves(merged, stamp); err != nil {
+		return time.Time{}, err
+	}
+	for m, leaves := range p.leaves {
+		for i := range leaves {
+			leaves[i].Stamp = stamp
+			if leaves[i].Joined.Equal(enteredNow) {
+				// joined and removed in this push: never a member to anyone
+				leaves[i].Joined = stamp
+			}
+		}
+		if err := p.tx.Leave(m, leaves); err != nil {
+			return time.Time{}, err
+		}
+	}
+	return stamp, nil
+}
+
+// removedSince reports whether a member was removed from the stored row's
+// scope after the row's version was written, before or by this push:
+// then that member's move-out carries this version, which must be kept.
+func (p *sharedPush) removedSince(m *Membership, st *Stored) bool {
+	ss := p.scopes[m][st.Scope]
+	return ss != nil && (ss.leftHere || st.Synced.Before(ss.lastLeft))
+}
+
+// appendGrouped adds the one-row group g to groups, into the last group of
+// its shape, mask and newness unless isolated.
+func appendGrouped(groups []Group, g Group, isolated bool) []Group {
+	if !isolated {
+		for i := range groups {
+			if groups[i].Shape == g.Shape && groups[i].Mask == g.Mask && groups[i].New == g.New {
+				groups[i].Rows = append(groups[i].Rows, g.Rows...)
+				return groups
+			}
+		}
+	}
+	return append(groups, g)
+}
+
+// merge folds the applied changes of each row into one, in the order they
+// were decided, and returns the rows to write (in that order) and the
+// changes each stands for.
+func (p *sharedPush) merge() ([]*Row, map[*Row][]*Row) {
+	var out []*Row
+	parts := map[*Row][]*Row{}
+	byRef := map[rowRef]*Row{}
+	for _, r := range p.applied {
+		k := rowRef{r.shape, r.key}
+		m := byRef[k]
+		if m == nil {
+			c := *r
+			c.Vals = append([]json.RawMessage(nil), r.Vals...)
+			m = &c
+			byRef[k] = m
+			out = append(out, m)
+		} else {
+			for i, v := range r.Vals {
+				if v != nil {
+					m.Vals[i] = v
+				}
+			}
+			m.UpdatedAt = r.UpdatedAt
+		}
+		parts[m] = append(parts[m], r)
+	}
+	for _, m := range out {
+		sc := m.shape.share
+		if p.stored[rowRef{m.shape, m.key}] == nil {
+			// a new row: where it was decided to be, whatever the
+			// column's default
+			if m.Vals[sc.Scope] == nil {
+				m.Vals[sc.Scope] = json.RawMessage("null")
+			}
+			if m.shape.IsMembership() && sc.Tomb >= 0 && m.Vals[sc.Tomb] == nil {
+				m.Vals[sc.Tomb] = json.RawMessage("false")
+			}
+		}
+		m.mask = maskOf(m.Vals)
+	}
+	return out, parts
+}
+
+// maskOf is the mask of the columns vals carries.
+func maskOf(vals []json.RawMessage) Mask {
+	b := make([]byte, len(vals))
+	for i, v := range vals {
+		if v != nil {
+			b[i] = 1
+		}
+	}
+	return Mask{string(b)}
+}
+
+// recordMoves records, for each written row that left a scope, the move
+// from the scope it was in before the push to the one it ends in.
+func (p *sharedPush) recordMoves(merged []*Row, stamp time.Time) error {
+	var moves []Move
+	for _, r := range merged {
+		if r.Outcome != RowApplied {
+			continue
+		}
+		k := rowRef{r.shape, r.key}
+		st, end := p.stored[k], p.state[k]
+		if st == nil || st.ScopeNull || r.shape.share.Tomb < 0 || (!end.ScopeNull && end.Scope == st.Scope) {
+			continue
+		}
+		moves = append(moves, Move{Shape: r.shape, Row: r, From: st.Scope, To: end.Scope, ToNull: end.ScopeNull, User: p.user,
+			UpdatedAt: r.UpdatedAt, Stamp: stamp, FromScopedAt: st.ScopedAt, Payload: r.tombstonePayload(st.Scope)})
+	}
+	if len(moves) == 0 {
+		return nil
+	}
+	return p.tx.Moves(moves)
 }
 
 func jsonQuote(s string) []byte {
@@ -630,19 +1036,11 @@ func (r *Row) tomb() bool {
 	return r.Has(i) && bytes.TrimSpace(r.Vals[i])[0] == 't'
 }
 
-// tombstone is the payload the old scope's members receive when a change
-// takes a row, stored as st, out of its scope: its key fields, the scope
-// field set to the old scope, and the tombstone true. Nil when the row
-// does not leave a scope, or the shape has no tombstone.
-func (r *Row) tombstone(st *Stored) []byte {
+// tombstonePayload is the payload the members of the scope from receive
+// when the row leaves it: its key fields, the scope field set to from, and
+// the tombstone true.
+func (r *Row) tombstonePayload(from string) []byte {
 	sh := r.shape
-	if st == nil || st.ScopeNull || sh.share.Tomb < 0 {
-		return nil
-	}
-	if to, _, _ := r.scope(); !r.Has(sh.share.Scope) || (!to.null && to.text == st.Scope) {
-		return nil
-	}
-	from := st.Scope
 	b := []byte{'{'}
 	field := func(name string, raw []byte) {
 		if len(b) > 1 {

@@ -43,6 +43,9 @@ type Membership struct {
 	// joined (the membership shape's scoped_at column); nil for a table
 	// that is no shape.
 	Joined *ColumnInfo
+	// Shared are the shapes shared through the table (the membership
+	// shape among them): a scope with a row in any of them is in use.
+	Shared []*Shape
 }
 
 // QualifiedName returns schema.table for messages.
@@ -71,6 +74,15 @@ type Sharing struct {
 
 // Share returns how the shape's rows are scoped; nil for a per-user shape.
 func (s *Shape) Share() *Sharing { return s.share }
+
+// Members returns the membership table of a shared shape; nil for a
+// per-user shape.
+func (s *Shape) Members() *Membership {
+	if s.share == nil {
+		return nil
+	}
+	return s.share.Members
+}
 
 // IsMembership reports whether the shape's table is a membership table:
 // writing its rows adds and removes members.
@@ -232,6 +244,7 @@ func resolveSharing(set *ShapeSet, cfgs []ShapeConfig, inspect func(schema, tabl
 			return fail(ProblemColumnType, RoleScope, scope.Name, "the scope column is %s, but %s.%s is %s: they must both be text (text or varchar), both uuid, or one integer type, to be compared", scope.Type, m.QualifiedName(), m.Scope.Name, m.Scope.Type)
 		}
 		sc.Members = m
+		m.Shared = append(m.Shared, sh)
 		for _, idx := range infos[sh].Indexes {
 			if len(idx) >= 2 && idx[0] == scope.Name && idx[1] == sh.SyncedAt.Name {
 				sc.ScopeIndex = true

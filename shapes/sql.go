@@ -23,10 +23,23 @@ func QuoteTable(schema, table string) string {
 // pushes, and the watermark a pull reads.
 const CursorTable = "hypersync_cursors"
 
-// MovesTable is the table, created by hypersync when a shape is shared,
-// that records each row leaving a scope, so that the scope's members who
-// cannot see where it went receive its tombstone once.
-const MovesTable = "hypersync_moves"
+// The tables hypersync creates when a shape is shared (Dialect.SharingDDL).
+const (
+	// MovesTable records each row leaving a scope, so that the scope's
+	// members who cannot see where it went receive its tombstone once.
+	MovesTable = "hypersync_moves"
+	// LeftTable records each member removed from a scope: when they had
+	// joined it and when they left, so that a pull knows what a device
+	// of theirs held (pullshared.go).
+	LeftTable = "hypersync_left"
+	// VersionsTable keeps the versions of shared rows written over after
+	// a member was removed from their scope: the version a removed member
+	// saw last, whose updatedAt and author their move-out carries.
+	VersionsTable = "hypersync_versions"
+	// ScopesTable records the scopes that rows or memberships were
+	// deleted from: such a scope can never be founded again.
+	ScopesTable = "hypersync_scopes"
+)
 
 // syncIndexSQL is the statement that creates the index pulls read through:
 // (user, sync stamp), which finds one user's rows written after a stamp.
@@ -153,30 +166,4 @@ func sharedStampTargetOf(cfg ShapeConfig, all []ShapeConfig, d *Dialect) StampTa
 	}
 	t.Share = sh
 	return t
-}
-
-// MovedAwaySQL is the condition, in either dialect, that the move mv
-// (a row of MovesTable) reaches the member of the membership row m in the
-// pull window (since, until], where active says m is not removed:
-//   - a member who was one when the row left receives it with the move;
-//   - so does one removed later, who was a member when it left;
-//   - one removed before the row left, where it was in the scope before
-//     the removal, receives it with the removal.
-//
-// Where the membership table records when the member joined, a member who
-// joined after the row left receives nothing of it.
-func MovedAwaySQL(m *Membership, since, until, active string) string {
-	stamp := "m." + QuoteIdent(m.Stamp.Name)
-	joined := ""
-	if m.Joined != nil {
-		joined = " AND mv.stamp > m." + QuoteIdent(m.Joined.Name)
-	}
-	window := func(col string) string { return fmt.Sprintf("%[1]s > %[2]s AND %[1]s <= %[3]s", col, since, until) }
-	cond := fmt.Sprintf("(%s AND %s%s)", active, window("mv.stamp"), joined)
-	if m.Tomb != nil {
-		tomb := "m." + QuoteIdent(m.Tomb.Name)
-		cond += fmt.Sprintf(" OR (%[1]s AND %[2]s AND mv.stamp < %[3]s%[4]s) OR (%[1]s AND %[5]s AND mv.stamp > %[3]s AND mv.from_scoped_at < %[3]s)",
-			tomb, window("mv.stamp"), stamp, joined, window(stamp))
-	}
-	return cond
 }

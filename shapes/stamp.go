@@ -72,8 +72,11 @@ func (t StampTarget) Marker() string {
 		parts = append(parts, fmt.Sprintf("%+v", c))
 	}
 	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
-	// v2: the PostgreSQL objects notify live streams
-	return "hypersync-stamp-v2-" + hex.EncodeToString(h[:6])
+	// v2: the PostgreSQL objects notify live streams; v3: they notify
+	// only while an instance listens, with the stamp, and shared tables
+	// keep the history of memberships, the versions removed members saw
+	// last, and the scopes rows were deleted from
+	return "hypersync-stamp-v3-" + hex.EncodeToString(h[:6])
 }
 
 // stampTargetOf is the target of a create_table shape.

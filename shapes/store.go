@@ -24,6 +24,10 @@ type Store struct {
 	// MaxMembers bounds the members of a scope (DefaultMaxMembers when 0).
 	// Set it before the first request.
 	MaxMembers int
+	// MaxScopesPerUser bounds the scopes of one membership table a user
+	// is an active member of (DefaultMaxScopesPerUser when 0). Set it
+	// before the first request.
+	MaxScopesPerUser int
 
 	// perUserStamps switches the fan-out off (tests only, see
 	// export_test.go).
@@ -156,8 +160,8 @@ func (s *Store) resolve(ctx context.Context) (*ShapeSet, error) {
 	}
 	for _, cfg := range s.configs {
 		if cfg.Share != nil {
-			if err := d.DDL(ctx, dl.MovesDDL...); err != nil {
-				return nil, fmt.Errorf("creating the moves table %s: %w", MovesTable, err)
+			if err := d.DDL(ctx, dl.SharingDDL...); err != nil {
+				return nil, fmt.Errorf("creating the tables of shared shapes (%s, %s, %s, %s): %w", MovesTable, LeftTable, VersionsTable, ScopesTable, err)
 			}
 			break
 		}
@@ -198,6 +202,15 @@ func (s *Store) resolve(ctx context.Context) (*ShapeSet, error) {
 	inspect := func(schema, table string) (*TableInfo, error) { return d.Inspect(ctx, schema, table) }
 	if err := resolveSharing(set, s.configs, inspect, infos); err != nil {
 		return nil, err
+	}
+	backfilled := map[*Membership]bool{}
+	for _, sh := range set.Shapes {
+		if m := sh.Members(); m != nil && m.Tomb != nil && !backfilled[m] {
+			backfilled[m] = true
+			if err := d.DDL(ctx, dl.LeftBackfill(m)); err != nil {
+				return nil, fmt.Errorf("recording the removals of %s in %s: %w", m.QualifiedName(), LeftTable, err)
+			}
+		}
 	}
 	for _, sh := range set.Shapes {
 		stamping, markers := dl.Stamping(sh.StampTarget())

@@ -109,9 +109,33 @@ func (t *Transport) Secret(ctx context.Context) (string, error) {
 			return "", err
 		}
 	}
+	// the stamping triggers notify from now on (Run keeps it so)
+	if _, err := t.pool.Exec(ctx, postgres.LiveRefreshSQL); err != nil {
+		return "", err
+	}
 	var s string
 	err := t.pool.QueryRow(ctx, `SELECT secret FROM "`+postgres.LiveTable+`"`).Scan(&s)
 	return s, err
+}
+
+// keepNotifying tells the stamping triggers, every 30 s until ctx ends,
+// that an instance with live sync on listens: they notify only while one
+// does (postgres.LiveDDL).
+func (t *Transport) keepNotifying(ctx context.Context) {
+	tick := time.NewTicker(30 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if _, err := t.pool.Exec(cctx, postgres.LiveRefreshSQL); err != nil && ctx.Err() == nil {
+			t.opts.Logger.Debug("live: telling the stamping triggers to notify", zap.Error(err))
+		}
+		cancel()
+	}
 }
 
 // Send publishes one poke.
@@ -131,6 +155,9 @@ func (t *Transport) Send(ctx context.Context, p live.Poke) error {
 // backoff, from 100 ms up to 5 s, and tells l.Status whenever it stops or
 // starts working.
 func (t *Transport) Run(ctx context.Context, l live.Listener) {
+	done := make(chan struct{})
+	go func() { defer close(done); t.keepNotifying(ctx) }()
+	defer func() { <-done }()
 	backoff := 100 * time.Millisecond
 	first := true
 	for ctx.Err() == nil {

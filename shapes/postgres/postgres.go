@@ -37,7 +37,14 @@ var dialect = &shapes.Dialect{
 	CursorDDL: `CREATE TABLE IF NOT EXISTS "` + shapes.CursorTable + `" (
 		user_id text PRIMARY KEY,
 		stamp timestamptz NOT NULL)`,
-	MovesDDL: []string{`CREATE TABLE IF NOT EXISTS "` + shapes.MovesTable + `" (
+	SharingDDL:   sharingDDL,
+	LeftBackfill: leftBackfill,
+	Stamping:     stamping,
+	Open:         func(dsn string, opts shapes.Options) (shapes.Driver, error) { return open(dsn, opts, config{}) },
+}
+
+// sharingDDL creates the tables shared shapes need.
+var sharingDDL = []string{`CREATE TABLE IF NOT EXISTS "` + shapes.MovesTable + `" (
 		shape text NOT NULL,
 		scope text NOT NULL,
 		new_scope text,
@@ -46,9 +53,44 @@ var dialect = &shapes.Dialect{
 		stamp timestamptz NOT NULL,
 		from_scoped_at timestamptz,
 		payload text NOT NULL)`,
-		`CREATE INDEX IF NOT EXISTS "` + shapes.MovesTable + `_scope_idx" ON "` + shapes.MovesTable + `" (shape, scope, stamp)`},
-	Stamping: stamping,
-	Open:     func(dsn string, opts shapes.Options) (shapes.Driver, error) { return open(dsn, opts, config{}) },
+	`CREATE INDEX IF NOT EXISTS "` + shapes.MovesTable + `_scope_idx" ON "` + shapes.MovesTable + `" (shape, scope, stamp)`,
+	// the row's key (keyExpr), for the version a removed member saw
+	// last; null in moves recorded before it was kept
+	`ALTER TABLE "` + shapes.MovesTable + `" ADD COLUMN IF NOT EXISTS row_key text`,
+	`CREATE TABLE IF NOT EXISTS "` + shapes.LeftTable + `" (
+		members text NOT NULL,
+		scope text NOT NULL,
+		member text NOT NULL,
+		joined timestamptz NOT NULL,
+		left_at timestamptz NOT NULL)`,
+	`CREATE INDEX IF NOT EXISTS "` + shapes.LeftTable + `_member_idx" ON "` + shapes.LeftTable + `" (member, left_at)`,
+	`CREATE INDEX IF NOT EXISTS "` + shapes.LeftTable + `_scope_idx" ON "` + shapes.LeftTable + `" (members, scope, left_at)`,
+	`CREATE TABLE IF NOT EXISTS "` + shapes.VersionsTable + `" (
+		shape text NOT NULL,
+		row_key text NOT NULL,
+		updated_at timestamptz,
+		user_id text,
+		stamp timestamptz NOT NULL)`,
+	`CREATE INDEX IF NOT EXISTS "` + shapes.VersionsTable + `_key_idx" ON "` + shapes.VersionsTable + `" (shape, row_key, stamp)`,
+	`CREATE TABLE IF NOT EXISTS "` + shapes.ScopesTable + `" (
+		members text NOT NULL,
+		scope text NOT NULL,
+		PRIMARY KEY (members, scope))`,
+}
+
+// leftBackfill records the removals m holds that LeftTable lacks.
+func leftBackfill(m *shapes.Membership) string {
+	q := shapes.QuoteIdent
+	joined := "'-infinity'::timestamptz"
+	if m.Joined != nil {
+		joined = "coalesce(m." + q(m.Joined.Name) + "::timestamptz, '-infinity')"
+	}
+	return fmt.Sprintf(`INSERT INTO "%[1]s" (members, scope, member, joined, left_at)
+SELECT %[2]s, m.%[3]s::text, m.%[4]s::text, %[5]s, m.%[6]s FROM %[7]s AS m
+WHERE m.%[8]s AND m.%[4]s IS NOT NULL AND m.%[6]s IS NOT NULL AND NOT EXISTS (SELECT FROM "%[1]s" AS h
+	WHERE h.members = %[2]s AND h.scope = m.%[3]s::text AND h.member = m.%[4]s::text AND h.left_at = m.%[6]s)`,
+		shapes.LeftTable, quoteLiteral(m.Table), q(m.Scope.Name), q(m.Member.Name), joined, q(m.Stamp.Name),
+		shapes.QuoteTable(m.Schema, m.Table), q(m.Tomb.Name))
 }
 
 func init() { shapes.Register(dialect) }

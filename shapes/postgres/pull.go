@@ -112,16 +112,20 @@ func active(m *shapes.Membership, alias string) string {
 }
 
 // sharedBranches adds the parts of the pull that membership changes
-// bring, in the same snapshot as the rest:
+// bring, in the same snapshot as the rest (see shapes/pullshared.go for
+// what each sends, and why):
 //   - move-in: every row of a scope whose membership row for the user
 //     was written in ($2, c.stamp], whatever the row's own stamp (the
 //     rows stamped after $2 the visible part brings already);
-//   - move-out: for a membership row removed in that window, the
-//     tombstone form (flag 't') of every row that was in the scope
-//     before the removal: scoped_at at or below the removal's stamp;
-//   - moves: the tombstone (flag 'p', the payload in the first column)
-//     of every row that left a scope of the user in the window for one
-//     the user cannot see.
+//   - move-out (flag 't'): for a removal of the user in the window from
+//     a scope they were a member of at $2, and are not now, the tombstone
+//     form of every row that has been in the scope since before $2, with
+//     the updatedAt and author of its version before the removal;
+//   - moves (flag 'p', the payload in the first column): the tombstone of
+//     every row that left, in the window, a scope the user was a member
+//     of at $2 and had been in it since before $2, for a scope the user
+//     cannot see now; for a membership that ended in the window, also the
+//     moves after its end.
 func sharedBranches(b *strings.Builder, i int, sh *shapes.Shape, width int) {
 	q := shapes.QuoteIdent
 	sc := sh.Share()
@@ -139,26 +143,54 @@ func sharedBranches(b *strings.Builder, i int, sh *shapes.Shape, width int) {
 			}
 		}
 	}
-	head := fmt.Sprintf("%s AS m JOIN %s AS t ON t.%s = m.%s, c WHERE m.%s = $1 AND %s > $2 AND %s <= c.stamp",
-		members, table, q(sh.ScopeColumn().Name), q(m.Scope.Name), q(m.Member.Name), mstamp, mstamp)
-	fmt.Fprintf(b, "\nUNION ALL\nSELECT %d, NULL::text, t.%s::text, %s, t.%s::text\nFROM %s AND %s AND %s <= $2",
-		i, q(sh.UpdatedAt.Name), strings.Join(cols, ", "), q(sh.User.Name), head, active(m, "m"), synced)
+	fmt.Fprintf(b, "\nUNION ALL\nSELECT %d, NULL::text, t.%s::text, %s, t.%s::text\nFROM %s AS m JOIN %s AS t ON t.%s = m.%s, c WHERE m.%s = $1 AND %s > $2 AND %s <= c.stamp AND %s AND %s <= $2",
+		i, q(sh.UpdatedAt.Name), strings.Join(cols, ", "), q(sh.User.Name), members, table, q(sh.ScopeColumn().Name), q(m.Scope.Name),
+		q(m.Member.Name), mstamp, mstamp, active(m, "m"), synced)
 	if sc.Tomb < 0 {
 		return
 	}
-	if m.Tomb != nil {
-		fmt.Fprintf(b, "\nUNION ALL\nSELECT %d, 't', t.%s::text, %s, t.%s::text\nFROM %s AND m.%s AND t.%s < %s",
-			i, q(sh.UpdatedAt.Name), strings.Join(tombCols, ", "), q(sh.User.Name), head, q(m.Tomb.Name), q(sc.ScopedAt.Name), mstamp)
+	notMember := func(scope string) string {
+		return fmt.Sprintf("NOT EXISTS (SELECT FROM %s AS a WHERE a.%s = %s::%s AND a.%s = $1 AND %s)",
+			members, q(m.Scope.Name), scope, m.Scope.Cast, q(m.Member.Name), active(m, "a"))
 	}
+	// the version of row alias as of before stamp: the row itself when it
+	// was written before, else the newest version kept from before
+	asOf := func(alias, key, stamp string) string {
+		return fmt.Sprintf(`LEFT JOIN LATERAL (SELECT v.updated_at, v.user_id FROM "%s" AS v
+	WHERE v.shape = %s AND v.row_key = %s AND v.stamp < %s ORDER BY v.stamp DESC LIMIT 1) AS o ON %s.%s >= %s`,
+			shapes.VersionsTable, quoteLiteral(sh.Config.Key), key, stamp, alias, q(sh.SyncedAt.Name), stamp)
+	}
+	upd, user := "t."+q(sh.UpdatedAt.Name), "t."+q(sh.User.Name)
 	fmt.Fprintf(b, `
 UNION ALL
-SELECT %[1]d, 'p', mv.updated_at::text, mv.payload%[2]s, mv.user_id
-FROM "%[3]s" AS mv JOIN %[4]s AS m ON m.%[5]s = mv.scope::%[6]s, c
-WHERE mv.shape = %[7]s AND m.%[8]s = $1 AND (%[10]s)
-	AND NOT (mv.new_scope IS NULL AND mv.user_id = $1)
-	AND NOT EXISTS (SELECT FROM %[4]s AS m WHERE m.%[5]s = mv.new_scope::%[6]s AND m.%[8]s = $1 AND %[9]s)`,
-		i, strings.Repeat(", NULL::text", width-1), shapes.MovesTable, members, q(m.Scope.Name), m.Scope.Cast,
-		quoteLiteral(sh.Config.Key), q(m.Member.Name), active(m, "m"), shapes.MovedAwaySQL(m, "$2", "c.stamp", active(m, "m")))
+SELECT %[1]d, 't', (CASE WHEN %[2]s < h.left_at THEN %[3]s::timestamptz ELSE coalesce(o.updated_at, %[3]s::timestamptz) END)::text, %[4]s,
+	CASE WHEN %[2]s < h.left_at THEN %[5]s::text ELSE coalesce(o.user_id, %[5]s::text) END
+FROM "%[6]s" AS h JOIN %[7]s AS t ON t.%[8]s = h.scope::%[9]s
+%[10]s, c
+WHERE h.members = %[11]s AND h.member = $1 AND h.joined <= $2 AND h.left_at > $2 AND h.left_at <= c.stamp
+	AND t.%[12]s <= $2 AND %[13]s`,
+		i, synced, upd, strings.Join(tombCols, ", "), user, shapes.LeftTable, table, q(sh.ScopeColumn().Name), sh.ScopeColumn().Cast,
+		asOf("t", rowKeyOf(sh, "t"), "h.left_at"), quoteLiteral(m.Table), q(sc.ScopedAt.Name), notMember("h.scope"))
+	// the periods of the user's memberships: the current one (since they
+	// last joined), and those that ended
+	joined := "'-infinity'::timestamptz"
+	if m.Joined != nil {
+		joined = "a." + q(m.Joined.Name) + "::timestamptz"
+	}
+	periods := fmt.Sprintf(`(SELECT a.%[1]s::text AS scope, %[2]s AS joined, 'infinity'::timestamptz AS left_at FROM %[3]s AS a WHERE a.%[4]s = $1 AND %[5]s
+	UNION ALL SELECT h.scope, h.joined, h.left_at FROM "%[6]s" AS h WHERE h.members = %[7]s AND h.member = $1)`,
+		q(m.Scope.Name), joined, members, q(m.Member.Name), active(m, "a"), shapes.LeftTable, quoteLiteral(m.Table))
+	fmt.Fprintf(b, `
+UNION ALL
+SELECT %[1]d, 'p', (CASE WHEN p.left_at > mv.stamp OR mv.row_key IS NULL THEN mv.updated_at ELSE coalesce(o.updated_at, mv.updated_at) END)::text, mv.payload%[2]s,
+	CASE WHEN p.left_at > mv.stamp OR mv.row_key IS NULL THEN mv.user_id ELSE coalesce(o.user_id, mv.user_id) END
+FROM "%[3]s" AS mv JOIN %[4]s AS p ON p.scope = mv.scope
+LEFT JOIN LATERAL (SELECT v.updated_at, v.user_id FROM "%[5]s" AS v
+	WHERE v.shape = mv.shape AND v.row_key = mv.row_key AND v.stamp < p.left_at ORDER BY v.stamp DESC LIMIT 1) AS o ON p.left_at <= mv.stamp, c
+WHERE mv.shape = %[6]s AND mv.stamp > $2 AND (mv.stamp <= c.stamp OR p.left_at <= c.stamp) AND coalesce(mv.from_scoped_at, '-infinity') <= $2
+	AND p.joined <= $2 AND p.left_at > $2
+	AND NOT (mv.new_scope IS NULL AND mv.user_id = $1) AND %[7]s`,
+		i, strings.Repeat(", NULL::text", width-1), shapes.MovesTable, periods, shapes.VersionsTable, quoteLiteral(sh.Config.Key), notMember("mv.new_scope"))
 }
 
 // textExpr reads a column as text for the pull. Building JSON inside

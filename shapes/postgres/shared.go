@@ -117,6 +117,7 @@ func (p *driver) shared(ctx context.Context, fn func(shapes.Tx) error) error {
 // cursor locks; the writes and the commit.
 type pgTx struct {
 	users    []string // the cursors Stamp locked
+	stamped  map[string]bool
 	ctx      context.Context
 	conn     *pgx.Conn
 	p        *driver
@@ -192,9 +193,9 @@ func (t *pgTx) Stored(sh *shapes.Shape, rows []*shapes.Row) ([]*shapes.Stored, e
 	// keys are locked in one order, the same for every push.
 	sql := fmt.Sprintf(`SELECT v.ord::int4, t.*
 FROM (SELECT * FROM unnest(%s) WITH ORDINALITY AS v(%s, ord) ORDER BY %s) AS v,
-LATERAL (SELECT t.%s::text, t.%s::text, t.%s::timestamptz, %s, t.%s::timestamptz FROM %s AS t WHERE %s FOR UPDATE) AS t`,
+LATERAL (SELECT t.%s::text, t.%s::text, t.%s::timestamptz, %s, t.%s::timestamptz, t.%s::timestamptz FROM %s AS t WHERE %s FOR UPDATE) AS t`,
 		strings.Join(arrays, ", "), strings.Join(names, ", "), strings.Join(names, ", "),
-		q(sh.ScopeColumn().Name), q(sh.User.Name), q(sh.UpdatedAt.Name), tomb, q(sh.Share().ScopedAt.Name),
+		q(sh.ScopeColumn().Name), q(sh.User.Name), q(sh.UpdatedAt.Name), tomb, q(sh.Share().ScopedAt.Name), q(sh.SyncedAt.Name),
 		shapes.QuoteTable(sh.Schema, sh.Table), strings.Join(match, " AND "))
 	out := make([]*shapes.Stored, len(rows))
 	if len(rows) == 1 {
@@ -233,10 +234,13 @@ func scanStored(res pgx.Rows, out []*shapes.Stored) error {
 	{
 		var ord int32
 		var scope, user pgtype.Text
-		var upd, scoped pgtype.Timestamptz
+		var upd, scoped, synced pgtype.Timestamptz
 		var st shapes.Stored
-		if err := res.Scan(&ord, &scope, &user, &upd, &st.Tomb, &scoped); err != nil {
+		if err := res.Scan(&ord, &scope, &user, &upd, &st.Tomb, &scoped, &synced); err != nil {
 			return err
+		}
+		if synced.Valid && synced.InfinityModifier == pgtype.Finite {
+			st.Synced = synced.Time
 		}
 		st.Scope, st.ScopeNull, st.User = scope.String, !scope.Valid, user.String
 		if upd.Valid && upd.InfinityModifier == pgtype.Finite {
@@ -266,43 +270,98 @@ func (t *pgTx) LockScopes(m *shapes.Membership, scopes []string, exclusive []boo
 	return nil
 }
 
-func (t *pgTx) Members(m *shapes.Membership, scopes []string) ([]shapes.Member, error) {
+func (t *pgTx) Members(m *shapes.Membership, scopes []string) (map[string]*shapes.ScopeState, error) {
 	q := shapes.QuoteIdent
-	tomb := "false"
-	if m.Tomb != nil {
-		tomb = "coalesce(m." + q(m.Tomb.Name) + ", false)"
-	}
-	// each membership row under the scope text it was asked for: the
-	// database's equality decides which rows are a scope's
-	sql := fmt.Sprintf(`SELECT v.s, m.%s::text, %s FROM unnest($1::text[]) AS v(s) JOIN %s AS m ON m.%s = v.s::%s WHERE m.%s IS NOT NULL`,
-		q(m.Member.Name), tomb, shapes.QuoteTable(m.Schema, m.Table), q(m.Scope.Name), m.Scope.Cast, q(m.Member.Name))
-	var out []shapes.Member
-	t.queue(sql, []any{scopes}, func(br pgx.BatchResults) error {
+	table := shapes.QuoteTable(m.Schema, m.Table)
+	// each scope under the text it was asked for: the database's equality
+	// decides which rows are a scope's; one row per active member, or one
+	// with no member
+	sql := fmt.Sprintf(`SELECT v.s, a.%[1]s::text,
+	EXISTS (SELECT FROM %[2]s AS e WHERE e.%[3]s = v.s::%[4]s),
+	(SELECT max(h.left_at) FROM "%[6]s" AS h WHERE h.members = $2 AND h.scope = v.s)
+FROM unnest($1::text[]) AS v(s) LEFT JOIN %[2]s AS a ON a.%[3]s = v.s::%[4]s AND %[5]s AND a.%[1]s IS NOT NULL`,
+		q(m.Member.Name), table, q(m.Scope.Name), m.Scope.Cast, active(m, "a"), shapes.LeftTable)
+	out := make(map[string]*shapes.ScopeState, len(scopes))
+	t.queue(sql, []any{scopes, m.Table}, func(br pgx.BatchResults) error {
 		res, err := br.Query()
 		if err != nil {
 			return err
 		}
 		defer res.Close()
 		for res.Next() {
-			var mem shapes.Member
-			if err := res.Scan(&mem.Scope, &mem.User, &mem.Removed); err != nil {
+			var scope string
+			var member pgtype.Text
+			var ever bool
+			var left pgtype.Timestamptz
+			if err := res.Scan(&scope, &member, &ever, &left); err != nil {
 				return err
 			}
-			out = append(out, mem)
+			st := out[scope]
+			if st == nil {
+				st = &shapes.ScopeState{Ever: ever}
+				if left.Valid && left.InfinityModifier == pgtype.Finite {
+					st.LastLeft = left.Time
+				}
+				out[scope] = st
+			}
+			if member.Valid {
+				st.Active = append(st.Active, member.String)
+			}
 		}
 		return res.Err()
 	})
 	return out, pgError(t.flush())
 }
 
+func (t *pgTx) Memberships(m *shapes.Membership, users []string) (map[string]int, error) {
+	q := shapes.QuoteIdent
+	out := map[string]int{}
+	t.queue(fmt.Sprintf(`SELECT a.%[1]s::text, count(*)::int FROM %[2]s AS a WHERE a.%[1]s = ANY ($1::text[]) AND %[3]s GROUP BY 1`,
+		q(m.Member.Name), shapes.QuoteTable(m.Schema, m.Table), active(m, "a")), []any{users}, func(br pgx.BatchResults) error {
+		res, err := br.Query()
+		if err != nil {
+			return err
+		}
+		var u string
+		var n int32
+		_, err = pgx.ForEachRow(res, []any{&u, &n}, func() error { out[u] = int(n); return nil })
+		return err
+	})
+	return out, pgError(t.flush())
+}
+
+func (t *pgTx) Used(m *shapes.Membership, scopes []string) (map[string]bool, error) {
+	q := shapes.QuoteIdent
+	var probes []string
+	var shapeKeys []string
+	for _, sh := range m.Shared {
+		shapeKeys = append(shapeKeys, sh.Config.Key)
+		probes = append(probes, fmt.Sprintf(`EXISTS (SELECT FROM %s AS t WHERE t.%s = v.s::%s)`,
+			shapes.QuoteTable(sh.Schema, sh.Table), q(sh.ScopeColumn().Name), sh.ScopeColumn().Cast))
+	}
+	probes = append(probes, `EXISTS (SELECT FROM "`+shapes.MovesTable+`" AS mv WHERE mv.shape = ANY ($2::text[]) AND mv.scope = v.s)`,
+		`EXISTS (SELECT FROM "`+shapes.ScopesTable+`" AS r WHERE r.members = $3 AND r.scope = v.s)`)
+	out := map[string]bool{}
+	t.queue(`SELECT v.s FROM unnest($1::text[]) AS v(s) WHERE `+strings.Join(probes, " OR "), []any{scopes, shapeKeys, m.Table}, func(br pgx.BatchResults) error {
+		res, err := br.Query()
+		if err != nil {
+			return err
+		}
+		var sc string
+		_, err = pgx.ForEachRow(res, []any{&sc}, func() error { out[sc] = true; return nil })
+		return err
+	})
+	return out, pgError(t.flush())
+}
+
 // Stamp locks the cursors of users in id order and takes one stamp above
-// each (write.go), kept in the transaction's stamp setting for the write
-// statements. A cursor that does not exist yet is made first; the insert
-// locks it like the others. The cursors move to the stamp at commit, if a
-// statement applied a row (commitStamp).
+// each (write.go), and above any it took before in the transaction, kept
+// in the transaction's stamp setting for the write statements. A cursor
+// that does not exist yet is made first; the insert locks it like the
+// others. The cursors move to the stamp at commit, if a statement applied
+// a row (commitStamp).
 func (t *pgTx) Stamp(users []string) (time.Time, error) {
 	var s time.Time
-	scan := func(br pgx.BatchResults) error { return br.QueryRow().Scan(&s) }
 	if t.p.naiveStamps {
 		var writer string
 		t.queue(naiveStampSQL, []any{users[0]}, func(br pgx.BatchResults) error { return br.QueryRow().Scan(&s, &writer) })
@@ -310,12 +369,22 @@ func (t *pgTx) Stamp(users []string) (time.Time, error) {
 	}
 	t.queue(`INSERT INTO "`+shapes.CursorTable+`" (user_id, stamp)
 SELECT u, '-infinity' FROM unnest($1::text[]) AS u ORDER BY u ON CONFLICT (user_id) DO NOTHING`, []any{users}, nil)
-	t.queue(`SELECT set_config('`+stampSetting+`', greatest(date_trunc('milliseconds', clock_timestamp()), max(stamp) + interval '1 millisecond')::text, true)::timestamptz
-FROM (SELECT stamp FROM "`+shapes.CursorTable+`" WHERE user_id = ANY ($1::text[]) ORDER BY user_id FOR UPDATE) AS locked`, []any{users}, scan)
+	t.queue(`SELECT set_config('`+stampSetting+`', greatest(date_trunc('milliseconds', clock_timestamp()), max(stamp) + interval '1 millisecond',
+	nullif(current_setting('`+stampSetting+`', true), '')::timestamptz + interval '1 millisecond')::text, true)::timestamptz
+FROM (SELECT stamp FROM "`+shapes.CursorTable+`" WHERE user_id = ANY ($1::text[]) ORDER BY user_id FOR UPDATE) AS locked`, []any{users},
+		func(br pgx.BatchResults) error { return br.QueryRow().Scan(&s) })
 	if err := t.flush(); err != nil {
 		return time.Time{}, pgError(err)
 	}
-	t.users = users
+	for _, u := range users {
+		if !t.stamped[u] {
+			if t.stamped == nil {
+				t.stamped = map[string]bool{}
+			}
+			t.stamped[u] = true
+			t.users = append(t.users, u)
+		}
+	}
 	return s, nil
 }
 
@@ -330,6 +399,77 @@ func (t *pgTx) commitStamp() {
 	t.queue(`UPDATE "`+shapes.CursorTable+`" SET stamp = current_setting('`+stampSetting+`')::timestamptz
 WHERE user_id = ANY ($1::text[]) AND current_setting('`+appliedSetting+`', true) = 'yes'`, []any{t.users}, nil)
 	t.queue(`DELETE FROM "`+shapes.CursorTable+`" WHERE user_id = ANY ($1::text[]) AND stamp = '-infinity'`, []any{t.users}, nil)
+}
+
+// keyValues is the part of a statement that reads the keys of rows from
+// arrays ($first on, see keyArgs) as v.k0, v.k1 …, each in its column's
+// type, and the key text of each (keyExpr).
+func keyValues(sh *shapes.Shape, first int) (from string, casts []string) {
+	var arrays, names []string
+	for i, k := range sh.Keys {
+		arrays = append(arrays, fmt.Sprintf("$%d::text[]", first+i))
+		names = append(names, fmt.Sprintf("k%d", i))
+		casts = append(casts, fmt.Sprintf("v.k%d::%s", i, k.Cast))
+	}
+	return fmt.Sprintf("unnest(%s) AS v(%s)", strings.Join(arrays, ", "), strings.Join(names, ", ")), casts
+}
+
+// keyExpr is the text that names a row by its key in the moves and
+// versions tables, from the key values in their types: the value as
+// text, or a JSON array of them for a key of several columns. The
+// stamping triggers and pulls compute the same.
+func keyExpr(vals []string) string {
+	if len(vals) == 1 {
+		return "(" + vals[0] + ")::text"
+	}
+	parts := make([]string, len(vals))
+	for i, v := range vals {
+		parts[i] = "(" + v + ")::text"
+	}
+	return "json_build_array(" + strings.Join(parts, ", ") + ")::text"
+}
+
+// rowKeyOf is keyExpr of the key columns of the row alias.
+func rowKeyOf(sh *shapes.Shape, alias string) string {
+	vals := make([]string, len(sh.Keys))
+	for i, k := range sh.Keys {
+		vals[i] = alias + "." + shapes.QuoteIdent(k.Name)
+	}
+	return keyExpr(vals)
+}
+
+func (t *pgTx) Archive(sh *shapes.Shape, rows []*shapes.Row) error {
+	args, err := keyArgs(sh, rows)
+	if err != nil {
+		return err
+	}
+	q := shapes.QuoteIdent
+	from, casts := keyValues(sh, 2)
+	match := make([]string, len(casts))
+	for i, k := range sh.Keys {
+		match[i] = "t." + q(k.Name) + " = " + casts[i]
+	}
+	t.queue(fmt.Sprintf(`INSERT INTO "%s" (shape, row_key, updated_at, user_id, stamp)
+SELECT $1, %s, t.%s::timestamptz, t.%s::text, t.%s::timestamptz FROM %s JOIN %s AS t ON %s`,
+		shapes.VersionsTable, rowKeyOf(sh, "t"), q(sh.UpdatedAt.Name), q(sh.User.Name), q(sh.SyncedAt.Name),
+		from, shapes.QuoteTable(sh.Schema, sh.Table), strings.Join(match, " AND ")), append([]any{sh.Config.Key}, args...), nil)
+	return nil
+}
+
+func (t *pgTx) Leave(m *shapes.Membership, leaves []shapes.Leave) error {
+	n := len(leaves)
+	scope, member := make([]string, n), make([]string, n)
+	joined, left := make([]pgtype.Timestamptz, n), make([]time.Time, n)
+	for i, l := range leaves {
+		scope[i], member[i], left[i] = l.Scope, l.Member, l.Stamp
+		joined[i] = pgtype.Timestamptz{Time: l.Joined, Valid: true}
+		if l.Joined.IsZero() {
+			joined[i] = pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
+		}
+	}
+	t.queue(`INSERT INTO "`+shapes.LeftTable+`" (members, scope, member, joined, left_at)
+SELECT $1, * FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])`, []any{m.Table, scope, member, joined, left}, nil)
+	return nil
 }
 
 func (t *pgTx) Write(user string, g shapes.Group, isolated bool) error {
@@ -381,17 +521,42 @@ func (t *pgTx) Write(user string, g shapes.Group, isolated bool) error {
 }
 
 func (t *pgTx) Moves(moves []shapes.Move) error {
-	n := len(moves)
-	shape, from, to, user, payload := make([]string, n), make([]string, n), make([]pgtype.Text, n), make([]string, n), make([]string, n)
-	upd, stamp, scoped := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
-	for i, mv := range moves {
-		shape[i], from[i], user[i], payload[i] = mv.Shape.Config.Key, mv.From, mv.User, string(mv.Payload)
-		to[i] = pgtype.Text{String: mv.To, Valid: !mv.ToNull}
-		upd[i], stamp[i], scoped[i] = mv.UpdatedAt, mv.Stamp, mv.FromScopedAt
+	byShape := map[*shapes.Shape][]shapes.Move{}
+	var order []*shapes.Shape
+	for _, mv := range moves {
+		if byShape[mv.Shape] == nil {
+			order = append(order, mv.Shape)
+		}
+		byShape[mv.Shape] = append(byShape[mv.Shape], mv)
 	}
-	t.queue(`INSERT INTO "`+shapes.MovesTable+`" (shape, scope, new_scope, user_id, updated_at, stamp, from_scoped_at, payload)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::timestamptz[], $8::text[])`,
-		[]any{shape, from, to, user, upd, stamp, scoped, payload}, nil)
+	for _, sh := range order {
+		ms := byShape[sh]
+		n := len(ms)
+		from, to, user, payload := make([]string, n), make([]pgtype.Text, n), make([]string, n), make([]string, n)
+		upd, stamp, scoped := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
+		rows := make([]*shapes.Row, n)
+		for i, mv := range ms {
+			from[i], user[i], payload[i], rows[i] = mv.From, mv.User, string(mv.Payload), mv.Row
+			to[i] = pgtype.Text{String: mv.To, Valid: !mv.ToNull}
+			upd[i], stamp[i], scoped[i] = mv.UpdatedAt, mv.Stamp, mv.FromScopedAt
+		}
+		keys, err := keyArgs(sh, rows)
+		if err != nil {
+			return err
+		}
+		var arrays, names []string
+		for i := range sh.Keys {
+			arrays = append(arrays, fmt.Sprintf("$%d::text[]", 9+i))
+			names = append(names, fmt.Sprintf("k%d", i))
+		}
+		_, casts := keyValues(sh, 9)
+		t.queue(fmt.Sprintf(`INSERT INTO "%s" (shape, scope, new_scope, user_id, updated_at, stamp, from_scoped_at, payload, row_key)
+SELECT $1, v.scope, v.new_scope, v.user_id, v.upd, v.stamp, v.scoped, v.payload, %s
+FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::timestamptz[], $8::text[], %s)
+	AS v(scope, new_scope, user_id, upd, stamp, scoped, payload, %s)`,
+			shapes.MovesTable, keyExpr(casts), strings.Join(arrays, ", "), strings.Join(names, ", ")),
+			append([]any{sh.Config.Key, from, to, user, upd, stamp, scoped, payload}, keys...), nil)
+	}
 	return nil
 }
 

@@ -50,22 +50,36 @@ const (
 // inserts into the catalog, so the loser's error is caught, whichever
 // catalog entry it trips on (the table's name, its row type's, or its
 // primary key's row).
+//
+// live_until is how long some instance with live sync on has said it
+// listens (LiveRefreshSQL): the stamping triggers notify only until then.
+// With live sync off everywhere they send nothing, so that an outside
+// writer's commit takes no cluster-wide notify lock, and PREPARE
+// TRANSACTION, which a transaction that notified cannot do, works.
 var LiveDDL = []string{
 	`DO $hypersync$ BEGIN
 	CREATE TABLE IF NOT EXISTS "` + LiveTable + `" (id int PRIMARY KEY DEFAULT 1 CHECK (id = 1), secret text NOT NULL);
 EXCEPTION WHEN duplicate_table OR duplicate_object OR unique_violation THEN NULL;
 END $hypersync$`,
 	`INSERT INTO "` + LiveTable + `" (secret) VALUES (md5(random()::text || clock_timestamp()::text)) ON CONFLICT (id) DO NOTHING`,
+	`ALTER TABLE "` + LiveTable + `" ADD COLUMN IF NOT EXISTS live_until timestamptz`,
 }
 
+// LiveRefreshSQL says that an instance with live sync on listens, for the
+// next two minutes: it runs every 30 s while one does.
+const LiveRefreshSQL = `UPDATE "` + LiveTable + `" SET live_until = greatest(live_until, now() + interval '2 minutes') WHERE id = 1`
+
 // notifySQL pokes the live streams of the users in the text[] expression
-// users: their keys, left(md5(key || user), 16), as package live hashes
-// them, 300 to a notification (about 6,000 bytes, under PostgreSQL's
-// 8,000). Within a transaction PostgreSQL sends equal notifications once,
-// so a bulk write of one scope's rows sends each once.
-func notifySQL(users string) string {
-	return `PERFORM pg_notify('` + LiveChannel + `', json_build_object('u', json_agg(left(md5(k.secret || x.u), 16)))::text)
-		FROM (SELECT u, (row_number() OVER () - 1) / 300 AS n FROM unnest(` + users + `) AS u) AS x, "` + LiveTable + `" AS k GROUP BY x.n;`
+// users, with the stamp expression stamp as the event id: their keys,
+// left(md5(key || user), 16), as package live hashes them, 300 to a
+// notification (about 6,000 bytes, under PostgreSQL's 8,000). Within a
+// transaction PostgreSQL sends equal notifications once, so a bulk write
+// of one scope's rows sends each once. Nothing is sent unless an instance
+// with live sync on listens (live_until).
+func notifySQL(users, stamp string) string {
+	return `PERFORM pg_notify('` + LiveChannel + `', json_build_object('u', json_agg(left(md5(k.secret || x.u), 16)), 's', (extract(epoch FROM ` + stamp + `) * 1000)::bigint)::text)
+		FROM (SELECT u, (row_number() OVER () - 1) / 300 AS n FROM unnest(` + users + `) AS u) AS x, "` + LiveTable + `" AS k
+		WHERE k.live_until > now() GROUP BY x.n;`
 }
 
 func stamping(t shapes.StampTarget) ([]string, []string) {
@@ -101,7 +115,7 @@ BEGIN
 	%[7]s
 	RETURN NEW;
 END
-$hypersync$`, fn, marker, bumpUpdatedAt(t), q(t.User), stampExpr, synced, notifySQL("ARRAY[NEW."+q(t.User)+"::text]"))
+$hypersync$`, fn, marker, bumpUpdatedAt(t), q(t.User), stampExpr, synced, notifySQL("ARRAY[NEW."+q(t.User)+"::text]", "new_stamp"))
 	trigger := fmt.Sprintf(`DROP TRIGGER IF EXISTS "hypersync_stamp" ON %[1]s;
 CREATE TRIGGER "hypersync_stamp" BEFORE INSERT OR UPDATE ON %[1]s FOR EACH ROW
 	WHEN (current_setting('`+writerSetting+`', true) IS DISTINCT FROM 'hypersync')
@@ -128,7 +142,7 @@ func bumpUpdatedAt(t shapes.StampTarget) string {
 }
 
 // stampMarker finds the marker in a trigger function's source.
-var stampMarker = regexp.MustCompile(`hypersync-stamp-v[0-9]+-[0-9a-f]+`)
+var stampMarker = regexp.MustCompile(`hypersync-stamp-v[0-9]+-[0-9a-f]+(` + forgetMark + `)?`)
 
 // sharedStamping renders the stamping objects of a shared shape's table,
 // or of a membership table. The function does what a shared push does
@@ -234,6 +248,35 @@ BEGIN
 		}
 		fmt.Fprintf(&b, "\tIF TG_OP = 'INSERT' OR (%[1]s) THEN\n\t\tNEW.%[2]s := new_stamp;\n\tEND IF;\n", enters, q(sh.ScopedAt))
 	}
+	if sh.Membership {
+		// a member removed (or a membership row moved to another scope or
+		// member): the period of their membership, for the move-out of
+		// what their devices held (shapes/pullshared.go)
+		wasActive := fmt.Sprintf("OLD.%s IS NOT NULL AND OLD.%s IS NOT NULL", scope, q(sh.Member))
+		isActive := fmt.Sprintf("NEW.%[1]s IS NOT DISTINCT FROM OLD.%[1]s AND NEW.%[2]s IS NOT DISTINCT FROM OLD.%[2]s", scope, q(sh.Member))
+		if sh.MTomb != "" {
+			wasActive += fmt.Sprintf(" AND NOT coalesce(OLD.%s, false)", q(sh.MTomb))
+			isActive += fmt.Sprintf(" AND NOT coalesce(NEW.%s, false)", q(sh.MTomb))
+		}
+		joined := "'-infinity'::timestamptz"
+		if sh.ScopedAt != "" {
+			joined = fmt.Sprintf("coalesce(OLD.%s, '-infinity')", q(sh.ScopedAt))
+		}
+		fmt.Fprintf(&b, `	IF TG_OP = 'UPDATE' AND %[1]s AND NOT (%[2]s) THEN
+		INSERT INTO "%[3]s" (members, scope, member, joined, left_at) VALUES (%[4]s, OLD.%[5]s::text, OLD.%[6]s::text, %[7]s, new_stamp);
+	END IF;
+`, wasActive, isActive, shapes.LeftTable, quoteLiteral(sh.MTable), scope, q(sh.Member), joined)
+	}
+	if sh.Shape != "" {
+		// the version written over, when a member was removed from its
+		// scope since it was written: their move-out carries it
+		fmt.Fprintf(&b, `	IF TG_OP = 'UPDATE' AND old_scope IS NOT NULL
+		AND OLD.%[1]s < (SELECT max(h.left_at) FROM "%[2]s" AS h WHERE h.members = %[3]s AND h.scope = old_scope::text) THEN
+		INSERT INTO "%[4]s" (shape, row_key, updated_at, user_id, stamp) VALUES (%[5]s, %[6]s, OLD.%[7]s, OLD.%[8]s::text, OLD.%[1]s);
+	END IF;
+`, q(t.SyncedAt), shapes.LeftTable, quoteLiteral(sh.MTable), shapes.VersionsTable, quoteLiteral(sh.Shape), keyOf(t.Keys, "OLD"),
+			q(t.UpdatedAt), q(t.User))
+	}
 	if sh.Shape != "" && sh.Tomb != "" {
 		var obj []string
 		for i, k := range t.Keys {
@@ -241,17 +284,50 @@ BEGIN
 		}
 		obj = append(obj, quoteLiteral(sh.ScopeField), "old_scope", quoteLiteral(sh.TombField), "true")
 		fmt.Fprintf(&b, `	IF TG_OP = 'UPDATE' AND old_scope IS NOT NULL AND NEW.%[1]s IS DISTINCT FROM old_scope THEN
-		INSERT INTO "%[2]s" (shape, scope, new_scope, user_id, updated_at, stamp, from_scoped_at, payload)
-		VALUES (%[3]s, old_scope::text, NEW.%[1]s::text, coalesce(NEW.%[4]s::text, ''), NEW.%[5]s, new_stamp, OLD.%[7]s, json_build_object(%[6]s)::text);
+		INSERT INTO "%[2]s" (shape, scope, new_scope, user_id, updated_at, stamp, from_scoped_at, payload, row_key)
+		VALUES (%[3]s, old_scope::text, NEW.%[1]s::text, coalesce(NEW.%[4]s::text, ''), NEW.%[5]s, new_stamp, OLD.%[7]s, json_build_object(%[6]s)::text, %[8]s);
 	END IF;
-`, scope, shapes.MovesTable, quoteLiteral(sh.Shape), q(t.User), q(t.UpdatedAt), strings.Join(obj, ", "), q(sh.ScopedAt))
+`, scope, shapes.MovesTable, quoteLiteral(sh.Shape), q(t.User), q(t.UpdatedAt), strings.Join(obj, ", "), q(sh.ScopedAt), keyOf(t.Keys, "NEW"))
 	}
-	b.WriteString("\t" + notifySQL("users") + "\n\tRETURN NEW;\nEND\n$hypersync$")
+	b.WriteString("\t" + notifySQL("users", "new_stamp") + "\n\tRETURN NEW;\nEND\n$hypersync$")
 	trigger := fmt.Sprintf(`DROP TRIGGER IF EXISTS "hypersync_stamp" ON %[1]s;
 CREATE TRIGGER "hypersync_stamp" BEFORE INSERT OR UPDATE ON %[1]s FOR EACH ROW
 	WHEN (current_setting('`+writerSetting+`', true) IS DISTINCT FROM 'hypersync')
 	EXECUTE FUNCTION %[2]s()`, shapes.QuoteTable(t.Schema, t.Table), fn)
-	return append(append([]string{}, LiveDDL...), b.String(), trigger), []string{marker}
+	ddl := append(append(append([]string{}, LiveDDL...), sharingDDL...), b.String(), trigger)
+	return append(ddl, forgetting(t, marker)...), []string{marker, marker + forgetMark}
+}
+
+// forgetMark follows the marker in the function of forgetting.
+const forgetMark = " DELETE"
+
+// forgetting renders the objects that record, after a DELETE from a
+// shared table or a membership table, the scopes it deleted rows from:
+// such a scope can never be founded again (shapes/pushshared.go), or a
+// stranger could found a list whose memberships an admin deleted, and
+// receive its rows.
+func forgetting(t shapes.StampTarget, marker string) []string {
+	sh := t.Share
+	fn := shapes.QuoteTable(t.Schema, "hypersync_forget_"+t.Table)
+	table := shapes.QuoteTable(t.Schema, t.Table)
+	return []string{fmt.Sprintf(`CREATE OR REPLACE FUNCTION %[1]s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $hypersync$
+-- %[2]s%[3]s: records the scopes rows were deleted from, which can never be founded again
+BEGIN
+	INSERT INTO "%[4]s" (members, scope) SELECT DISTINCT %[5]s, g.%[6]s::text FROM gone AS g WHERE g.%[6]s IS NOT NULL ON CONFLICT DO NOTHING;
+	RETURN NULL;
+END
+$hypersync$`, fn, marker, forgetMark, shapes.ScopesTable, quoteLiteral(sh.MTable), shapes.QuoteIdent(sh.Scope)),
+		fmt.Sprintf(`DROP TRIGGER IF EXISTS "hypersync_forget" ON %[1]s;
+CREATE TRIGGER "hypersync_forget" AFTER DELETE ON %[1]s REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION %[2]s()`, table, fn)}
+}
+
+// keyOf is keyExpr of the key columns of the record rec (NEW or OLD).
+func keyOf(keys []string, rec string) string {
+	vals := make([]string, len(keys))
+	for i, k := range keys {
+		vals[i] = rec + "." + shapes.QuoteIdent(k)
+	}
+	return keyExpr(vals)
 }
 
 // activeIn is the condition that the membership row alias is not removed.

@@ -145,12 +145,12 @@ func active(m *shapes.Membership, alias string) string {
 
 // pullSharedSQL reads a shared shape's rows for the user ?1 in (?2, ?3]:
 // flag, updatedAt, the columns, the author. The parts are those of the
-// PostgreSQL driver's pull (see sharedBranches there): the visible rows,
-// move-in (every row of a scope joined in the window), move-out (flag
-// 't': the tombstone form of the rows of a scope left in the window that
-// were in it before), and moves (flag 'p': the recorded tombstone, in
-// the first column, of a row that left a scope of the user for one they
-// cannot see).
+// PostgreSQL driver's pull (see sharedBranches there, and
+// shapes/pullshared.go): the visible rows, move-in (every row of a scope
+// joined in the window), move-out (flag 't': the tombstone form of the
+// rows of a scope the user left in the window that they held), and moves
+// (flag 'p': the recorded tombstone, in the first column, of a row they
+// held that left a scope of theirs for one they cannot see).
 func pullSharedSQL(sh *shapes.Shape) string {
 	s, _ := sh.Statement(shapes.StatementKey{Op: opPull}, func() (any, error) {
 		q := shapes.QuoteIdent
@@ -172,22 +172,45 @@ func pullSharedSQL(sh *shapes.Shape) string {
 		}
 		table, members := shapes.QuoteTable(sh.Schema, sh.Table), shapes.QuoteTable(m.Schema, m.Table)
 		mstamp := "m." + q(m.Stamp.Name)
-		head := fmt.Sprintf("%s AS m JOIN %s AS t ON t.%s = m.%s WHERE m.%s = ?1 AND %s > ?2 AND %s <= ?3",
-			members, table, q(sh.ScopeColumn().Name), q(m.Scope.Name), q(m.Member.Name), mstamp, mstamp)
-		parts = append(parts, fmt.Sprintf("SELECT NULL, %s, %s, %s FROM %s AND %s AND t.%s <= ?2",
-			upd, strings.Join(cols, ", "), user, head, active(m, "m"), q(sh.SyncedAt.Name)))
+		parts = append(parts, fmt.Sprintf("SELECT NULL, %s, %s, %s FROM %s AS m JOIN %s AS t ON t.%s = m.%s WHERE m.%s = ?1 AND %s > ?2 AND %s <= ?3 AND %s AND t.%s <= ?2",
+			upd, strings.Join(cols, ", "), user, members, table, q(sh.ScopeColumn().Name), q(m.Scope.Name), q(m.Member.Name), mstamp, mstamp,
+			active(m, "m"), q(sh.SyncedAt.Name)))
 		if sc.Tomb >= 0 {
-			if m.Tomb != nil {
-				parts = append(parts, fmt.Sprintf("SELECT 't', %s, %s, %s FROM %s AND m.%s AND t.%s < %s",
-					upd, strings.Join(tombCols, ", "), user, head, q(m.Tomb.Name), q(sc.ScopedAt.Name), mstamp))
+			notMember := func(scope string) string {
+				return fmt.Sprintf("NOT EXISTS (SELECT 1 FROM %s AS a WHERE a.%s = %s AND a.%s = ?1 AND %s)", members, q(m.Scope.Name), scope, q(m.Member.Name), active(m, "a"))
 			}
-			parts = append(parts, fmt.Sprintf(`SELECT 'p', %[1]s, mv.payload%[2]s, mv.user_id
-FROM "%[3]s" AS mv JOIN %[4]s AS m ON m.%[5]s = mv.scope
-WHERE mv.shape = %[6]s AND m.%[7]s = ?1 AND (%[9]s)
-	AND NOT (mv.new_scope IS NULL AND mv.user_id = ?1)
-	AND NOT EXISTS (SELECT 1 FROM %[4]s AS m WHERE m.%[5]s = mv.new_scope AND m.%[7]s = ?1 AND %[8]s)`,
-				timeExpr("mv.updated_at"), strings.Repeat(", NULL", len(cols)-1), shapes.MovesTable, members, q(m.Scope.Name),
-				quoteLiteral(sh.Config.Key), q(m.Member.Name), active(m, "m"), shapes.MovedAwaySQL(m, "?2", "?3", active(m, "m"))))
+			// the newest kept version of the row key from before stamp
+			kept := func(col, shape, key, stamp string) string {
+				return fmt.Sprintf(`(SELECT v.%s FROM "%s" AS v WHERE v.shape = %s AND v.row_key = %s AND v.stamp < %s ORDER BY v.stamp DESC LIMIT 1)`,
+					col, shapes.VersionsTable, shape, key, stamp)
+			}
+			synced := "t." + q(sh.SyncedAt.Name)
+			key, shape := rowKeyOf(sh, "t"), quoteLiteral(sh.Config.Key)
+			parts = append(parts, fmt.Sprintf(`SELECT 't', CASE WHEN %[1]s < h.left_at THEN %[2]s ELSE coalesce(%[3]s, %[2]s) END, %[4]s,
+	CASE WHEN %[1]s < h.left_at THEN %[5]s ELSE coalesce(%[6]s, %[5]s) END
+FROM "%[7]s" AS h JOIN %[8]s AS t ON t.%[9]s = h.scope
+WHERE h.members = %[10]s AND h.member = ?1 AND h.joined <= ?2 AND h.left_at > ?2 AND h.left_at <= ?3
+	AND t.%[11]s <= ?2 AND %[12]s`,
+				synced, upd, timeExpr(kept("updated_at", shape, key, "h.left_at")), strings.Join(tombCols, ", "),
+				user, kept("user_id", shape, key, "h.left_at"), shapes.LeftTable, table, q(sh.ScopeColumn().Name),
+				quoteLiteral(m.Table), q(sc.ScopedAt.Name), notMember("h.scope")))
+			joined := "'0000-01-01T00:00:00.000000Z'"
+			if m.Joined != nil {
+				joined = "a." + q(m.Joined.Name)
+			}
+			periods := fmt.Sprintf(`(SELECT CAST(a.%[1]s AS TEXT) AS scope, %[2]s AS joined, '9999-12-31T23:59:59.999999Z' AS left_at FROM %[3]s AS a WHERE a.%[4]s = ?1 AND %[5]s
+	UNION ALL SELECT h.scope, h.joined, h.left_at FROM "%[6]s" AS h WHERE h.members = %[7]s AND h.member = ?1)`,
+				q(m.Scope.Name), joined, members, q(m.Member.Name), active(m, "a"), shapes.LeftTable, quoteLiteral(m.Table))
+			member := "p.left_at > mv.stamp OR mv.row_key IS NULL"
+			parts = append(parts, fmt.Sprintf(`SELECT 'p', CASE WHEN %[1]s THEN %[2]s ELSE coalesce(%[3]s, %[2]s) END, mv.payload%[4]s,
+	CASE WHEN %[1]s THEN mv.user_id ELSE coalesce(%[5]s, mv.user_id) END
+FROM "%[6]s" AS mv JOIN %[7]s AS p ON p.scope = mv.scope
+WHERE mv.shape = %[8]s AND mv.stamp > ?2 AND (mv.stamp <= ?3 OR p.left_at <= ?3) AND coalesce(mv.from_scoped_at, '') <= ?2
+	AND p.joined <= ?2 AND p.left_at > ?2
+	AND NOT (mv.new_scope IS NULL AND mv.user_id = ?1) AND %[9]s`,
+				member, timeExpr("mv.updated_at"), timeExpr(kept("updated_at", "mv.shape", "mv.row_key", "p.left_at")),
+				strings.Repeat(", NULL", len(cols)-1), kept("user_id", "mv.shape", "mv.row_key", "p.left_at"),
+				shapes.MovesTable, periods, shape, notMember("mv.new_scope")))
 		}
 		return strings.Join(parts, "\nUNION ALL\n"), nil
 	})

@@ -53,7 +53,8 @@ func (s *driver) Shared(ctx context.Context, fn func(shapes.Tx) error) error {
 }
 
 type liteTx struct {
-	wrote bool // a row was applied
+	wrote bool      // a row was applied
+	last  time.Time // the stamp taken last
 	ctx   context.Context
 	tx    *sql.Tx
 	s     *driver
@@ -94,8 +95,9 @@ func (t *liteTx) Stored(sh *shapes.Shape, rows []*shapes.Row) ([]*shapes.Stored,
 	if c, ok := sh.TombColumn(); ok {
 		tomb = "coalesce(" + q(c.Name) + ", 0)"
 	}
-	st, err := t.stmt(fmt.Sprintf(`SELECT CAST(%s AS TEXT), CAST(%s AS TEXT), %s, %s, %s FROM %s WHERE %s`,
-		q(sh.ScopeColumn().Name), q(sh.User.Name), timeExpr(q(sh.UpdatedAt.Name)), tomb, timeExpr(q(sh.Share().ScopedAt.Name)), shapes.QuoteTable(sh.Schema, sh.Table), keyWhere(sh)))
+	st, err := t.stmt(fmt.Sprintf(`SELECT CAST(%s AS TEXT), CAST(%s AS TEXT), %s, %s, %s, CAST(%s AS TEXT) FROM %s WHERE %s`,
+		q(sh.ScopeColumn().Name), q(sh.User.Name), timeExpr(q(sh.UpdatedAt.Name)), tomb, timeExpr(q(sh.Share().ScopedAt.Name)), q(sh.SyncedAt.Name),
+		shapes.QuoteTable(sh.Schema, sh.Table), keyWhere(sh)))
 	if err != nil {
 		return nil, err
 	}
@@ -105,9 +107,9 @@ func (t *liteTx) Stored(sh *shapes.Shape, rows []*shapes.Row) ([]*shapes.Stored,
 		if err != nil {
 			return nil, err
 		}
-		var scope, user, upd, scoped sql.NullString
+		var scope, user, upd, scoped, synced sql.NullString
 		var tomb bool
-		err = st.QueryRowContext(t.ctx, vals[:len(sh.Keys)]...).Scan(&scope, &user, &upd, &tomb, &scoped)
+		err = st.QueryRowContext(t.ctx, vals[:len(sh.Keys)]...).Scan(&scope, &user, &upd, &tomb, &scoped, &synced)
 		if errors.Is(err, sql.ErrNoRows) {
 			continue
 		}
@@ -121,6 +123,9 @@ func (t *liteTx) Stored(sh *shapes.Shape, rows []*shapes.Row) ([]*shapes.Stored,
 		if scoped.Valid {
 			stored.ScopedAt, _ = parseTime([]byte(scoped.String))
 		}
+		if synced.Valid {
+			stored.Synced, _ = time.Parse(stampLayout, synced.String)
+		}
 		out[i] = stored
 	}
 	return out, nil
@@ -130,32 +135,101 @@ func (t *liteTx) Stored(sh *shapes.Shape, rows []*shapes.Row) ([]*shapes.Stored,
 // transaction began, keeps every other writer out.
 func (t *liteTx) LockScopes(*shapes.Membership, []string, []bool) error { return nil }
 
-func (t *liteTx) Members(m *shapes.Membership, scopes []string) ([]shapes.Member, error) {
+func (t *liteTx) Members(m *shapes.Membership, scopes []string) (map[string]*shapes.ScopeState, error) {
 	q := shapes.QuoteIdent
-	tomb := "0"
-	if m.Tomb != nil {
-		tomb = "coalesce(" + q(m.Tomb.Name) + ", 0)"
+	table := shapes.QuoteTable(m.Schema, m.Table)
+	list, err := json.Marshal(scopes)
+	if err != nil {
+		return nil, err
 	}
-	args := make([]any, len(scopes))
-	for i, s := range scopes {
-		args[i] = s
-	}
-	// each membership row under the scope text it was asked for: the
-	// database's equality decides which rows are a scope's
-	rows, err := t.tx.QueryContext(t.ctx, fmt.Sprintf(`WITH v(s) AS (VALUES %s) SELECT v.s, CAST(m.%s AS TEXT), %s FROM v JOIN %s AS m ON m.%s = v.s WHERE m.%s IS NOT NULL`,
-		strings.TrimSuffix(strings.Repeat("(?), ", len(scopes)), ", "), q(m.Member.Name), tomb, shapes.QuoteTable(m.Schema, m.Table), q(m.Scope.Name),
-		q(m.Member.Name)), args...)
+	// each scope under the text it was asked for: the database's equality
+	// decides which rows are a scope's; one row per active member, or one
+	// with no member
+	rows, err := t.tx.QueryContext(t.ctx, fmt.Sprintf(`SELECT v.value, CAST(a.%[1]s AS TEXT),
+	EXISTS (SELECT 1 FROM %[2]s AS e WHERE e.%[3]s = v.value),
+	(SELECT max(h.left_at) FROM "%[5]s" AS h WHERE h.members = ?2 AND h.scope = v.value)
+FROM json_each(?1) AS v LEFT JOIN %[2]s AS a ON a.%[3]s = v.value AND %[4]s AND a.%[1]s IS NOT NULL`,
+		q(m.Member.Name), table, q(m.Scope.Name), active(m, "a"), shapes.LeftTable), string(list), m.Table)
 	if err != nil {
 		return nil, classify(err)
 	}
 	defer rows.Close()
-	var out []shapes.Member
+	out := make(map[string]*shapes.ScopeState, len(scopes))
 	for rows.Next() {
-		var mem shapes.Member
-		if err := rows.Scan(&mem.Scope, &mem.User, &mem.Removed); err != nil {
+		var scope string
+		var member, left sql.NullString
+		var ever bool
+		if err := rows.Scan(&scope, &member, &ever, &left); err != nil {
 			return nil, classify(err)
 		}
-		out = append(out, mem)
+		st := out[scope]
+		if st == nil {
+			st = &shapes.ScopeState{Ever: ever}
+			if left.Valid {
+				st.LastLeft, _ = time.Parse(stampLayout, left.String)
+			}
+			out[scope] = st
+		}
+		if member.Valid {
+			st.Active = append(st.Active, member.String)
+		}
+	}
+	return out, classify(rows.Err())
+}
+
+func (t *liteTx) Memberships(m *shapes.Membership, users []string) (map[string]int, error) {
+	q := shapes.QuoteIdent
+	list, err := json.Marshal(users)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := t.tx.QueryContext(t.ctx, fmt.Sprintf(`SELECT CAST(a.%[1]s AS TEXT), count(*) FROM %[2]s AS a WHERE a.%[1]s IN (SELECT value FROM json_each(?)) AND %[3]s GROUP BY 1`,
+		q(m.Member.Name), shapes.QuoteTable(m.Schema, m.Table), active(m, "a")), string(list))
+	if err != nil {
+		return nil, classify(err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var u string
+		var n int
+		if err := rows.Scan(&u, &n); err != nil {
+			return nil, classify(err)
+		}
+		out[u] = n
+	}
+	return out, classify(rows.Err())
+}
+
+func (t *liteTx) Used(m *shapes.Membership, scopes []string) (map[string]bool, error) {
+	q := shapes.QuoteIdent
+	var probes, shapeKeys []string
+	for _, sh := range m.Shared {
+		shapeKeys = append(shapeKeys, sh.Config.Key)
+		probes = append(probes, fmt.Sprintf(`EXISTS (SELECT 1 FROM %s AS t WHERE t.%s = v.value)`, shapes.QuoteTable(sh.Schema, sh.Table), q(sh.ScopeColumn().Name)))
+	}
+	probes = append(probes, `EXISTS (SELECT 1 FROM "`+shapes.MovesTable+`" AS mv WHERE mv.shape IN (SELECT value FROM json_each(?2)) AND mv.scope = v.value)`,
+		`EXISTS (SELECT 1 FROM "`+shapes.ScopesTable+`" AS r WHERE r.members = ?3 AND r.scope = v.value)`)
+	list, err := json.Marshal(scopes)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := json.Marshal(shapeKeys)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := t.tx.QueryContext(t.ctx, `SELECT v.value FROM json_each(?1) AS v WHERE `+strings.Join(probes, " OR "), string(list), string(keys), m.Table)
+	if err != nil {
+		return nil, classify(err)
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var sc string
+		if err := rows.Scan(&sc); err != nil {
+			return nil, classify(err)
+		}
+		out[sc] = true
 	}
 	return out, classify(rows.Err())
 }
@@ -172,6 +246,9 @@ func (t *liteTx) Stamp(users []string) (time.Time, error) {
 		return time.Time{}, classify(err)
 	}
 	stamp := t.s.now().UTC().Truncate(time.Millisecond)
+	if !t.last.IsZero() && !stamp.After(t.last) {
+		stamp = t.last.Add(time.Millisecond) // above any stamp the push took before
+	}
 	if last.Valid {
 		prev, err := time.Parse(stampLayout, last.String)
 		if err != nil {
@@ -181,7 +258,7 @@ func (t *liteTx) Stamp(users []string) (time.Time, error) {
 			stamp = prev.Add(time.Millisecond)
 		}
 	}
-	t.stamp = stamp.Format(stampLayout)
+	t.last, t.stamp = stamp, stamp.Format(stampLayout)
 	if _, err := t.tx.ExecContext(t.ctx, `INSERT INTO "`+shapes.CursorTable+`" (user_id, stamp) SELECT value, ? FROM json_each(?) WHERE 1
 		ON CONFLICT (user_id) DO UPDATE SET stamp = excluded.stamp`, t.stamp, string(list)); err != nil {
 		return time.Time{}, classify(err)
@@ -300,15 +377,82 @@ func valueOf(sh *shapes.Shape, vals []any, m shapes.Mask, col int) any {
 	return nil
 }
 
+// keyExpr is the text that names a row by its key in the moves and
+// versions tables, from the key values: the value as text, or a JSON
+// array of them for a key of several columns. The stamping triggers and
+// pulls compute the same.
+func keyExpr(vals []string) string {
+	parts := make([]string, len(vals))
+	for i, v := range vals {
+		parts[i] = "CAST(" + v + " AS TEXT)"
+	}
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	return "json_array(" + strings.Join(parts, ", ") + ")"
+}
+
+// rowKeyOf is keyExpr of the key columns of the row alias.
+func rowKeyOf(sh *shapes.Shape, alias string) string {
+	vals := make([]string, len(sh.Keys))
+	for i, k := range sh.Keys {
+		vals[i] = alias + "." + shapes.QuoteIdent(k.Name)
+	}
+	return keyExpr(vals)
+}
+
 func (t *liteTx) Moves(moves []shapes.Move) error {
 	for _, mv := range moves {
 		var to any
 		if !mv.ToNull {
 			to = mv.To
 		}
-		if _, err := t.tx.ExecContext(t.ctx, `INSERT INTO "`+shapes.MovesTable+`" (shape, scope, new_scope, user_id, updated_at, stamp, from_scoped_at, payload)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, mv.Shape.Config.Key, mv.From, to, mv.User, mv.UpdatedAt.UTC().Format(stampLayout), mv.Stamp.UTC().Format(stampLayout),
-			mv.FromScopedAt.UTC().Format(stampLayout), string(mv.Payload)); err != nil {
+		vals, err := appendValues(nil, mv.Shape, mv.Row)
+		if err != nil {
+			return err
+		}
+		params := make([]string, len(mv.Shape.Keys))
+		for i := range params {
+			params[i] = fmt.Sprintf("?%d", 9+i)
+		}
+		args := append([]any{mv.Shape.Config.Key, mv.From, to, mv.User, mv.UpdatedAt.UTC().Format(stampLayout), mv.Stamp.UTC().Format(stampLayout),
+			mv.FromScopedAt.UTC().Format(stampLayout), string(mv.Payload)}, vals[:len(mv.Shape.Keys)]...)
+		if _, err := t.tx.ExecContext(t.ctx, `INSERT INTO "`+shapes.MovesTable+`" (shape, scope, new_scope, user_id, updated_at, stamp, from_scoped_at, payload, row_key)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, `+keyExpr(params)+`)`, args...); err != nil {
+			return classify(err)
+		}
+	}
+	return nil
+}
+
+func (t *liteTx) Archive(sh *shapes.Shape, rows []*shapes.Row) error {
+	q := shapes.QuoteIdent
+	st, err := t.stmt(fmt.Sprintf(`INSERT INTO "%s" (shape, row_key, updated_at, user_id, stamp)
+SELECT ?, %s, %s, CAST(%s AS TEXT), %s FROM %s WHERE %s`, shapes.VersionsTable, rowKeyOf(sh, shapes.QuoteTable(sh.Schema, sh.Table)),
+		q(sh.UpdatedAt.Name), q(sh.User.Name), q(sh.SyncedAt.Name), shapes.QuoteTable(sh.Schema, sh.Table), keyWhere(sh)))
+	if err != nil {
+		return err
+	}
+	for _, r := range rows {
+		vals, err := appendValues(nil, sh, r)
+		if err != nil {
+			return err
+		}
+		if _, err := st.ExecContext(t.ctx, append([]any{sh.Config.Key}, vals[:len(sh.Keys)]...)...); err != nil {
+			return classify(err)
+		}
+	}
+	return nil
+}
+
+func (t *liteTx) Leave(m *shapes.Membership, leaves []shapes.Leave) error {
+	for _, l := range leaves {
+		joined := unknownJoin
+		if !l.Joined.IsZero() {
+			joined = l.Joined.UTC().Format(stampLayout)
+		}
+		if _, err := t.tx.ExecContext(t.ctx, `INSERT INTO "`+shapes.LeftTable+`" (members, scope, member, joined, left_at) VALUES (?, ?, ?, ?, ?)`,
+			m.Table, l.Scope, l.Member, joined, l.Stamp.UTC().Format(stampLayout)); err != nil {
 			return classify(err)
 		}
 	}

@@ -40,11 +40,41 @@ var dialect = &shapes.Dialect{
 	// columns out needs a value to pass NOT NULL first.
 	StampDefault: " DEFAULT CURRENT_TIMESTAMP",
 	CursorDDL:    `CREATE TABLE IF NOT EXISTS "` + shapes.CursorTable + `" (user_id TEXT PRIMARY KEY, stamp TEXT NOT NULL)`,
-	MovesDDL: []string{`CREATE TABLE IF NOT EXISTS "` + shapes.MovesTable + `" (shape TEXT NOT NULL, scope TEXT NOT NULL, new_scope TEXT,
-		user_id TEXT NOT NULL, updated_at TEXT NOT NULL, stamp TEXT NOT NULL, from_scoped_at TEXT, payload TEXT NOT NULL)`,
-		`CREATE INDEX IF NOT EXISTS "` + shapes.MovesTable + `_scope_idx" ON "` + shapes.MovesTable + `" (shape, scope, stamp)`},
-	Stamping: stamping,
-	Open:     func(dsn string, opts shapes.Options) (shapes.Driver, error) { return open(dsn, opts) },
+	SharingDDL:   append(append([]string{}, sharingDDL...), addColumn(shapes.MovesTable, "row_key TEXT")),
+	LeftBackfill: leftBackfill,
+	Stamping:     stamping,
+	Open:         func(dsn string, opts shapes.Options) (shapes.Driver, error) { return open(dsn, opts) },
+}
+
+// sharingDDL creates the tables shared shapes need, as the stamping
+// objects print them. A moves table made before it kept row_key (the
+// row's key, keyExpr; null in moves recorded before) gets it when hypersync
+// starts (SharingDDL): SQLite cannot add a column only if it is missing.
+var sharingDDL = []string{`CREATE TABLE IF NOT EXISTS "` + shapes.MovesTable + `" (shape TEXT NOT NULL, scope TEXT NOT NULL, new_scope TEXT,
+		user_id TEXT NOT NULL, updated_at TEXT NOT NULL, stamp TEXT NOT NULL, from_scoped_at TEXT, payload TEXT NOT NULL, row_key TEXT)`,
+	`CREATE INDEX IF NOT EXISTS "` + shapes.MovesTable + `_scope_idx" ON "` + shapes.MovesTable + `" (shape, scope, stamp)`,
+	`CREATE TABLE IF NOT EXISTS "` + shapes.LeftTable + `" (members TEXT NOT NULL, scope TEXT NOT NULL, member TEXT NOT NULL,
+		joined TEXT NOT NULL, left_at TEXT NOT NULL)`,
+	`CREATE INDEX IF NOT EXISTS "` + shapes.LeftTable + `_member_idx" ON "` + shapes.LeftTable + `" (member, left_at)`,
+	`CREATE INDEX IF NOT EXISTS "` + shapes.LeftTable + `_scope_idx" ON "` + shapes.LeftTable + `" (members, scope, left_at)`,
+	`CREATE TABLE IF NOT EXISTS "` + shapes.VersionsTable + `" (shape TEXT NOT NULL, row_key TEXT NOT NULL, updated_at TEXT, user_id TEXT, stamp TEXT NOT NULL)`,
+	`CREATE INDEX IF NOT EXISTS "` + shapes.VersionsTable + `_key_idx" ON "` + shapes.VersionsTable + `" (shape, row_key, stamp)`,
+	`CREATE TABLE IF NOT EXISTS "` + shapes.ScopesTable + `" (members TEXT NOT NULL, scope TEXT NOT NULL, PRIMARY KEY (members, scope))`,
+}
+
+// leftBackfill records the removals m holds that LeftTable lacks.
+func leftBackfill(m *shapes.Membership) string {
+	q := shapes.QuoteIdent
+	joined := "'" + unknownJoin + "'"
+	if m.Joined != nil {
+		joined = "coalesce(m." + q(m.Joined.Name) + ", '" + unknownJoin + "')"
+	}
+	return fmt.Sprintf(`INSERT INTO "%[1]s" (members, scope, member, joined, left_at)
+SELECT %[2]s, CAST(m.%[3]s AS TEXT), CAST(m.%[4]s AS TEXT), %[5]s, m.%[6]s FROM %[7]s AS m
+WHERE m.%[8]s AND m.%[4]s IS NOT NULL AND m.%[6]s IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "%[1]s" AS h
+	WHERE h.members = %[2]s AND h.scope = CAST(m.%[3]s AS TEXT) AND h.member = CAST(m.%[4]s AS TEXT) AND h.left_at = m.%[6]s)`,
+		shapes.LeftTable, quoteLiteral(m.Table), q(m.Scope.Name), q(m.Member.Name), joined, q(m.Stamp.Name),
+		shapes.QuoteTable(m.Schema, m.Table), q(m.Tomb.Name))
 }
 
 func init() { shapes.Register(dialect) }
@@ -108,12 +138,23 @@ func (s *driver) Ping(ctx context.Context) error {
 // already keeps two of them from racing.
 func (s *driver) DDL(ctx context.Context, stmts ...string) error {
 	for _, stmt := range stmts {
-		if _, err := s.w.ExecContext(ctx, stmt); err != nil {
+		_, err := s.w.ExecContext(ctx, stmt)
+		if err != nil && strings.HasPrefix(stmt, addColumnPrefix) && strings.Contains(err.Error(), "duplicate column name") {
+			continue // SQLite has no ADD COLUMN IF NOT EXISTS: the column is there
+		}
+		if err != nil {
 			return classify(err)
 		}
 	}
 	return nil
 }
+
+// addColumn adds a column to a table of hypersync's own, unless it has it.
+func addColumn(table, column string) string {
+	return addColumnPrefix + `"` + table + `" ADD COLUMN ` + column
+}
+
+const addColumnPrefix = "ALTER TABLE "
 
 // refusedByValue reports an error that a value in the statement caused.
 func refusedByValue(err error) bool {

@@ -86,7 +86,7 @@ END`, name, event, q(t.Table), user, when, marker, event, bump, q(t.Table), sync
 }
 
 // stampMarkers finds the markers in a table's triggers.
-var stampMarkers = regexp.MustCompile(`hypersync-stamp-v[0-9]+-[0-9a-f]+ (INSERT|UPDATE)`)
+var stampMarkers = regexp.MustCompile(`hypersync-stamp-v[0-9]+-[0-9a-f]+ (INSERT|UPDATE|DELETE)`)
 
 // sharedStamping renders the triggers of a shared shape's table, or of a
 // membership table. As for a shared push (shared.go), the file's write
@@ -167,6 +167,35 @@ func sharedStamping(t shapes.StampTarget) ([]string, []string) {
 		body := fmt.Sprintf(`UPDATE %[1]s SET %[2]s WHERE %[3]s;
 	INSERT INTO "%[4]s" (user_id, stamp) SELECT u, (SELECT %[5]s FROM %[1]s WHERE %[3]s) FROM (%[6]s) WHERE 1
 	ON CONFLICT (user_id) DO UPDATE SET stamp = excluded.stamp;`, q(t.Table), strings.Join(sets, ",\n\t\t"), where, shapes.CursorTable, synced, userSet)
+		if update && sh.Membership {
+			// a member removed (or a membership row moved to another scope
+			// or member): the period of their membership, for the
+			// move-out of what their devices held (shapes/pullshared.go)
+			wasActive := fmt.Sprintf("OLD.%s IS NOT NULL AND OLD.%s IS NOT NULL", scope, q(sh.Member))
+			isActive := fmt.Sprintf("NEW.%[1]s IS OLD.%[1]s AND NEW.%[2]s IS OLD.%[2]s", scope, q(sh.Member))
+			if sh.MTomb != "" {
+				wasActive += fmt.Sprintf(" AND NOT coalesce(OLD.%s, 0)", q(sh.MTomb))
+				isActive += fmt.Sprintf(" AND NOT coalesce(NEW.%s, 0)", q(sh.MTomb))
+			}
+			joined := "'" + unknownJoin + "'"
+			if sh.ScopedAt != "" {
+				joined = fmt.Sprintf("coalesce(OLD.%s, '%s')", q(sh.ScopedAt), unknownJoin)
+			}
+			body += fmt.Sprintf(`
+	INSERT INTO "%[1]s" (members, scope, member, joined, left_at)
+	SELECT %[2]s, CAST(OLD.%[3]s AS TEXT), CAST(OLD.%[4]s AS TEXT), %[5]s, t.%[6]s FROM %[7]s AS t WHERE %[8]s AND %[9]s AND NOT (%[10]s);`,
+				shapes.LeftTable, quoteLiteral(sh.MTable), scope, q(sh.Member), joined, synced, q(t.Table), where, wasActive, isActive)
+		}
+		if update && sh.Shape != "" {
+			// the version written over, when a member was removed from its
+			// scope since it was written: their move-out carries it
+			body += fmt.Sprintf(`
+	INSERT INTO "%[1]s" (shape, row_key, updated_at, user_id, stamp)
+	SELECT %[2]s, %[3]s, OLD.%[4]s, CAST(OLD.%[5]s AS TEXT), OLD.%[6]s
+	WHERE OLD.%[7]s IS NOT NULL AND OLD.%[6]s < (SELECT max(h.left_at) FROM "%[8]s" AS h WHERE h.members = %[9]s AND h.scope = CAST(OLD.%[7]s AS TEXT));`,
+				shapes.VersionsTable, quoteLiteral(sh.Shape), keyOf(t.Keys, "OLD"), q(t.UpdatedAt), q(t.User), synced, scope,
+				shapes.LeftTable, quoteLiteral(sh.MTable))
+		}
 		if update && sh.Shape != "" && sh.Tomb != "" {
 			var obj []string
 			for i, k := range t.Keys {
@@ -174,11 +203,11 @@ func sharedStamping(t shapes.StampTarget) ([]string, []string) {
 			}
 			obj = append(obj, quoteLiteral(sh.ScopeField), "OLD."+scope, quoteLiteral(sh.TombField), "json('true')")
 			body += fmt.Sprintf(`
-	INSERT INTO "%[1]s" (shape, scope, new_scope, user_id, updated_at, stamp, from_scoped_at, payload)
-	SELECT %[2]s, CAST(OLD.%[3]s AS TEXT), CAST(NEW.%[3]s AS TEXT), coalesce(NEW.%[4]s, ''), t.%[5]s, t.%[6]s, OLD.%[10]s, json_object(%[7]s)
+	INSERT INTO "%[1]s" (shape, scope, new_scope, user_id, updated_at, stamp, from_scoped_at, payload, row_key)
+	SELECT %[2]s, CAST(OLD.%[3]s AS TEXT), CAST(NEW.%[3]s AS TEXT), coalesce(NEW.%[4]s, ''), t.%[5]s, t.%[6]s, OLD.%[10]s, json_object(%[7]s), %[11]s
 	FROM %[8]s AS t WHERE %[9]s AND OLD.%[3]s IS NOT NULL AND NEW.%[3]s IS NOT OLD.%[3]s;`,
 				shapes.MovesTable, quoteLiteral(sh.Shape), scope, q(t.User), q(t.UpdatedAt), synced, strings.Join(obj, ", "), q(t.Table),
-				where, q(sh.ScopedAt))
+				where, q(sh.ScopedAt), keyOf(t.Keys, "NEW"))
 		}
 		when := "1"
 		if update && sh.Membership && sh.MTomb != "" {
@@ -205,5 +234,30 @@ END`, name, event, q(t.Table), when, marker, event, body))
 	}
 	trigger("INSERT", false)
 	trigger("UPDATE", true)
-	return ddl, []string{marker + " INSERT", marker + " UPDATE"}
+	// after a DELETE, the scope it deleted a row from: such a scope can
+	// never be founded again (shapes/pushshared.go)
+	forget := q("hypersync_stamp_" + t.Table + "_delete")
+	if t.Schema != "" {
+		forget = q(t.Schema) + "." + forget
+	}
+	ddl = append(ddl, `DROP TRIGGER IF EXISTS `+forget, fmt.Sprintf(`CREATE TRIGGER %s AFTER DELETE ON %s
+WHEN OLD.%s IS NOT NULL
+BEGIN
+	-- %s DELETE: records the scopes rows were deleted from, which can never be founded again
+	INSERT OR IGNORE INTO "%s" (members, scope) VALUES (%s, CAST(OLD.%s AS TEXT));
+END`, forget, q(t.Table), scope, marker, shapes.ScopesTable, quoteLiteral(sh.MTable), scope))
+	return append(append([]string{}, sharingDDL...), ddl...), []string{marker + " INSERT", marker + " UPDATE", marker + " DELETE"}
+}
+
+// unknownJoin is the join time of a member whose table records none:
+// before any stamp.
+const unknownJoin = "0000-01-01T00:00:00.000000Z"
+
+// keyOf is keyExpr of the key columns of the record rec (NEW or OLD).
+func keyOf(keys []string, rec string) string {
+	vals := make([]string, len(keys))
+	for i, k := range keys {
+		vals[i] = rec + "." + shapes.QuoteIdent(k)
+	}
+	return keyExpr(vals)
 }
