@@ -133,3 +133,33 @@ func TestOverlongTextIsRefused(t *testing.T) {
 		testkit.Change("todos", testkit.At(4), `{"todoId":"k4","title":"ünï€ø"}`),
 	), "applied,rejected:invalid-payload,rejected:invalid-payload,applied")
 }
+
+// A default on the scope column does not decide where a new row goes: a
+// new todo without listId is decided as private, and stored as private,
+// not in alice's list that the default names.
+func TestScopeColumnDefaultIsNotUsed(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		dsn := b.Open(t)
+		var cfgs []shapes.ShapeConfig
+		if _, ok := testkit.IsSQLite(dsn); ok {
+			// SQLite cannot change a column's default: the table is made so
+			cfgs = listTables(t, dsn, "TEXT DEFAULT '"+aliceList+"'", "TEXT")
+		} else {
+			cfgs = listTables(t, dsn, "text", "text")
+			testkit.Exec(t, dsn, `ALTER TABLE todos ALTER COLUMN "listId" SET DEFAULT '`+aliceList+`'`)
+		}
+		f := testkit.OpenStore(t, dsn, cfgs...)
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(1, aliceList, "alice", false)), "applied")
+		testkit.WantOutcomes(t, f.Push("mallory", testkit.Change("todos", testkit.At(2), `{"todoId":"m1","title":"no listId"}`)), "applied")
+		alice := f.NewDevice("alice")
+		alice.Sync()
+		if _, ok := alice.Rows["todos/m1"]; ok {
+			t.Fatal("mallory's todo reached alice's list through the column default")
+		}
+		var n int
+		testkit.Query(dsn, `SELECT count(*) FROM todos WHERE "todoId" = 'm1' AND "listId" IS NULL`, func(scan func(...any) error) error { return scan(&n) })
+		if n != 1 {
+			t.Fatal("mallory's todo was not stored private")
+		}
+	})
+}
