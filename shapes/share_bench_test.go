@@ -53,3 +53,43 @@ func BenchmarkSharedPush(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPushOneRowManyTimes: a push of one row 1,000 times (new
+// changeIds, rising updatedAt) into a scope of 1,000 members, on each
+// store: the push stamps each member once, whatever the number of changes
+// (go test ./shapes -run '^$' -bench OneRowManyTimes -benchtime 5x).
+func BenchmarkPushOneRowManyTimes(b *testing.B) {
+	for _, backend := range testkit.Stores() {
+		b.Run(backend.Name, func(b *testing.B) {
+			st := testkit.NewStore(b, testkit.OpenDB(b, backend.Open(b)), testkit.ListShapes()...)
+			ctx := context.Background()
+			push := func(changes []shapes.Change) {
+				results := make([]shapes.Result, len(changes))
+				if _, err := st.Push(ctx, "m0000", changes, results); err != nil {
+					b.Fatal(err)
+				}
+				for _, r := range results {
+					if r.Outcome != shapes.Applied {
+						b.Fatalf("%+v", r)
+					}
+				}
+			}
+			var members []shapes.Change
+			for i := 0; i < 1000; i++ {
+				members = append(members, testkit.Member(i, "L", fmt.Sprintf("m%04d", i), false))
+			}
+			push(members[:1])
+			push(members[1:])
+			at := 1000
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				changes := make([]shapes.Change, 1000)
+				for j := range changes {
+					at++
+					changes[j] = testkit.Todo(at, "t1", "L", fmt.Sprintf("version %d", j))
+				}
+				push(changes)
+			}
+		})
+	}
+}

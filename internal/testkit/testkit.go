@@ -43,7 +43,7 @@ type Backend struct {
 	Name string
 	// Open creates an empty database, runs the PostgreSQL DDL in it
 	// (translated for SQLite) and returns its DSN.
-	Open func(t *testing.T, ddl ...string) string
+	Open func(t testing.TB, ddl ...string) string
 }
 
 // Backends are PostgreSQL, PostgreSQL through pgx's simple protocol (as
@@ -55,7 +55,7 @@ func Backends() []Backend {
 
 // Postgres is a fresh database on the test server.
 func Postgres() Backend {
-	return Backend{Name: "postgres", Open: func(t *testing.T, ddl ...string) string {
+	return Backend{Name: "postgres", Open: func(t testing.TB, ddl ...string) string {
 		dsn := pgtest.NewDatabase(t)
 		Exec(t, dsn, ddl...)
 		return dsn
@@ -64,7 +64,7 @@ func Postgres() Backend {
 
 // PostgresSimple is Postgres with default_query_exec_mode=simple_protocol.
 func PostgresSimple() Backend {
-	return Backend{Name: "postgres-simple", Open: func(t *testing.T, ddl ...string) string {
+	return Backend{Name: "postgres-simple", Open: func(t testing.TB, ddl ...string) string {
 		dsn := pgtest.NewDatabase(t)
 		Exec(t, dsn, ddl...)
 		return pgtest.WithParam(dsn, "default_query_exec_mode", "simple_protocol")
@@ -73,7 +73,7 @@ func PostgresSimple() Backend {
 
 // SQLite is a fresh file in the test's temporary directory.
 func SQLite() Backend {
-	return Backend{Name: "sqlite", Open: func(t *testing.T, ddl ...string) string {
+	return Backend{Name: "sqlite", Open: func(t testing.TB, ddl ...string) string {
 		dsn := "sqlite:" + filepath.Join(t.TempDir(), "test.db")
 		Exec(t, dsn, ddl...)
 		return dsn
