@@ -2,6 +2,7 @@ package shapes_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -94,5 +95,19 @@ func TestPushOfOneRowManyTimesStampsOnce(t *testing.T) {
 	t.Logf("1 change: %d round trips; 1,000 changes of one row: %d round trips, %v", one, many, took)
 	if many > one+1 {
 		t.Fatalf("1,000 changes of one row took %d round trips, one change %d: want no more", many, one)
+	}
+}
+
+// A shared push that keeps conflicting with concurrent writers is
+// ErrUnavailable after its retries (503 with Retry-After), as a per-user
+// push is: one policy for both.
+func TestSharedPushThatKeepsConflictingIsUnavailable(t *testing.T) {
+	f := sharedLists(t, testkit.Postgres())
+	testkit.Exec(t, f.DSN, `CREATE FUNCTION conflict() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'made to conflict' USING ERRCODE = '40P01'; END $$`,
+		`CREATE TRIGGER conflict BEFORE INSERT OR UPDATE ON todos FOR EACH ROW EXECUTE FUNCTION conflict()`)
+	results := make([]shapes.Result, 2)
+	_, err := f.Store.Push(context.Background(), "alice", []shapes.Change{testkit.Member(1, "L", "alice", false), testkit.Todo(2, "t1", "L", "x")}, results)
+	if !errors.Is(err, shapes.ErrUnavailable) {
+		t.Fatalf("push = %v, want ErrUnavailable", err)
 	}
 }

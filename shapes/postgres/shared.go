@@ -2,13 +2,11 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/hypersync/hypersync/shapes"
@@ -68,22 +66,9 @@ func scopeLockSQL(table, text string) string {
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
-// Shared runs fn in one transaction, again from the start after a
-// deadlock, a serialization failure or shapes.ErrRetry.
+// Shared runs fn in one transaction (see retry for what runs it again).
 func (p *driver) Shared(ctx context.Context, fn func(shapes.Tx) error) error {
-	for attempt := 0; ; attempt++ {
-		err := p.shared(ctx, fn)
-		var pgErr *pgconn.PgError
-		retry := errors.Is(err, shapes.ErrRetry) || (errors.As(err, &pgErr) && pgErr.Code[:2] == "40")
-		switch {
-		case retry && attempt < 5:
-			continue
-		case retry:
-			// still losing to concurrent writers: the client tries later
-			return fmt.Errorf("%w: a shared push kept conflicting with others: %v", shapes.ErrUnavailable, err)
-		}
-		return pgError(err)
-	}
+	return retry(func() error { return p.shared(ctx, fn) })
 }
 
 func (p *driver) shared(ctx context.Context, fn func(shapes.Tx) error) error {

@@ -119,23 +119,43 @@ const (
 	opInsertShared
 )
 
-// Write writes the groups of one push. A serialization failure or deadlock
-// is retried a few times: the push then simply runs again.
+// Write writes the groups of one push (see retry for what runs it again).
 func (p *driver) Write(ctx context.Context, w shapes.Write) (time.Time, error) {
-	for attempt := 0; ; attempt++ {
-		var stamp time.Time
+	var stamp time.Time
+	err := retry(func() error {
 		var err error
 		if w.Isolated {
 			stamp, err = p.writeIsolated(ctx, w)
 		} else {
 			stamp, err = p.writeBatch(ctx, w)
 		}
+		return err
+	})
+	return stamp, err
+}
+
+// conflictAttempts bounds how often a write runs again after a conflict.
+const conflictAttempts = 5
+
+// retry runs a write transaction, and again from the start, up to
+// conflictAttempts in all, after PostgreSQL ended it for a conflict with
+// another (class 40: a deadlock, or a serialization failure) or after it
+// asked for it (shapes.ErrRetry: a row it found missing was inserted
+// meanwhile). Deadlocks happen: outside writers' stamping triggers take
+// the same locks in another order (shared.go). A write that still
+// conflicts is ErrUnavailable, which clients see as 503 with Retry-After
+// and try again later, never as a 500. Every write of both push paths
+// goes through it.
+func retry(write func() error) error {
+	var err error
+	for attempt := 0; attempt < conflictAttempts; attempt++ {
+		err = write()
 		var pgErr *pgconn.PgError
-		if err != nil && errors.As(err, &pgErr) && pgErr.Code[:2] == "40" && attempt < 3 {
-			continue
+		if !errors.Is(err, shapes.ErrRetry) && !(errors.As(err, &pgErr) && pgErr.Code[:2] == "40") {
+			return pgError(err)
 		}
-		return stamp, pgError(err)
 	}
+	return fmt.Errorf("%w: the write kept conflicting with concurrent writers (%d attempts): %v", shapes.ErrUnavailable, conflictAttempts, err)
 }
 
 // writeBatch writes every group in one round trip: a pipeline of the cursor
