@@ -245,7 +245,7 @@ func StartCluster() (*Cluster, error) {
 		return nil, err
 	}
 	c.Port = port
-	conf := fmt.Sprintf("\nlisten_addresses = '127.0.0.1'\nport = %d\nunix_socket_directories = '%s'\nfsync = off\nsynchronous_commit = on\nfull_page_writes = off\nmax_connections = 200\nshared_buffers = 256MB\n", port, c.Dir)
+	conf := fmt.Sprintf("\nlisten_addresses = '127.0.0.1'\nport = %d\nunix_socket_directories = '%s'\nfsync = off\nsynchronous_commit = on\nfull_page_writes = off\nmax_connections = 200\nshared_buffers = 256MB\nmax_prepared_transactions = 10\n", port, c.Dir)
 	f, err := os.OpenFile(filepath.Join(c.Dir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		return nil, err
