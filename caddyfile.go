@@ -39,6 +39,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_concurrent_pushes <n>       # pushes working on the database at once; default 8
 //		max_concurrent_pulls <n>        # pulls working on the database at once; default 8
 //		max_members <n>                 # most members of one scope of a shared shape; default 1000
+//		max_scopes_per_user <n>         # most scopes of one membership table a user is a member of; default 1000
 //		live on|off                     # live sync at …/events and …/live.js; default on
 //		heartbeat <duration>            # comment line on an idle stream; default 25s
 //		max_streams <n>                 # event streams of this instance; default 10000; past it 503
@@ -92,6 +93,10 @@ func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "max_batch":
 			if err := positiveInt(d, &h.MaxBatch); err != nil {
+				return err
+			}
+		case "max_scopes_per_user":
+			if err := positiveInt(d, &h.MaxScopesPerUser); err != nil {
 				return err
 			}
 		case "max_members":

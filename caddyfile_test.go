@@ -117,6 +117,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "membership shape without a tombstone", input: "hypersync {\n shape list_members {\n key listId memberId\n share listId via list_members memberId\n }\n}", wantErr: `membership shape "list_members" needs a tombstone field to remove members`},
 		{name: "two member columns for one table", input: "hypersync {\n shape a {\n key id\n fields t\n share t via m userId\n }\n shape b {\n key id\n fields t\n share t via m memberId\n }\n}", wantErr: `names member column`},
 		{name: "max_members not a number", input: "hypersync {\n max_members lots\n}", wantErr: `max_members "lots" is not a positive whole number`, line: 2},
+		{name: "max_scopes_per_user zero", input: "hypersync {\n max_scopes_per_user 0\n}", wantErr: `max_scopes_per_user "0" is not a positive whole number`, line: 2},
 		{
 			name: "the live options",
 			input: `hypersync {

@@ -69,6 +69,11 @@ type HyperSync struct {
 	// into a scope stamps each member's cursor, so its cost grows with
 	// them. A membership past it is rejected forbidden. Default: 1000.
 	MaxMembers int `json:"max_members,omitempty"`
+	// The most scopes of one membership table a user is an active member
+	// of (default 1000): a pull reads every membership of its user, and a
+	// member can add anyone to a scope. A membership change past it is
+	// rejected forbidden.
+	MaxScopesPerUser int `json:"max_scopes_per_user,omitempty"`
 
 	// Live sync (…/events): on unless set to false.
 	Live *bool `json:"live,omitempty"`
@@ -172,6 +177,7 @@ func (h *HyperSync) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.store.MaxMembers = h.MaxMembers
+	h.store.MaxScopesPerUser = h.MaxScopesPerUser
 	if h.liveOn() {
 		if err := h.provisionLive(); err != nil {
 			return err
