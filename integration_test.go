@@ -224,9 +224,20 @@ func throughCaddy(t *testing.T, dsn string) {
 				}
 			}(w)
 		}
-		time.Sleep(300 * time.Millisecond)
+		// pushes before, during and after the reload: wait for each by count
+		waitPushes := func(n int64) {
+			t.Helper()
+			deadline := time.Now().Add(time.Minute)
+			for ok.Load()+bad.Load() < n {
+				if time.Now().After(deadline) {
+					t.Fatalf("after a minute, %d pushes answered, want %d", ok.Load()+bad.Load(), n)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+		waitPushes(20)
 		serveSites(t, tester, integrationCaddyfile(t, "max_batch 50\n\t\t\tshape lists {\n\t\t\t\tkey listId\n\t\t\t}"))
-		time.Sleep(300 * time.Millisecond)
+		waitPushes(ok.Load() + bad.Load() + 20)
 		close(stop)
 		wg.Wait()
 		t.Logf("pushes across the reload: %d succeeded, %d failed", ok.Load(), bad.Load())

@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/hypersync/hypersync/internal/codes"
 	"github.com/hypersync/hypersync/shapes"
 )
 
@@ -36,7 +37,7 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 // writeOverloaded answers a request that found its budget full.
 func writeOverloaded(w http.ResponseWriter, op string) {
 	w.Header().Set("Retry-After", "1")
-	writeError(w, http.StatusServiceUnavailable, "overloaded", "too many "+op+"es at once on this server; try again shortly")
+	writeError(w, http.StatusServiceUnavailable, codes.Overloaded, "too many "+op+"es at once on this server; try again shortly")
 }
 
 // storeError answers a failure of the store: 503 when the database cannot
@@ -51,10 +52,10 @@ func (h *Handler) storeError(w http.ResponseWriter, r *http.Request, ctx context
 		return
 	case errors.Is(err, shapes.ErrUnavailable) || ctx.Err() != nil:
 		h.logger(r).Warn("database unavailable", zap.String("op", op), zap.Error(err))
-		writeError(w, http.StatusServiceUnavailable, "database-unavailable", "the database cannot be reached; try again later")
+		writeError(w, http.StatusServiceUnavailable, codes.DatabaseUnavailable, "the database cannot be reached; try again later")
 	case errors.As(err, &schemaErr), errors.Is(err, shapes.ErrSchemaChanged):
 		h.logger(r).Error("shape does not match its table", zap.String("op", op), zap.Error(err))
-		writeError(w, http.StatusInternalServerError, "schema-mismatch", err.Error())
+		writeError(w, http.StatusInternalServerError, codes.SchemaMismatch, err.Error())
 	default:
 		h.logger(r).Error("sync failed", zap.String("op", op), zap.Error(err))
 		writeError(w, http.StatusInternalServerError, "internal", "the server failed; see its log")

@@ -23,6 +23,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/hypersync/hypersync/internal/codes"
 	"github.com/hypersync/hypersync/live"
 	"github.com/hypersync/hypersync/shapes"
 )
@@ -203,13 +204,13 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, user string) {
 	case "push":
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", http.MethodPost)
-			writeError(w, http.StatusMethodNotAllowed, "method-not-allowed", "push takes POST")
+			writeError(w, http.StatusMethodNotAllowed, codes.MethodNotAllowed, "push takes POST")
 			return
 		}
 	case "pull":
 		if r.Method != http.MethodGet {
 			w.Header().Set("Allow", http.MethodGet)
-			writeError(w, http.StatusMethodNotAllowed, "method-not-allowed", "pull takes GET")
+			writeError(w, http.StatusMethodNotAllowed, codes.MethodNotAllowed, "pull takes GET")
 			return
 		}
 	case "events":
@@ -217,23 +218,23 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, user string) {
 		// gave up on a refusal
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
-			writeError(w, http.StatusMethodNotAllowed, "method-not-allowed", "events takes GET")
+			writeError(w, http.StatusMethodNotAllowed, codes.MethodNotAllowed, "events takes GET")
 			return
 		}
 	case "live.js":
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
-			writeError(w, http.StatusMethodNotAllowed, "method-not-allowed", "live.js takes GET")
+			writeError(w, http.StatusMethodNotAllowed, codes.MethodNotAllowed, "live.js takes GET")
 			return
 		}
 		live.ServeScript(w, r)
 		return
 	default:
-		writeError(w, http.StatusNotFound, "not-found", "hypersync serves …/push and …/pull")
+		writeError(w, http.StatusNotFound, codes.NotFound, "hypersync serves …/push and …/pull")
 		return
 	}
 	if msg := checkUser(user); msg != "" {
-		writeError(w, http.StatusUnauthorized, "unauthenticated", msg)
+		writeError(w, http.StatusUnauthorized, codes.Unauthenticated, msg)
 		return
 	}
 	if op == "events" {

@@ -78,8 +78,25 @@ func TestDatabaseOutage(t *testing.T) {
 		record(resp.StatusCode, time.Since(start), resp.Header, body)
 		return resp.StatusCode, body, true
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 7*time.Second)
+	// the load runs until the phases below have seen what they wait for
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	// waitFor waits until cond holds, for at most a minute
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("after a minute, still not %s: answers %v", what, statuses)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	count := func(status int) int {
+		mu.Lock()
+		defer mu.Unlock()
+		return statuses[status]
+	}
 	var wg sync.WaitGroup
 	for w := 0; w < 4; w++ {
 		wg.Add(1)
@@ -125,20 +142,23 @@ func TestDatabaseOutage(t *testing.T) {
 		}()
 	}
 
-	time.Sleep(1500 * time.Millisecond)
+	// up: pushes and pulls succeed
+	waitFor("20 pushes and 20 pulls answered", func() bool { return count(201) >= 20 && count(200) >= 20 })
 	if err := cluster.Stop("immediate"); err != nil {
 		t.Fatal(err)
 	}
 	down.Store(true)
-	time.Sleep(2 * time.Second)
-	mu.Lock()
-	during503 := statuses[503]
-	mu.Unlock()
+	// down: every request ends, as a 503
+	waitFor("8 answers of 503", func() bool { return count(503) >= 8 })
+	during503 := count(503)
 	if err := cluster.Start(); err != nil {
 		t.Fatal(err)
 	}
 	upAgain.Store(0)
 	down.Store(false)
+	// up again: pushes succeed without a restart of hypersync
+	waitFor("10 pushes accepted after the restart", func() bool { return upAgain.Load() >= 10 })
+	cancel()
 	wg.Wait()
 
 	t.Logf("answers: %v; slowest 503 %v; pushes accepted after the restart: %d", statuses, slowest.Round(time.Millisecond), upAgain.Load())

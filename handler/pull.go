@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/hypersync/hypersync/internal/codes"
 	"github.com/hypersync/hypersync/shapes"
 )
 
@@ -23,7 +24,7 @@ func (h *Handler) pull(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	if v := query.Get("lastPull"); v != "" {
 		t, err := ParseTime(v)
 		if err != nil {
-			writeError(w, http.StatusBadRequest, "invalid-last-pull", "lastPull must be an RFC 3339 timestamp")
+			writeError(w, http.StatusBadRequest, codes.InvalidLastPull, "lastPull must be an RFC 3339 timestamp")
 			return
 		}
 		since = t
@@ -34,7 +35,7 @@ func (h *Handler) pull(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	if v := query.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n <= 0 || n > MaxPullLimit {
-			writeError(w, http.StatusBadRequest, "invalid-limit", fmt.Sprintf("limit must be a whole number from 1 to %d", MaxPullLimit))
+			writeError(w, http.StatusBadRequest, codes.InvalidLimit, fmt.Sprintf("limit must be a whole number from 1 to %d", MaxPullLimit))
 			return
 		}
 		limit = n

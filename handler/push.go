@@ -15,14 +15,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/hypersync/hypersync/internal/codes"
 	"github.com/hypersync/hypersync/shapes"
-)
-
-// Rejection codes set by the handler, beside those of package shapes.
-const (
-	CodeInvalidChange     = "invalid-change"
-	CodeDuplicateChangeID = "duplicate-change-id"
-	CodeInvalidUpdatedAt  = "invalid-updated-at"
 )
 
 func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Request, user string) {
@@ -186,22 +180,22 @@ func (h *Handler) decodePush(w http.ResponseWriter, r *http.Request, user string
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || (mt != "application/json" && !hasJSONSuffix(mt)) {
-			return nil, nil, &requestError{http.StatusUnsupportedMediaType, "unsupported-media-type", "push takes Content-Type: application/json"}
+			return nil, nil, &requestError{http.StatusUnsupportedMediaType, codes.UnsupportedMediaType, "push takes Content-Type: application/json"}
 		}
 	} else {
-		return nil, nil, &requestError{http.StatusUnsupportedMediaType, "unsupported-media-type", "push takes Content-Type: application/json"}
+		return nil, nil, &requestError{http.StatusUnsupportedMediaType, codes.UnsupportedMediaType, "push takes Content-Type: application/json"}
 	}
 	maxBody := h.cfg.MaxBody
 	body, err := readBody(w, r, maxBody)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return nil, nil, &requestError{http.StatusRequestEntityTooLarge, "body-too-large", fmt.Sprintf("the request body is larger than max_body (%d bytes)", maxBody)}
+			return nil, nil, &requestError{http.StatusRequestEntityTooLarge, codes.BodyTooLarge, fmt.Sprintf("the request body is larger than max_body (%d bytes)", maxBody)}
 		}
-		return nil, nil, badRequest("invalid-body", "reading the request body: %v", err)
+		return nil, nil, badRequest(codes.InvalidBody, "reading the request body: %v", err)
 	}
 	if !utf8.Valid(body) {
-		return nil, nil, badRequest("invalid-json", "the request body is not valid UTF-8")
+		return nil, nil, badRequest(codes.InvalidJSON, "the request body is not valid UTF-8")
 	}
 	maxBatch := h.cfg.MaxBatch
 	// Fast path: a well-typed body decodes in one pass (scanPush). Any
@@ -213,15 +207,15 @@ func (h *Handler) decodePush(w http.ResponseWriter, r *http.Request, user string
 			Changes json.RawMessage `json:"changes"`
 		}
 		if err := json.Unmarshal(body, &envelope); err != nil {
-			return nil, nil, badRequest("invalid-json", "the request body is not a JSON object: %v", err)
+			return nil, nil, badRequest(codes.InvalidJSON, "the request body is not a JSON object: %v", err)
 		}
 		raw := bytes.TrimSpace(envelope.Changes)
 		if len(raw) == 0 || raw[0] != '[' {
-			return nil, nil, badRequest("invalid-request", `the body must be {"changes":[...]}`)
+			return nil, nil, badRequest(codes.InvalidRequest, `the body must be {"changes":[...]}`)
 		}
 		var raws []json.RawMessage
 		if err := json.Unmarshal(raw, &raws); err != nil {
-			return nil, nil, badRequest("invalid-json", "changes: %v", err)
+			return nil, nil, badRequest(codes.InvalidJSON, "changes: %v", err)
 		}
 		items = make([]*typedChange, len(raws))
 		for i, r := range raws {
@@ -229,7 +223,7 @@ func (h *Handler) decodePush(w http.ResponseWriter, r *http.Request, user string
 		}
 	}
 	if len(items) > maxBatch {
-		return nil, nil, &requestError{http.StatusRequestEntityTooLarge, "batch-too-large", fmt.Sprintf("a push may carry at most %d changes (max_batch); this one has %d", maxBatch, len(items))}
+		return nil, nil, &requestError{http.StatusRequestEntityTooLarge, codes.BatchTooLarge, fmt.Sprintf("a push may carry at most %d changes (max_batch); this one has %d", maxBatch, len(items))}
 	}
 	latest := h.cfg.Now().Add(h.cfg.MaxFuture)
 	changes := make([]shapes.Change, len(items))
@@ -239,7 +233,7 @@ func (h *Handler) decodePush(w http.ResponseWriter, r *http.Request, user string
 		ch, code, msg := decodeChange(item, user, latest)
 		changes[i] = ch
 		if code == "" && ch.ID != "" && seen[ch.ID] {
-			code, msg = CodeDuplicateChangeID, "an earlier change in this push has the same changeId"
+			code, msg = codes.DuplicateChangeID, "an earlier change in this push has the same changeId"
 		}
 		if ch.ID != "" {
 			seen[ch.ID] = true
@@ -259,41 +253,41 @@ var epoch = time.Unix(0, 0)
 // and message when the change cannot be processed.
 func decodeChange(tc *typedChange, user string, latest time.Time) (ch shapes.Change, code, msg string) {
 	if tc == nil {
-		return ch, CodeInvalidChange, "a change must be a JSON object"
+		return ch, codes.InvalidChange, "a change must be a JSON object"
 	}
 	if tc.invalid != "" {
-		return ch, CodeInvalidChange, tc.invalid
+		return ch, codes.InvalidChange, tc.invalid
 	}
 	if tc.ChangeID == nil || *tc.ChangeID == "" || tc.badField == "changeId" {
-		return ch, CodeInvalidChange, "changeId must be a non-empty string"
+		return ch, codes.InvalidChange, "changeId must be a non-empty string"
 	}
 	ch.ID = *tc.ChangeID
 	if tc.ShapeKey == nil || *tc.ShapeKey == "" || tc.badField == "shapeKey" {
-		return ch, CodeInvalidChange, "shapeKey must be a non-empty string"
+		return ch, codes.InvalidChange, "shapeKey must be a non-empty string"
 	}
 	ch.Shape = *tc.ShapeKey
 	if tc.UserID == nil || tc.badField == "userId" {
-		return ch, CodeInvalidChange, "userId must be a string"
+		return ch, codes.InvalidChange, "userId must be a string"
 	}
 	if *tc.UserID != user {
-		return ch, shapes.CodeUserMismatch, "userId is not the authenticated user"
+		return ch, codes.UserMismatch, "userId is not the authenticated user"
 	}
 	if tc.UpdatedAt == nil || tc.badField == "updatedAt" {
-		return ch, CodeInvalidUpdatedAt, "updatedAt must be an RFC 3339 timestamp string"
+		return ch, codes.InvalidUpdatedAt, "updatedAt must be an RFC 3339 timestamp string"
 	}
 	t, err := ParseTime(*tc.UpdatedAt)
 	if err != nil {
-		return ch, CodeInvalidUpdatedAt, "updatedAt must be an RFC 3339 timestamp"
+		return ch, codes.InvalidUpdatedAt, "updatedAt must be an RFC 3339 timestamp"
 	}
 	if t.Before(epoch) {
-		return ch, CodeInvalidUpdatedAt, "updatedAt is before 1970"
+		return ch, codes.InvalidUpdatedAt, "updatedAt is before 1970"
 	}
 	if t.After(latest) {
-		return ch, CodeInvalidUpdatedAt, "updatedAt is too far in the future; is the device's clock right?"
+		return ch, codes.InvalidUpdatedAt, "updatedAt is too far in the future; is the device's clock right?"
 	}
 	ch.UpdatedAt = t
 	if tc.Payload == nil || tc.badField == "payload" {
-		return ch, shapes.CodeInvalidPayload, "payload must be a JSON object"
+		return ch, codes.InvalidPayload, "payload must be a JSON object"
 	}
 	ch.Payload = tc.Payload
 	return ch, "", ""

@@ -258,7 +258,13 @@ func TestStalledClientDoesNotBlockOthers(t *testing.T) {
 		_ = tc.SetReadBuffer(1024)
 	}
 	fmt.Fprintf(conn, "GET /sync/events HTTP/1.1\r\nHost: x\r\nX-Test-User: alice\r\n\r\n")
-	time.Sleep(500 * time.Millisecond)
+	deadline := time.Now().Add(time.Minute)
+	for in.broker.Open() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the stalled stream was not served within a minute")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	other, _ := in.open("alice", "")
 	for i := 0; i < 20; i++ {
 		start := time.Now()

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/hypersync/hypersync/internal/codes"
 )
 
 // Defaults of the Caddyfile's live options.
@@ -71,11 +73,11 @@ func (s *Server) ServeEvents(w http.ResponseWriter, r *http.Request, user string
 	switch s.Broker.join(st, s.MaxStreams, s.MaxStreamsPerUser) {
 	case tooManyStreams:
 		w.Header().Set("Retry-After", "5")
-		writeError(http.StatusServiceUnavailable, "too-many-streams", fmt.Sprintf("this instance has %d event streams open, the most it serves", s.MaxStreams))
+		writeError(http.StatusServiceUnavailable, codes.TooManyStreams, fmt.Sprintf("this instance has %d event streams open, the most it serves", s.MaxStreams))
 		return
 	case tooManyForUser:
 		w.Header().Set("Retry-After", "10")
-		writeError(http.StatusTooManyRequests, "too-many-streams", fmt.Sprintf("this user has %d event streams open, the most allowed", s.MaxStreamsPerUser))
+		writeError(http.StatusTooManyRequests, codes.TooManyStreams, fmt.Sprintf("this user has %d event streams open, the most allowed", s.MaxStreamsPerUser))
 		return
 	}
 	defer s.Broker.leave(st)

@@ -83,21 +83,10 @@ func (o Outcome) String() string {
 // Accepted reports whether the client may drop the change from its queue.
 func (o Outcome) Accepted() bool { return o != Rejected }
 
-// Rejection codes. They are part of the wire contract: keep them stable.
-const (
-	CodeUnknownShape   = "unknown-shape"
-	CodeInvalidPayload = "invalid-payload"
-	CodeUserMismatch   = "user-mismatch"
-	// CodeForbidden rejects a change the user may not make: a write into
-	// a scope they are not a member of, or one that takes a row out of
-	// their sight.
-	CodeForbidden = "forbidden"
-)
-
 // Result is the outcome of one change.
 type Result struct {
 	Outcome Outcome
-	Code    string // set when Rejected
+	Code    string // set when Rejected: one of package codes
 	Message string // set when Rejected
 }
 

@@ -1,6 +1,10 @@
 package shapes
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
 
 // ErrUnavailable marks errors caused by the database being unreachable,
 // overloaded or too slow. Callers answer 503 and the client retries.
@@ -25,3 +29,83 @@ func (e *RefusedError) Error() string { return e.Message }
 
 // Is makes every RefusedError match ErrRefused.
 func (e *RefusedError) Is(target error) bool { return target == ErrRefused }
+
+// ErrRetry asks the driver to run a shared write again from the start: a
+// row it found missing was inserted meanwhile by another transaction.
+var ErrRetry = errors.New("shapes: a concurrent write raced this one; retry")
+
+// memberRefused: the database refused membership changes that the policy
+// had already counted, so every later decision of the push may rest on
+// them. All the memberships of the push are written before anything else,
+// so one decision again settles every refusal among them.
+type memberRefused struct {
+	refused map[int]string // by change index
+}
+
+func (e *memberRefused) Error() string { return fmt.Sprintf("%d memberships refused", len(e.refused)) }
+
+// Problem is the kind of a mismatch between a shape and its table.
+type Problem uint8
+
+const (
+	// ProblemNoTable: the table does not exist.
+	ProblemNoTable Problem = iota + 1
+	// ProblemNoColumn: no column answers to the field or option (Role).
+	ProblemNoColumn
+	// ProblemAmbiguousColumn: several columns match when case is ignored.
+	ProblemAmbiguousColumn
+	// ProblemSharedColumn: two fields or options map to one column.
+	ProblemSharedColumn
+	// ProblemColumnType: a bookkeeping column has the wrong type.
+	ProblemColumnType
+	// ProblemNoUniqueKey: the key columns are not a primary key or unique
+	// constraint.
+	ProblemNoUniqueKey
+	// ProblemNoMembership: a share's membership table does not exist.
+	ProblemNoMembership
+)
+
+// Role is what a column is for in a shape.
+type Role uint8
+
+const (
+	RoleNone Role = iota
+	RoleUser
+	RoleUpdatedAt
+	RoleSyncedAt
+	RoleKey
+	RoleField
+	RoleScope
+	RoleMember
+	RoleMemberStamp
+	RoleScopedAt
+	RoleTombstone
+)
+
+var roleNames = [...]string{"", "user_column", "updated_at_column", "synced_at_column", "key field", "field",
+	"scope column", "member column", "membership stamp column", "scoped_at_column", "tombstone"}
+
+func (r Role) String() string { return roleNames[r] }
+
+// SchemaError is a mismatch between a shape's configuration and its table.
+type SchemaError struct {
+	Shape string
+	Table string
+	// Column names the column, or the configured name that found none;
+	// for ProblemNoUniqueKey, the key columns joined by ", ".
+	Column  string
+	Problem Problem
+	Role    Role
+	Reason  string
+}
+
+func (e *SchemaError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "shape %q, table %s", e.Shape, e.Table)
+	if e.Column != "" {
+		fmt.Fprintf(&b, ", column %s", e.Column)
+	}
+	b.WriteString(": ")
+	b.WriteString(e.Reason)
+	return b.String()
+}

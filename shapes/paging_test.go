@@ -30,7 +30,7 @@ func TestPagedPull(t *testing.T) {
 				}
 			}
 			f.Push("alice", changes...)
-			time.Sleep(2 * time.Millisecond)
+			testkit.NextMillisecond()
 		}
 		_, full := f.Pull("alice", time.Unix(0, 0))
 

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/hypersync/hypersync/internal/codes"
 )
 
 // Mask says which of a shape's columns a change carries. Changes with equal
@@ -105,12 +107,12 @@ func prepare(set *ShapeSet, changes []Change, results []Result) []*Row {
 		}
 		sh := set.byKey[ch.Shape]
 		if sh == nil {
-			results[i] = rejected(CodeUnknownShape, "no shape is configured with shapeKey %q", ch.Shape)
+			results[i] = rejected(codes.UnknownShape, "no shape is configured with shapeKey %q", ch.Shape)
 			continue
 		}
 		r := &all[i]
 		if err := b.build(sh, ch, r); err != nil {
-			results[i] = rejected(CodeInvalidPayload, "%v", err)
+			results[i] = rejected(codes.InvalidPayload, "%v", err)
 			continue
 		}
 		r.Index = i

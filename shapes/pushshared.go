@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strconv"
 	"time"
+
+	"github.com/hypersync/hypersync/internal/codes"
 )
 
 // DefaultMaxMembers bounds the members of one scope. Every write into a
@@ -121,10 +123,6 @@ type Leave struct {
 // entered its scope: later than any removal before the push.
 var enteredNow = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
 
-// ErrRetry asks the driver to run a shared write again from the start: a
-// row it found missing was inserted meanwhile by another transaction.
-var ErrRetry = errors.New("shapes: a concurrent write raced this one; retry")
-
 // pushShared writes a push that touches a shared shape, in one driver
 // transaction (see share.go for the rule it keeps). The database may
 // refuse a value only once it is written; the push is then written again
@@ -145,7 +143,7 @@ func (s *Store) pushShared(ctx context.Context, set *ShapeSet, user string, rows
 		live := rows[:0:0]
 		for _, r := range rows {
 			if msg, ok := refused[r.Index]; ok {
-				results[r.Index] = rejected(CodeInvalidPayload, "%s", msg)
+				results[r.Index] = rejected(codes.InvalidPayload, "%s", msg)
 				continue
 			}
 			live = append(live, r)
@@ -178,16 +176,6 @@ func (s *Store) pushShared(ctx context.Context, set *ShapeSet, user string, rows
 	}
 	return time.Time{}, nil, fmt.Errorf("push: membership refusals did not settle")
 }
-
-// memberRefused: the database refused membership changes that the policy
-// had already counted, so every later decision of the push may rest on
-// them. All the memberships of the push are written before anything else,
-// so one decision again settles every refusal among them.
-type memberRefused struct {
-	refused map[int]string // by change index
-}
-
-func (e *memberRefused) Error() string { return fmt.Sprintf("%d memberships refused", len(e.refused)) }
 
 func (s *Store) maxMembers() int {
 	if s.MaxMembers > 0 {
@@ -365,12 +353,12 @@ func (p *sharedPush) readStored() error {
 	p.newScope = map[*Row]scopeValue{}
 	for _, r := range p.decided() {
 		if msg, ok := refusedKey[rowRef{r.shape, r.key}]; ok {
-			p.refusal[r] = rejected(CodeInvalidPayload, "%s", msg)
+			p.refusal[r] = rejected(codes.InvalidPayload, "%s", msg)
 			continue
 		}
 		v, present, err := r.scope()
 		if err != nil {
-			p.refusal[r] = rejected(CodeInvalidPayload, "%s", err)
+			p.refusal[r] = rejected(codes.InvalidPayload, "%s", err)
 			continue
 		}
 		if !present {
@@ -526,12 +514,12 @@ func (p *sharedPush) firstLook() error {
 			case s != nil && contains(s.Active, p.user):
 			case (s == nil || !s.Ever) && founds[m][v.text]:
 			default:
-				p.refusal[r] = rejected(CodeForbidden, "%s", forbidMember)
+				p.refusal[r] = rejected(codes.Forbidden, "%s", forbidMember)
 				continue
 			}
 			if !p.tomb(r) && (s == nil || !contains(s.Active, member)) {
 				if p.counts[m][member]+added[member] >= p.maxScopes {
-					p.refusal[r] = rejected(CodeForbidden, "the member is in %d scopes, the most allowed", p.maxScopes)
+					p.refusal[r] = rejected(codes.Forbidden, "the member is in %d scopes, the most allowed", p.maxScopes)
 					continue
 				}
 				added[member]++
@@ -598,16 +586,16 @@ func (p *sharedPush) decideMemberships() {
 		case !ss.ever && !ss.used && member == p.user && !tomb:
 			// founding a scope that nothing is, or ever was, in
 		default:
-			p.refusal[r] = rejected(CodeForbidden, "%s", forbidMember)
+			p.refusal[r] = rejected(codes.Forbidden, "%s", forbidMember)
 			continue
 		}
 		joins := !tomb && !ss.active[member]
 		if joins && len(ss.active) >= p.maxMembers {
-			p.refusal[r] = rejected(CodeForbidden, "the scope has %d members, the most allowed", p.maxMembers)
+			p.refusal[r] = rejected(codes.Forbidden, "the scope has %d members, the most allowed", p.maxMembers)
 			continue
 		}
 		if joins && p.counts[m][member] >= p.maxScopes {
-			p.refusal[r] = rejected(CodeForbidden, "the member is in %d scopes, the most allowed", p.maxScopes)
+			p.refusal[r] = rejected(codes.Forbidden, "the member is in %d scopes, the most allowed", p.maxScopes)
 			continue
 		}
 		leaves := tomb && ss.active[member]
@@ -686,13 +674,13 @@ func (p *sharedPush) decideRows() {
 		switch {
 		case st != nil && st.ScopeNull && st.User != p.user:
 			// as in a shape without share: the key names another user's row
-			p.refusal[r] = rejected(CodeUserMismatch, "the row with this key belongs to another user")
+			p.refusal[r] = rejected(codes.UserMismatch, "the row with this key belongs to another user")
 			continue
 		case st != nil && !st.ScopeNull && !p.memberOf(m, st.Scope):
-			p.refusal[r] = rejected(CodeForbidden, "the row's scope is one you are not a member of")
+			p.refusal[r] = rejected(codes.Forbidden, "the row's scope is one you are not a member of")
 			continue
 		case !to.null && !p.memberOf(m, to.text):
-			p.refusal[r] = rejected(CodeForbidden, "the change moves the row into a scope you are not a member of")
+			p.refusal[r] = rejected(codes.Forbidden, "the change moves the row into a scope you are not a member of")
 			continue
 		}
 		if st != nil && !r.UpdatedAt.After(st.UpdatedAt) {

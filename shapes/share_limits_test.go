@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/hypersync/hypersync/internal/codes"
 	"github.com/hypersync/hypersync/internal/testkit"
 	"github.com/hypersync/hypersync/shapes"
 )
@@ -71,7 +72,7 @@ func TestRefusedMembershipsTakeNoExclusiveLock(t *testing.T) {
 	select {
 	case res := <-done:
 		for i, r := range res {
-			if r.Code != shapes.CodeForbidden {
+			if r.Code != codes.Forbidden {
 				t.Fatalf("change %d: %+v, want forbidden", i, r)
 			}
 		}

@@ -318,7 +318,7 @@ func TestSharedForbiddenPushStampsNobody(t *testing.T) {
 			return s
 		}
 		before := cursor()
-		time.Sleep(5 * time.Millisecond)
+		testkit.NextMillisecond()
 		wantUnchanged(t, f, "mallory", "rejected:forbidden,rejected:forbidden", testkit.Todo(10, "c1", "C", "x"), testkit.Member(11, "C", "mallory", false))
 		if after := cursor(); after != before {
 			t.Errorf("carol's cursor moved from %s to %s by mallory's forbidden push", before, after)

@@ -29,7 +29,7 @@ func TestSharedRemovingANonMemberSendsNothing(t *testing.T) {
 		bob.WantLive(t)
 		testkit.WantOutcomes(t, f.Push("alice", testkit.Todo(20, "secret", "L", "s")), "applied")
 		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(21, "L", "bob", true), testkit.Member(22, "L", "carol", true)), "stale,stale")
-		time.Sleep(3 * time.Millisecond)
+		testkit.NextMillisecond()
 		testkit.WantOutcomes(t, f.Push("bob", testkit.Todo(30, "pb", "", "x")), "applied")
 		testkit.WantOutcomes(t, f.Push("carol", testkit.Todo(31, "pc", "", "x")), "applied")
 		for _, d := range []*testkit.Device{bob, carol} {
@@ -209,7 +209,9 @@ func TestSharedWriteWaitsForMembershipChange(t *testing.T) {
 		}
 		done <- results
 	}()
-	time.Sleep(300 * time.Millisecond)
+	// the push waits on the scope lock the backend's insert holds: commit
+	// only once it does, or the test would pass without the lock
+	waitForLockWait(t, f.DSN)
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -221,5 +223,26 @@ func TestSharedWriteWaitsForMembershipChange(t *testing.T) {
 	}
 	if cursor.Before(stamp) {
 		t.Fatalf("jack's cursor %v is below the stamp %v of a row he can see", cursor, stamp)
+	}
+}
+
+// waitForLockWait waits, for at most a minute, until a session of the
+// database waits for an advisory lock.
+func waitForLockWait(t *testing.T, dsn string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		waiting := 0
+		if err := testkit.Query(dsn, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`,
+			func(scan func(...any) error) error { return scan(&waiting) }); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("after a minute, no session waits for a scope lock")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -149,7 +149,8 @@ func sharedRun(t *testing.T, b testkit.Backend, perUserOnly bool) testkit.Shared
 		}
 		urls = append(urls, testkit.NewServer(t, st, handler.Config{Timeout: 30 * time.Second}).URL)
 	}
-	rep := testkit.ConvergeShared(t, testkit.SharedConvergence{Servers: urls, DSN: dsn, Pushers: 2, Pullers: 2, SQLWriter: true, Duration: 4 * time.Second})
+	rep := testkit.ConvergeShared(t, testkit.SharedConvergence{Servers: urls, DSN: dsn, Pushers: 2, Pullers: 2, SQLWriter: true, Duration: 4 * time.Second,
+		Enough: func(w testkit.Work) bool { return w.Pushed >= 600 && w.Pulls >= 100 && w.SQLWrites >= 40 }})
 	t.Log(rep)
 	return rep
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/hypersync/hypersync/internal/codes"
 )
 
 // Store serves the shapes of one configuration from one Database. It holds
@@ -371,9 +373,9 @@ func resultOf(r *Row) Result {
 	case RowStale:
 		return Result{Outcome: Stale}
 	case RowForeign:
-		return rejected(CodeUserMismatch, "the row with this key belongs to another user")
+		return rejected(codes.UserMismatch, "the row with this key belongs to another user")
 	}
-	return rejected(CodeInvalidPayload, "%s", r.Refusal)
+	return rejected(codes.InvalidPayload, "%s", r.Refusal)
 }
 
 // Cursor returns the user's sync stamp: what their next pull would hand

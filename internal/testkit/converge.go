@@ -54,7 +54,50 @@ type Convergence struct {
 	// backend job would: it retitles the users' rows without touching
 	// updatedAt or the sync stamp, and inserts new rows for them.
 	SQLWriter bool
-	Duration  time.Duration
+	// Duration is how long the run lasts at least; Enough, when set, keeps
+	// it going past Duration until what it did suffices (see runFor).
+	Duration time.Duration
+	Enough   func(Work) bool
+}
+
+// Work is how much a run has done so far.
+type Work struct {
+	Pushed, SQLWrites, Pulls int64
+}
+
+// runLimit bounds a run that Enough keeps going.
+const runLimit = 2 * time.Minute
+
+// runFor returns a context that ends once d has passed and enough, if
+// set, holds, or after runLimit whatever it says. A run judged by what it
+// did must be timed by it too: on a busy machine four seconds may do a
+// tenth of what they do on an idle one.
+func runFor(d time.Duration, enough func() bool) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), max(d, runLimit))
+	if enough == nil {
+		ctx2, cancel2 := context.WithTimeout(ctx, d)
+		return ctx2, func() { cancel2(); cancel() }
+	}
+	go func() {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for !enough() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+		cancel()
+	}()
+	return ctx, cancel
 }
 
 // Report is what a convergence run did and found.
@@ -161,7 +204,14 @@ func Converge(t *testing.T, c Convergence) Report {
 				rng: rand.New(rand.NewSource(int64(100*u + i))), local: map[string]version{}, received: map[string]version{}, lastPull: time.Unix(0, 0)})
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.Duration)
+	var sqlWrites atomic.Int64
+	var enough func() bool
+	if c.Enough != nil {
+		enough = func() bool {
+			return c.Enough(Work{Pushed: r.pushed.Load(), SQLWrites: sqlWrites.Load(), Pulls: r.pulls.Load()})
+		}
+	}
+	ctx, cancel := runFor(c.Duration, enough)
 	defer cancel()
 	errs := make(chan error, len(devices)+1)
 	var wg sync.WaitGroup
@@ -169,7 +219,6 @@ func Converge(t *testing.T, c Convergence) Report {
 		wg.Add(1)
 		go func(d *device) { defer wg.Done(); r.live(ctx, d, errs) }(d)
 	}
-	var sqlWrites atomic.Int64
 	if c.SQLWriter {
 		wg.Add(1)
 		go func() {
@@ -503,7 +552,8 @@ func CompletenessRun(t *testing.T, dsn string, a, b *shapes.Store) Report {
 	cfg := handler.Config{Timeout: 30 * time.Second}
 	s1, s2 := NewServer(t, a, cfg), NewServer(t, b, cfg)
 	return Converge(t, Convergence{Servers: []string{s1.URL, s2.URL}, DSN: dsn,
-		Users: []string{"alice"}, Pushers: 4, Pullers: 4, UpdateShare: 20, Duration: 4 * time.Second})
+		Users: []string{"alice"}, Pushers: 4, Pullers: 4, UpdateShare: 20, Duration: 4 * time.Second,
+		Enough: func(w Work) bool { return w.Pushed >= 2000 && w.Pulls >= 200 }})
 }
 
 // sqlWriter writes the table directly until ctx ends, as psql or a

@@ -2,7 +2,6 @@ package testkit
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand"
@@ -35,7 +34,10 @@ type SharedConvergence struct {
 	// Pushers and Pullers per user.
 	Pushers, Pullers int
 	SQLWriter        bool
-	Duration         time.Duration
+	// Duration is how long the run lasts at least; Enough, when set, keeps
+	// it going past Duration until what it did suffices (see runFor).
+	Duration time.Duration
+	Enough   func(Work) bool
 }
 
 // SharedReport is what a shared convergence run did and found.
@@ -91,7 +93,14 @@ func ConvergeShared(t *testing.T, c SharedConvergence) SharedReport {
 	scopes := map[string][]string{"alice": {"S1", "S2"}, "bob": {"S1"}, "carol": {"S1", "S2"}, "dave": nil}
 	users := []string{"alice", "bob", "carol", "dave"}
 
-	ctx, cancel := context.WithTimeout(context.Background(), c.Duration)
+	var sqlWrites atomic.Int64
+	var enough func() bool
+	if c.Enough != nil {
+		enough = func() bool {
+			return c.Enough(Work{Pushed: r.pushed.Load(), SQLWrites: sqlWrites.Load(), Pulls: r.pulls.Load()})
+		}
+	}
+	ctx, cancel := runFor(c.Duration, enough)
 	defer cancel()
 	errs := make(chan error, 64)
 	var wg sync.WaitGroup
@@ -170,7 +179,6 @@ func ConvergeShared(t *testing.T, c SharedConvergence) SharedReport {
 			memberMu.Unlock()
 		}
 	}()
-	var sqlWrites atomic.Int64
 	if c.SQLWriter {
 		wg.Add(1)
 		go func() {

@@ -490,3 +490,13 @@ func FuzzRow(t *testing.T, sh *shapes.Shape, payload []byte) *shapes.Row {
 	}
 	return r
 }
+
+// NextMillisecond waits until the wall clock is in a later millisecond
+// than when it was called: stamps taken after it differ from those taken
+// before by the clock, not only by the +1 ms rule.
+func NextMillisecond() {
+	now := time.Now().Truncate(time.Millisecond)
+	for !time.Now().Truncate(time.Millisecond).After(now) {
+		time.Sleep(100 * time.Microsecond)
+	}
+}
