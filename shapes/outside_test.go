@@ -179,7 +179,7 @@ func TestOutsideWritesUnderConcurrency(t *testing.T) {
 		s1, s2 := testkit.NewServer(t, a, cfg), testkit.NewServer(t, b, cfg)
 		return testkit.Converge(t, testkit.Convergence{Servers: []string{s1.URL, s2.URL}, DSN: dsn,
 			Users: []string{"alice", "bob", "carol"}, Devices: 2, Keys: 40, SQLWriter: true, Duration: 4 * time.Second,
-			Skews: []time.Duration{0, -2 * time.Second, 1500 * time.Millisecond},
+			Skews:  []time.Duration{0, -2 * time.Second, 1500 * time.Millisecond},
 			Enough: func(w testkit.Work) bool { return w.SQLWrites >= 40 && w.Pushed >= 300 }})
 	}
 	for _, b := range testkit.Stores() {
