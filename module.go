@@ -282,7 +282,8 @@ func (h *HyperSync) Cleanup() error {
 	return nil
 }
 
-// ServeHTTP answers push and pull, chosen by the path's last segment, and
+// ServeHTTP answers hypersync's endpoints (handler.Ops: push, pull, the
+// live event stream and live.js), chosen by the path's last segment, and
 // passes every other request on to next: a hypersync without a matcher
 // claims only its own paths, and the site's other handlers serve the rest.
 func (h *HyperSync) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {

@@ -123,7 +123,7 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Handler serves push and pull for one store.
+// Handler serves hypersync's endpoints (Ops) for one store.
 type Handler struct {
 	cfg                  Config
 	pushSlots, pullSlots chan struct{}
@@ -189,12 +189,18 @@ func (h *Handler) logger(r *http.Request) *zap.Logger {
 // "events", "live.js", or "" for a path that is not the handler's.
 func Op(path string) string {
 	path = strings.TrimSuffix(path, "/")
-	switch op := path[strings.LastIndexByte(path, '/')+1:]; op {
-	case "push", "pull", "events", "live.js":
-		return op
+	op := path[strings.LastIndexByte(path, '/')+1:]
+	for _, known := range Ops {
+		if op == known {
+			return op
+		}
 	}
 	return ""
 }
+
+// Ops are the endpoints hypersync serves below its path, by their last
+// segment.
+var Ops = []string{"push", "pull", "events", "live.js"}
 
 // Serve answers one request for the authenticated user; user is empty when
 // authentication gave no user.
@@ -230,7 +236,7 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, user string) {
 		live.ServeScript(w, r)
 		return
 	default:
-		writeError(w, http.StatusNotFound, codes.NotFound, "hypersync serves …/push and …/pull")
+		writeError(w, http.StatusNotFound, codes.NotFound, "hypersync serves …/"+strings.Join(Ops, ", …/"))
 		return
 	}
 	if msg := checkUser(user); msg != "" {

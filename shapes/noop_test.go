@@ -99,3 +99,22 @@ func TestSharedPushThatChangesNothingStampsNobody(t *testing.T) {
 		}
 	})
 }
+
+// A stranger's push that is wholly forbidden stamps no member of the
+// scopes it names.
+func TestSharedForbiddenPushStampsNobody(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		f := hostileLists(t, b)
+		cursor := func() string {
+			var s string
+			testkit.Query(f.DSN, `SELECT CAST(stamp AS TEXT) FROM hypersync_cursors WHERE user_id = 'carol'`, func(scan func(...any) error) error { return scan(&s) })
+			return s
+		}
+		before := cursor()
+		testkit.NextMillisecond()
+		wantUnchanged(t, f, "mallory", "rejected:forbidden,rejected:forbidden", testkit.Todo(10, "c1", "C", "x"), testkit.Member(11, "C", "mallory", false))
+		if after := cursor(); after != before {
+			t.Errorf("carol's cursor moved from %s to %s by mallory's forbidden push", before, after)
+		}
+	})
+}

@@ -163,3 +163,73 @@ func TestScopeColumnDefaultIsNotUsed(t *testing.T) {
 		}
 	})
 }
+
+// A scope column whose equality is wider than its text (numeric: 1.0 =
+// 1.00) is refused: a stranger could found the same scope again by
+// another spelling.
+func TestSharedScopeColumnMustCompareByText(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		dsn := b.Open(t,
+			`CREATE TABLE list_members (listId numeric NOT NULL, memberId text NOT NULL, deleted boolean,
+				userId text NOT NULL, updatedAt timestamptz, lastSyncAt timestamptz, scopedAt timestamptz, PRIMARY KEY (listId, memberId))`)
+		db := testkit.OpenDB(t, dsn)
+		st := testkit.NewStore(t, db, shapes.ShapeConfig{Key: "list_members", KeyFields: []string{"listId", "memberId"}, Fields: []string{"deleted"},
+			Share: &shapes.ShareConfig{Field: "listId", Via: "list_members", Member: "memberId"}})
+		var se *shapes.SchemaError
+		if err := st.Check(context.Background()); !asSchemaError(err, &se) || se.Role != shapes.RoleScope {
+			t.Fatalf("check = %v, want the scope column refused", err)
+		}
+	})
+}
+
+// A case-blind scope column (citext) is refused: a scope lock keyed by the
+// client's spelling would not order writers that the database's equality
+// puts in one scope.
+func TestSharedCitextScopeRefused(t *testing.T) {
+	dsn := testkit.Postgres().Open(t)
+	if err := testkit.ExecErr(dsn, `CREATE EXTENSION citext`); err != nil {
+		t.Skip(err)
+	}
+	testkit.Exec(t, dsn, `CREATE TABLE list_members ("listId" citext NOT NULL, "memberId" text NOT NULL, deleted boolean, "userId" text NOT NULL,
+		"updatedAt" timestamptz NOT NULL, "lastSyncAt" timestamptz NOT NULL DEFAULT now(), "scopedAt" timestamptz NOT NULL DEFAULT now(), PRIMARY KEY ("listId", "memberId"))`,
+		`CREATE TABLE todos ("todoId" text PRIMARY KEY, "listId" citext, title text, done boolean, deleted boolean, "userId" text NOT NULL,
+		"updatedAt" timestamptz NOT NULL, "lastSyncAt" timestamptz NOT NULL DEFAULT now(), "scopedAt" timestamptz NOT NULL DEFAULT now())`)
+	cfgs := testkit.ListShapes()[1:]
+	for i := range cfgs {
+		cfgs[i].CreateTable, cfgs[i].FieldTypes = false, nil
+	}
+	// one scope to the database, two to the scope locks: refused
+	st := testkit.NewStore(t, testkit.OpenDB(t, dsn), cfgs...)
+	var se *shapes.SchemaError
+	if err := st.Check(context.Background()); !asSchemaError(err, &se) || se.Role != shapes.RoleScope {
+		t.Fatalf("check = %v, want the citext scope column refused", err)
+	}
+}
+
+// asSchemaError reports whether err is a *shapes.SchemaError, and sets se.
+func asSchemaError(err error, se **shapes.SchemaError) bool {
+	e, ok := err.(*shapes.SchemaError)
+	*se = e
+	return ok
+}
+
+// A key the database cannot read (a date column given "not a date", which
+// a column of a type hypersync treats as text lets through) fails that
+// change alone, not the push.
+func TestSharedBadKeyFailsThatChangeAlone(t *testing.T) {
+	dsn := testkit.Postgres().Open(t)
+	cfgs := testkit.ListShapes()
+	testkit.Exec(t, dsn, `CREATE TABLE days ("day" date PRIMARY KEY, "listId" text, note text, deleted boolean, "userId" text NOT NULL,
+		"updatedAt" timestamptz NOT NULL, "lastSyncAt" timestamptz NOT NULL DEFAULT now(), "scopedAt" timestamptz NOT NULL DEFAULT now())`)
+	cfgs = append(cfgs, shapes.ShapeConfig{Key: "days", KeyFields: []string{"day"}, Fields: []string{"listId", "note", "deleted"},
+		Share: &shapes.ShareConfig{Field: "listId", Via: "list_members"}})
+	f := testkit.OpenStore(t, dsn, cfgs...)
+	changes := []shapes.Change{testkit.Member(1, "A", "alice", false),
+		testkit.Change("days", testkit.At(2), `{"day":"2026-12-01","listId":"A","note":"ok"}`),
+		testkit.Change("days", testkit.At(3), `{"day":"not a date","listId":"A","note":"bad"}`)}
+	res := make([]shapes.Result, len(changes))
+	if _, err := f.Store.Push(context.Background(), "alice", changes, res); err != nil {
+		t.Fatalf("one bad key fails the push: %v", err)
+	}
+	testkit.WantOutcomes(t, res, "applied,applied,rejected:invalid-payload")
+}

@@ -1,10 +1,13 @@
 package shapes_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hypersync/hypersync/internal/testkit"
+	"github.com/hypersync/hypersync/shapes"
 )
 
 // Founding a scope is only for a scope that nothing is, or ever was, in:
@@ -71,4 +74,58 @@ func TestFoundingOnlyAScopeNothingWasIn(t *testing.T) {
 			t.Fatalf("mallory pulled %v, want her new list", got)
 		}
 	})
+}
+
+// The database refuses a founding membership (a foreign key to lists,
+// which memberships are written before): the rest of the push is decided
+// again without it, and the list is not left without members for a
+// stranger to found.
+func TestSharedRefusedMembershipIsDecidedAgain(t *testing.T) {
+	f := sharedLists(t, testkit.Postgres())
+	testkit.Exec(t, f.DSN, `ALTER TABLE list_members ADD FOREIGN KEY ("listId") REFERENCES lists ("listId")`)
+	testkit.WantOutcomes(t, f.Push("alice",
+		testkit.Todo(1, "t1", "L", "secret"),
+		testkit.List(2, "L", "groceries"),
+		testkit.Member(3, "L", "alice", false)), "rejected:forbidden,rejected:forbidden,rejected:invalid-payload")
+	// nothing of L was written, so there is nothing for a stranger to find
+	testkit.WantOutcomes(t, f.Push("mallory", testkit.Member(4, "L", "mallory", false)), "rejected:invalid-payload")
+	for _, r := range f.NewDevice("mallory").Sync() {
+		t.Errorf("mallory pulled %s", r.Raw)
+	}
+	if rows := rowsOf(t, f, "alice"); len(rows) != 0 {
+		t.Errorf("alice's refused push left rows: %+v", rows)
+	}
+}
+
+// Many memberships the database refuses (scopes too long for the key's
+// index) beside good ones: every refused one is rejected alone, and the
+// good ones are applied, in one decision again, not one per refusal.
+func TestSharedManyRefusedMemberships(t *testing.T) {
+	f := sharedLists(t, testkit.Postgres())
+	var changes []shapes.Change
+	const n = 100
+	for i := 0; i < n; i++ {
+		changes = append(changes, testkit.Member(i, fmt.Sprintf("ok%d", i), "alice", false))
+	}
+	for i := 0; i < n; i++ {
+		changes = append(changes, testkit.Member(n+i, fmt.Sprintf("%d", i)+randomText(9000), "alice", false))
+	}
+	start := time.Now()
+	res := f.Push("alice", changes...)
+	t.Logf("%d good and %d refused memberships: %v", n, n, time.Since(start))
+	want := strings.TrimSuffix(strings.Repeat("applied,", n)+strings.Repeat("rejected:invalid-payload,", n), ",")
+	testkit.WantOutcomes(t, res, want)
+}
+
+// randomText is n random letters and digits, which no compressor shrinks.
+func randomText(n int) string {
+	b := make([]byte, n)
+	x := uint64(88172645463325252)
+	for i := range b {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		b[i] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[x%62]
+	}
+	return string(b)
 }

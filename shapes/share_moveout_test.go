@@ -1,6 +1,7 @@
 package shapes_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -80,4 +81,127 @@ func TestMoveOutTellsNothingAfterTheRemoval(t *testing.T) {
 			}
 		}
 	})
+}
+
+// Removing one who is not a member changes nothing: neither a removed
+// member removed again nor a stranger "removed" receives move-out of the
+// rows created since.
+func TestSharedRemovingANonMemberSendsNothing(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		f := sharedLists(t, b)
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(1, "L", "alice", false), testkit.Member(2, "L", "bob", false),
+			testkit.Todo(3, "t1", "L", "milk")), "applied,applied,applied")
+		bob, carol := f.NewDevice("bob"), f.NewDevice("carol")
+		bob.Sync()
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(10, "L", "bob", true)), "applied")
+		bob.Sync()
+		bob.WantLive(t)
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Todo(20, "secret", "L", "s")), "applied")
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(21, "L", "bob", true), testkit.Member(22, "L", "carol", true)), "stale,stale")
+		testkit.NextMillisecond()
+		testkit.WantOutcomes(t, f.Push("bob", testkit.Todo(30, "pb", "", "x")), "applied")
+		testkit.WantOutcomes(t, f.Push("carol", testkit.Todo(31, "pc", "", "x")), "applied")
+		for _, d := range []*testkit.Device{bob, carol} {
+			for _, r := range d.Sync() {
+				if r.Payload["listId"] == "L" {
+					t.Errorf("%s got %s of list L", d.User, r.Raw)
+				}
+			}
+		}
+	})
+}
+
+// A member removed, and then the row moved away (or made private) before
+// they pulled: the removal brings the row's tombstone all the same.
+func TestSharedRemovalThenMoveSendsTombstone(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		f := sharedLists(t, b)
+		testkit.WantOutcomes(t, f.Push("alice",
+			testkit.Member(1, "A", "alice", false), testkit.Member(2, "A", "bob", false), testkit.Member(3, "B", "alice", false),
+			testkit.Todo(4, "t1", "A", "milk"), testkit.Todo(5, "t2", "A", "eggs")), "applied,applied,applied,applied,applied")
+		bob := f.NewDevice("bob")
+		bob.Sync()
+		bob.WantLive(t, "list_members/A/alice", "list_members/A/bob", "todos/t1", "todos/t2")
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(10, "A", "bob", true)), "applied")
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Todo(11, "t1", "B", "milk"), testkit.Todo(12, "t2", "", "eggs")), "applied,applied")
+		bob.Sync()
+		bob.WantLive(t)
+	})
+}
+
+// One who joins a scope after a row left it receives nothing of that row;
+// one removed in the push that creates a row receives nothing of it.
+func TestSharedLateJoinerGetsNoTombstoneOfEarlierMoves(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		f := sharedLists(t, b)
+		testkit.WantOutcomes(t, f.Push("alice",
+			testkit.Member(1, "A", "alice", false), testkit.Member(2, "B", "alice", false), testkit.Member(3, "A", "dave", false),
+			testkit.Todo(4, "t1", "A", "secret")), "applied,applied,applied,applied")
+		dave := f.NewDevice("dave")
+		dave.Sync()
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Todo(5, "t1", "B", "secret")), "applied")
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(6, "A", "carol", false)), "applied")
+		carol := f.NewDevice("carol")
+		for _, r := range carol.Sync() {
+			if r.Payload["todoId"] == "t1" {
+				t.Errorf("carol, who joined A after t1 left it, got %s", r.Raw)
+			}
+		}
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(7, "A", "dave", true), testkit.Todo(8, "t5", "A", "after")), "applied,applied")
+		for _, r := range dave.Sync() {
+			if r.Payload["todoId"] == "t5" {
+				t.Errorf("dave got %s, created with his removal", r.Raw)
+			}
+		}
+	})
+}
+
+// An outside UPDATE of a membership row that is already removed (a
+// backend job touching rows, a no-op re-tombstone) keeps its stamp: the
+// removed member's next pull sends nothing of the scope, not even
+// tombstones of rows created after they left.
+func TestSharedOutsideRetouchOfRemovedMemberSendsNothing(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		f := sharedLists(t, b)
+		bob := f.NewDevice("bob")
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(1, "A", "alice", false), testkit.Member(2, "A", "bob", false), testkit.Todo(3, "a1", "A", "before")), "applied,applied,applied")
+		bob.Sync()
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(4, "A", "bob", true)), "applied")
+		bob.Sync()
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Todo(5, "secret-after-bob-left", "A", "after")), "applied")
+		if got := bob.Sync(); len(got) != 0 {
+			t.Fatalf("bob got %v", got)
+		}
+		// a backend job re-asserts the removal
+		testkit.Exec(t, f.DSN, `UPDATE list_members SET deleted = true WHERE "memberId" = 'bob'`)
+		for _, r := range bob.Sync() {
+			if r.Payload["todoId"] == "secret-after-bob-left" {
+				t.Fatalf("bob, removed before it was created, receives %s (user %s)", r.Raw, r.User)
+			}
+		}
+	})
+}
+
+var _ = strings.Join
+
+// A uuid key sent in upper case is stored and pulled in lower case, and a
+// move's tombstone carries it so too, for devices to find the row.
+func TestSharedMoveTombstoneKeyIsCanonical(t *testing.T) {
+	dsn := testkit.Postgres().Open(t)
+	cfgs := testkit.ListShapes()
+	cfgs[1].FieldTypes = nil
+	cfgs[1].CreateTable = false
+	testkit.Exec(t, dsn, `CREATE TABLE todos ("todoId" uuid PRIMARY KEY, "listId" text, title text, done boolean, deleted boolean,
+		"userId" text NOT NULL, "updatedAt" timestamptz NOT NULL, "lastSyncAt" timestamptz NOT NULL DEFAULT now(), "scopedAt" timestamptz NOT NULL DEFAULT now())`)
+	f := testkit.OpenStore(t, dsn, cfgs...)
+	bob := f.NewDevice("bob")
+	const id = "0F8FAD5B-D9CB-469F-A165-70867728950E"
+	testkit.WantOutcomes(t, f.Push("alice", testkit.Member(1, "A", "alice", false), testkit.Member(2, "A", "bob", false),
+		testkit.Member(3, "B", "alice", false), testkit.Todo(4, id, "A", "x")), "applied,applied,applied,applied")
+	bob.Sync()
+	testkit.WantOutcomes(t, f.Push("alice", testkit.Todo(5, id, "B", "x")), "applied")
+	for _, r := range bob.Sync() {
+		t.Logf("bob got %s", r.Raw)
+	}
+	bob.WantLive(t, "list_members/A/alice", "list_members/A/bob")
 }
