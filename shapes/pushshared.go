@@ -453,8 +453,8 @@ func (p *sharedPush) lockScopes() error {
 			if err != nil {
 				return err
 			}
-			for sc := range used {
-				if ss := p.scopes[m][sc]; ss != nil {
+			for sc, u := range used {
+				if ss := p.scopes[m][sc]; ss != nil && u {
 					ss.used = true
 				}
 			}
