@@ -45,7 +45,8 @@ func TestMoveOutTellsNothingAfterTheRemoval(t *testing.T) {
 		f := sharedLists(t, b)
 		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(1, "L", "alice", false), testkit.Member(2, "L", "bob", false),
 			testkit.Member(3, "L", "carol", false), testkit.Member(4, "M", "alice", false),
-			testkit.Todo(5, "t1", "L", "edited later"), testkit.Todo(6, "t2", "L", "moved later")), "applied,applied,applied,applied,applied,applied")
+			testkit.Todo(5, "t1", "L", "edited later"), testkit.Todo(6, "t2", "L", "moved later"), testkit.Todo(7, "t3", "L", "edited from outside")),
+			"applied,applied,applied,applied,applied,applied,applied")
 		phone, laptop := f.NewDevice("bob"), f.NewDevice("bob")
 		phone.Sync()
 		laptop.Sync()
@@ -61,7 +62,8 @@ func TestMoveOutTellsNothingAfterTheRemoval(t *testing.T) {
 		phone.WantLive(t)
 		// carol edits t1 twice and moves t2; a backend edits t1 too
 		testkit.WantOutcomes(t, f.Push("carol", testkit.Todo(20, "t1", "L", "carol's edit")), "applied")
-		testkit.Exec(t, f.DSN, `UPDATE todos SET title = 'from the backend' WHERE "todoId" = 't1'`)
+		testkit.Exec(t, f.DSN, `UPDATE todos SET title = 'from the backend' WHERE "todoId" = 't1'`,
+			`UPDATE todos SET title = 'from the backend', "userId" = 'backend' WHERE "todoId" = 't3'`)
 		later := testkit.Change("todos", time.Now().Add(time.Minute), `{"todoId":"t1","listId":"L","title":"carol again"}`)
 		testkit.WantOutcomes(t, f.Push("carol", later), "applied")
 		testkit.WantOutcomes(t, f.Push("alice", testkit.Todo(22, "t2", "M", "moved later")), "applied")
