@@ -714,19 +714,42 @@ func (s *caddyServer) preparePush(user string, batch []change) (func() error, er
 }
 
 func (s *caddyServer) send(user string, body []byte) error {
+	answer, err := s.post(user, body)
+	if err == nil && !bytes.Contains(answer, []byte(`"rejectedChanges":[]`)) {
+		err = fmt.Errorf("push rejected changes: %.300s", answer)
+	}
+	return err
+}
+
+// pushRefused pushes a batch whose changes the server refuses: it must
+// answer 201, and reject every one.
+func (s *caddyServer) pushRefused(user string, batch []change) error {
+	body, err := json.Marshal(map[string]any{"changes": batch})
+	if err != nil {
+		return err
+	}
+	answer, err := s.post(user, body)
+	if err == nil && !bytes.Contains(answer, []byte(`"acceptedChanges":[]`)) {
+		err = fmt.Errorf("a push of refused changes had some accepted: %.300s", answer)
+	}
+	return err
+}
+
+// post sends a push body and returns the answer of a 201.
+func (s *caddyServer) post(user string, body []byte) ([]byte, error) {
 	req, _ := http.NewRequest("POST", s.base+"/sync/push", bytes.NewReader(body))
 	req.SetBasicAuth(user, "pw")
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	answer, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 201 || !bytes.Contains(answer, []byte(`"rejectedChanges":[]`)) {
-		return fmt.Errorf("push answered %d: %.300s", resp.StatusCode, answer)
+	if resp.StatusCode != 201 {
+		return nil, fmt.Errorf("push answered %d: %.300s", resp.StatusCode, answer)
 	}
-	return nil
+	return answer, nil
 }
 
 // pullBytes pulls and returns the size of the answer as sent.

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -50,7 +52,7 @@ func runShared(ctx context.Context, bin string, out *outcome) error {
 	}
 	defer c.Destroy()
 	defer pool.Close()
-	users := []string{"u0", "reader", "writer"}
+	users := []string{"u0", "reader", "writer", "mallory"}
 	for i := 0; i < 10; i++ {
 		users = append(users, fmt.Sprintf("m%d", i))
 	}
@@ -86,6 +88,10 @@ func runShared(ctx context.Context, bin string, out *outcome) error {
 	out.shared = append(out.shared, sharedRow{name: fmt.Sprintf("push into one list of 10 members, batches of %d", *batchSize),
 		value: fmt.Sprintf("%.0f changes/s", median(shared)), reference: fmt.Sprintf("%.0f changes/s per-user", median(perUser)),
 		ratio: fmt.Sprintf("%.2f×", median(ratios)), target: "≥ 0.5×", met: median(ratios) >= 0.5, each: floats(ratios)})
+
+	if err := floodRows(srv, out); err != nil {
+		return err
+	}
 
 	// pull: a member of 20 lists, 1,000,000 rows of 10,000 other lists
 	if *smallOther > 0 {
@@ -153,6 +159,108 @@ func runShared(ctx context.Context, bin string, out *outcome) error {
 	out.shared = append(out.shared, sharedRow{name: fmt.Sprintf("direct INSERT … SELECT of %d rows into a list of 10 members", outsideRows),
 		value: fmt.Sprintf("%.0f ms with the trigger", median(with)), reference: fmt.Sprintf("%.0f ms without", median(without)),
 		ratio: fmt.Sprintf("%.1f×", median(wr)), target: "report", met: true, each: floats(wr)})
+	return nil
+}
+
+// floodRows measures:
+//   - a member's one-change push into a list of 10, p99 over 300, alone
+//     and while mallory floods pushes of 1,000 memberships she may not
+//     make (others added to S and to scopes nobody founded), which take no
+//     exclusive scope lock;
+//   - a push of one row 1,000 times (new changeIds, rising updatedAt) into
+//     a list of 1,000 members, which stamps each member once.
+func floodRows(srv *caddyServer, out *outcome) error {
+	p99 := func() (float64, error) {
+		var lat []float64
+		for i := 0; i < 300; i++ {
+			send, err := srv.preparePush("m1", []change{sharedChange("m1", "S", fmt.Sprintf("f%d", i))})
+			if err != nil {
+				return 0, err
+			}
+			start := time.Now()
+			if err := send(); err != nil {
+				return 0, err
+			}
+			lat = append(lat, float64(time.Since(start).Microseconds())/1000)
+		}
+		sort.Float64s(lat)
+		return lat[len(lat)*99/100], nil
+	}
+	alone, err := p99()
+	if err != nil {
+		return err
+	}
+	stop := make(chan struct{})
+	flooded := make(chan error, 1)
+	var floods atomic.Int64
+	go func() {
+		for n := 0; ; n++ {
+			select {
+			case <-stop:
+				flooded <- nil
+				return
+			default:
+			}
+			var batch []change
+			for i := 0; i < 1000; i++ {
+				scope := "S"
+				if i%2 == 1 {
+					scope = fmt.Sprintf("nobody-%d-%d", n, i)
+				}
+				batch = append(batch, memberChange("mallory", scope, fmt.Sprintf("victim%d", i)))
+			}
+			if err := srv.pushRefused("mallory", batch); err != nil {
+				flooded <- err
+				return
+			}
+			floods.Add(1)
+		}
+	}()
+	during, err := p99()
+	close(stop)
+	if ferr := <-flooded; err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return err
+	}
+	ratio := during / alone
+	out.shared = append(out.shared, sharedRow{name: "a member's one-change push into a list of 10, p99, while another user floods refused memberships",
+		value: fmt.Sprintf("%.2f ms during %d floods of 1,000", during, floods.Load()), reference: fmt.Sprintf("%.2f ms alone", alone),
+		ratio: fmt.Sprintf("%.2f×", ratio), target: "≤ 2×", met: ratio <= 2})
+
+	var members []change
+	members = append(members, memberChange("m0", "BIG", "m0"))
+	for i := 1; i < 1000; i++ {
+		members = append(members, memberChange("m0", "BIG", fmt.Sprintf("big%d", i)))
+	}
+	if err := srv.push("m0", members[:1]); err != nil {
+		return err
+	}
+	if err := srv.push("m0", members[1:]); err != nil {
+		return err
+	}
+	var took []float64
+	for r := 0; r < *runs; r++ {
+		base := time.Now().UTC().Truncate(time.Millisecond)
+		var batch []change
+		for i := 0; i < 1000; i++ {
+			c := sharedChange("m0", "BIG", fmt.Sprintf("one%d", r))
+			c.UpdatedAt = base.Add(time.Duration(i) * time.Millisecond)
+			batch = append(batch, c)
+		}
+		send, err := srv.preparePush("m0", batch)
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		if err := send(); err != nil {
+			return err
+		}
+		took = append(took, float64(time.Since(start).Microseconds())/1000)
+	}
+	out.shared = append(out.shared, sharedRow{name: "a push of one row 1,000 times into a list of 1,000 members",
+		value: fmt.Sprintf("%.0f ms", median(took)), target: "< 1,000 ms", met: median(took) < 1000, each: floats(took)})
 	return nil
 }
 

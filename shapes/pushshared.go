@@ -211,17 +211,18 @@ type scopeState struct {
 // phases run in this order, and each keeps its part of the argument that
 // pulls stay complete (share.go, and the drivers' shared.go):
 //
-//  1. readStored: the stored rows the push names, locked: their scopes
-//     cannot change under it.
-//  2. lockScopes: the scopes those rows are in or enter, locked (share
-//     mode, or exclusively where a membership changes), after a first look
-//     that refuses, without any lock, membership changes the user may not
-//     make: a flood of them holds up nobody. Then the memberships, read
-//     under the locks: they cannot change under the push.
-//  3. decideMemberships: membership changes, in batch order.
-//  4. decideRows: the other shared rows, in plan order.
-//  5. audience: everyone who could see a touched scope before or after.
-//  6. write: one stamp above all their cursors, then each row once.
+//  1. firstLook: membership changes the user may not make are refused,
+//     from a look at the memberships without any lock: refusing is always
+//     safe, and so a flood of them locks nothing and holds up nobody.
+//  2. readStored: the stored rows the other changes name, locked: their
+//     scopes cannot change under the push.
+//  3. lockScopes: the scopes those rows are in or enter, locked (share
+//     mode, or exclusively where a membership changes); then the
+//     memberships, read under the locks, cannot change under the push.
+//  4. decideMemberships: membership changes, in batch order.
+//  5. decideRows: the other shared rows, in plan order.
+//  6. audience: everyone who could see a touched scope before or after.
+//  7. write: one stamp above all their cursors, then each row once.
 type sharedPush struct {
 	tx            Tx
 	user          string
@@ -248,6 +249,9 @@ type sharedPush struct {
 // stamp when nothing was written.
 func (p *sharedPush) run() (time.Time, []string, error) {
 	p.sortRows()
+	if err := p.firstLook(); err != nil {
+		return time.Time{}, nil, err
+	}
 	if err := p.readStored(); err != nil {
 		return time.Time{}, nil, err
 	}
@@ -301,7 +305,7 @@ func (p *sharedPush) decided() []*Row {
 	return append(append([]*Row{}, p.memberRows...), p.sharedRows...)
 }
 
-// readStored is phase 1: the stored rows, locked (FOR UPDATE), so that
+// readStored is phase 2: the stored rows, locked (FOR UPDATE), so that
 // their scopes cannot change under the push. Keys are locked in one
 // order by every writer. A key the database cannot read (a date column
 // given "not a date") fails the lookup of every key with it: isolated,
@@ -314,7 +318,7 @@ func (p *sharedPush) readStored() error {
 	seen := map[rowRef]bool{}
 	for _, r := range p.decided() {
 		k := rowRef{r.shape, r.key}
-		if seen[k] {
+		if seen[k] || p.refusal[r].Outcome == Rejected {
 			continue
 		}
 		seen[k] = true
@@ -350,8 +354,7 @@ func (p *sharedPush) readStored() error {
 	}
 	// each row's scope after the push: the change's, or the stored one
 	// when the change does not carry it
-	p.newScope = map[*Row]scopeValue{}
-	for _, r := range p.decided() {
+	for _, r := range p.sharedRows {
 		if msg, ok := refusedKey[rowRef{r.shape, r.key}]; ok {
 			p.refusal[r] = rejected(codes.InvalidPayload, "%s", msg)
 			continue
@@ -376,14 +379,11 @@ func (p *sharedPush) readStored() error {
 // not make it: a stranger learns nothing of whether the scope exists.
 const forbidMember = "only a member of the scope can change its members; a new scope is founded by adding yourself as its first member"
 
-// lockScopes is phase 2. Every scope the push touches is locked: in share
+// lockScopes is phase 3. Every scope the push touches is locked: in share
 // mode where rows are written into it, exclusively where its membership
 // changes, so that membership stays still under the writes (and the
-// members a push stamps are all who can see what it writes). A membership
-// change the user may not make is refused first, from a look without
-// locks: refusing is always safe, and so a flood of refused membership
-// changes takes no exclusive lock and holds up nobody. A change that
-// passes the first look is decided again under the locks.
+// members a push stamps are all who can see what it writes). A change
+// that passed the first look is decided again under the locks.
 func (p *sharedPush) lockScopes() error {
 	touched := map[*Membership]map[string]bool{}
 	touch := func(m *Membership, scope string, exclusive bool) {
@@ -391,9 +391,6 @@ func (p *sharedPush) lockScopes() error {
 			touched[m] = map[string]bool{}
 		}
 		touched[m][scope] = touched[m][scope] || exclusive
-	}
-	if err := p.firstLook(); err != nil {
-		return err
 	}
 	for _, r := range p.decided() {
 		v, ok := p.newScope[r]
@@ -463,43 +460,62 @@ func (p *sharedPush) lockScopes() error {
 	return nil
 }
 
-// firstLook refuses, without locks, the membership changes the user may
+// firstLook is phase 1: it refuses, without locks, the membership changes the user may
 // not make: in a scope they are not a member of, unless nobody ever had a
 // membership in it and the push adds the user to it (founds it); and a
 // change that would add a member past max_scopes_per_user. It also reads
 // how many scopes the members that changes add are in already. What
 // passes is decided again under the locks, in batch order.
 func (p *sharedPush) firstLook() error {
-	if len(p.memberRows) == 0 {
-		return nil
-	}
+	p.newScope = map[*Row]scopeValue{}
+	p.counts = map[*Membership]map[string]int{}
 	scopes := map[*Membership]map[string]bool{}
-	members := map[*Membership]map[string]bool{}
 	founds := map[*Membership]map[string]bool{}
 	for _, r := range p.memberRows {
-		v, ok := p.newScope[r]
-		if !ok || p.refusal[r].Outcome == Rejected {
+		// a membership's scope is in its key: always in the change
+		v, _, err := r.scope()
+		if err != nil {
+			p.refusal[r] = rejected(codes.InvalidPayload, "%s", err)
 			continue
 		}
+		p.newScope[r] = v
 		m := r.shape.share.Members
 		if scopes[m] == nil {
-			scopes[m], members[m], founds[m] = map[string]bool{}, map[string]bool{}, map[string]bool{}
+			scopes[m], founds[m] = map[string]bool{}, map[string]bool{}
 		}
 		scopes[m][v.text] = true
-		if member, err := r.member(); err == nil {
-			members[m][member] = true
-			if member == p.user && !p.tomb(r) {
-				founds[m][v.text] = true
-			}
+		if member, err := r.member(); err == nil && member == p.user && !r.tomb() {
+			founds[m][v.text] = true
 		}
 	}
-	p.counts = map[*Membership]map[string]int{}
 	for m, set := range scopes {
 		st, err := p.tx.Members(m, keys(set))
 		if err != nil {
 			return err
 		}
-		if p.counts[m], err = p.tx.Memberships(m, keys(members[m])); err != nil {
+		adds := map[string]bool{}
+		for _, r := range p.memberRows {
+			v, ok := p.newScope[r]
+			if !ok || r.shape.share.Members != m || p.refusal[r].Outcome == Rejected {
+				continue
+			}
+			s := st[v.text]
+			switch {
+			case s != nil && contains(s.Active, p.user):
+			case (s == nil || !s.Ever) && founds[m][v.text]:
+			default:
+				p.refusal[r] = rejected(codes.Forbidden, "%s", forbidMember)
+				continue
+			}
+			if member, err := r.member(); err == nil && !r.tomb() && (s == nil || !contains(s.Active, member)) {
+				adds[member] = true
+			}
+		}
+		if len(adds) == 0 {
+			continue
+		}
+		// the scopes the members added are in already
+		if p.counts[m], err = p.tx.Memberships(m, keys(adds)); err != nil {
 			return err
 		}
 		added := map[string]int{}
@@ -508,22 +524,15 @@ func (p *sharedPush) firstLook() error {
 			if !ok || r.shape.share.Members != m || p.refusal[r].Outcome == Rejected {
 				continue
 			}
-			s := st[v.text]
-			member, _ := r.member()
-			switch {
-			case s != nil && contains(s.Active, p.user):
-			case (s == nil || !s.Ever) && founds[m][v.text]:
-			default:
-				p.refusal[r] = rejected(codes.Forbidden, "%s", forbidMember)
+			member, err := r.member()
+			if s := st[v.text]; err != nil || r.tomb() || s != nil && contains(s.Active, member) {
 				continue
 			}
-			if !p.tomb(r) && (s == nil || !contains(s.Active, member)) {
-				if p.counts[m][member]+added[member] >= p.maxScopes {
-					p.refusal[r] = rejected(codes.Forbidden, "the member is in %d scopes, the most allowed", p.maxScopes)
-					continue
-				}
-				added[member]++
+			if p.counts[m][member]+added[member] >= p.maxScopes {
+				p.refusal[r] = rejected(codes.Forbidden, "the member is in %d scopes, the most allowed", p.maxScopes)
+				continue
 			}
+			added[member]++
 		}
 	}
 	return nil
@@ -558,7 +567,7 @@ func (p *sharedPush) tomb(r *Row) bool {
 	return r.tomb()
 }
 
-// decideMemberships is phase 3: membership changes, in batch order, each
+// decideMemberships is phase 4: membership changes, in batch order, each
 // against the members as the changes before it left them.
 //
 // Permissions follow the order in which the server applies membership
@@ -659,7 +668,7 @@ func (p *sharedPush) memberOf(m *Membership, scope string) bool {
 	return ss != nil && ss.active[p.user]
 }
 
-// decideRows is phase 4: the other shared rows, in plan order. A change is
+// decideRows is phase 5: the other shared rows, in plan order. A change is
 // applied only if the user may write the stored row (a member of its
 // scope, or the owner of a private row) and ends with a row they can see.
 func (p *sharedPush) decideRows() {
@@ -713,7 +722,7 @@ func (p *sharedPush) settle() {
 	}
 }
 
-// audience is phase 5: everyone who can see a scope the push writes,
+// audience is phase 6: everyone who can see a scope the push writes,
 // before or after it, and the pusher. Only the scopes of changes applied
 // count: a refused change stamps nobody.
 func (p *sharedPush) audience() []string {
@@ -742,7 +751,7 @@ func (p *sharedPush) audience() []string {
 	return users
 }
 
-// write is phase 6: one stamp above the cursors of every user of the
+// write is phase 7: one stamp above the cursors of every user of the
 // audience, then the rows: memberships first (the later decisions rest on
 // them), then the other shared rows, then the per-user ones as planned.
 //
