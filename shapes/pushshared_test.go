@@ -16,7 +16,7 @@ import (
 
 // fakeTx is a Tx over maps.
 type fakeTx struct {
-	stored  map[string]*Stored      // by shape key and row key
+	stored  map[string]*Stored     // by shape key and row key
 	members map[string]*ScopeState // by scope
 	used    map[string]bool
 	counts  map[string]int
@@ -132,7 +132,9 @@ func listSet(t *testing.T) *ShapeSet {
 		return ColumnInfo{Name: name, Type: "timestamp with time zone", Cast: "timestamptz", Kind: KindTimestamp}
 	}
 	boolean := ColumnInfo{Name: "deleted", Type: "boolean", Cast: "boolean", Kind: KindBool}
-	share := func(member string) *ShareConfig { return &ShareConfig{Field: "listId", Via: "list_members", Member: member} }
+	share := func(member string) *ShareConfig {
+		return &ShareConfig{Field: "listId", Via: "list_members", Member: member}
+	}
 	cfgs := []ShapeConfig{
 		{Key: "todos", KeyFields: []string{"todoId"}, Fields: []string{"listId", "title", "deleted"}, Share: share("")},
 		{Key: "list_members", KeyFields: []string{"listId", "memberId"}, Fields: []string{"deleted"}, Share: share("memberId")},
@@ -161,7 +163,9 @@ func listSet(t *testing.T) *ShapeSet {
 }
 
 func TestSharedPushDecisions(t *testing.T) {
-	at := func(n int) time.Time { return time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC).Add(time.Duration(n) * time.Millisecond) }
+	at := func(n int) time.Time {
+		return time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC).Add(time.Duration(n) * time.Millisecond)
+	}
 	todo := func(n int, id, list string) Change {
 		l := "null"
 		if list != "" {
