@@ -34,6 +34,31 @@ func (p *driver) pullSQL(set *shapes.ShapeSet, limited bool) string {
 }
 
 func buildPullSQL(shapeList []*shapes.Shape, limited, naive bool) string {
+	sql := buildPullBody(shapeList, limited, naive)
+	if naive {
+		return sql
+	}
+	// every use of lastPull reads it through w (sinceCTE), but w itself
+	sql = strings.ReplaceAll(sql, "$2", "(SELECT since FROM w)")
+	return strings.ReplaceAll(sql, lastPullParam, "$2")
+}
+
+// lastPullParam stands for $2 in sinceCTE until buildPullSQL has read
+// every other $2 through it.
+const lastPullParam = "{lastPull}"
+
+
+// sinceCTE is the CTE w holding the lastPull a pull reads from: $2, or
+// the epoch when $2 is later than the user's cursor (in the CTE cursor):
+// later than anything the server can have handed this user, a cursor from
+// another user, or from a database since restored from a backup. Every
+// syncedAt a pull answers is at or below the cursor, which only grows, so
+// no cursor the server handed out fails the test.
+func sinceCTE(cursor string) string {
+	return `w AS (SELECT CASE WHEN ` + lastPullParam + `::timestamptz > coalesce((SELECT stamp FROM ` + cursor + `), 'epoch') THEN 'epoch'::timestamptz ELSE ` + lastPullParam + `::timestamptz END AS since)`
+}
+
+func buildPullBody(shapeList []*shapes.Shape, limited, naive bool) string {
 	q := shapes.QuoteIdent
 	var b strings.Builder
 	switch {
@@ -49,11 +74,13 @@ SELECT -1, NULL::text, (SELECT stamp FROM c)::text`)
 			}
 		}
 		b.WriteString(`WITH last AS (SELECT stamp FROM "` + shapes.CursorTable + `" WHERE user_id = $1),
+` + sinceCTE("last") + `,
 c AS (SELECT coalesce((SELECT s FROM (` + strings.Join(stamps, " UNION ALL ") + `) AS page ORDER BY s OFFSET $3::int - 1 LIMIT 1),
 	(SELECT stamp FROM last)) AS stamp)
 SELECT -1, ((SELECT stamp FROM c) < (SELECT stamp FROM last))::text, (SELECT stamp FROM c)::text`)
 	default:
-		b.WriteString(`WITH c AS (SELECT stamp FROM "` + shapes.CursorTable + `" WHERE user_id = $1)
+		b.WriteString(`WITH c AS (SELECT stamp FROM "` + shapes.CursorTable + `" WHERE user_id = $1),
+` + sinceCTE("c") + `
 SELECT -1, NULL::text, (SELECT stamp FROM c)::text`)
 	}
 	width := 0

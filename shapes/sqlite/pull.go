@@ -30,6 +30,13 @@ func (s *driver) Pull(ctx context.Context, q shapes.PullQuery, emit func(shapes.
 		return res, classify(err)
 	}
 	since := q.Since.UTC().Format(stampLayout)
+	if since > stamp {
+		// later than anything the server can have handed this user (a
+		// cursor of another user, or of a database since restored from a
+		// backup): from the epoch. Every syncedAt a pull answers is at or
+		// below the cursor, which only grows.
+		since = time.Unix(0, 0).UTC().Format(stampLayout)
+	}
 	if q.Limit > 0 {
 		// The page ends at the stamp of the limit-th row, and holds every
 		// row of that stamp.
