@@ -41,6 +41,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_members <n>                 # most members of one scope of a shared shape; default 1000
 //		max_scopes_per_user <n>         # most scopes of one membership table a user is a member of; default 1000
 //		live on|off                     # live sync at …/events and …/live.js; default on
+//		cursor_cookie on|off            # the cookie that ties a pull's lastPull to its user; default on
+//		keep_rejections <n>             # refused changes kept per user for …/rejections; default 100, 0 keeps none
 //		heartbeat <duration>            # comment line on an idle stream; default 25s
 //		max_streams <n>                 # event streams of this instance; default 10000; past it 503
 //		max_streams_per_user <n>        # event streams of one user; default 16; past it 429
@@ -104,17 +106,23 @@ func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 		case "live":
+			if err := onOff(d, &h.Live); err != nil {
+				return err
+			}
+		case "cursor_cookie":
+			if err := onOff(d, &h.CursorCookie); err != nil {
+				return err
+			}
+		case "keep_rejections":
 			var v string
 			if !d.Args(&v) || d.NextArg() {
 				return d.ArgErr()
 			}
-			switch v {
-			case "on", "off":
-				on := v == "on"
-				h.Live = &on
-			default:
-				return d.Errf("live takes on or off, not %q", v)
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return d.Errf("keep_rejections %q is not a whole number (0 keeps none)", v)
 			}
+			h.KeepRejections = &n
 		case "heartbeat", "stream_max_age":
 			opt := d.Val()
 			var v string
@@ -215,6 +223,22 @@ func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 // positiveInt reads the option's one argument as a whole number above 0.
+// onOff reads the one argument on or off of the option at hand.
+func onOff(d *caddyfile.Dispenser, dst **bool) error {
+	opt := d.Val()
+	var v string
+	if !d.Args(&v) || d.NextArg() {
+		return d.ArgErr()
+	}
+	switch v {
+	case "on", "off":
+		on := v == "on"
+		*dst = &on
+		return nil
+	}
+	return d.Errf("%s takes on or off, not %q", opt, v)
+}
+
 func positiveInt(d *caddyfile.Dispenser, dst *int) error {
 	opt := d.Val()
 	var v string

@@ -138,6 +138,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "live off", input: "hypersync {\n live off\n shape t {\n key id\n }\n}",
 			want: &HyperSync{Live: &liveOff, Shapes: []shapes.ShapeConfig{{Key: "t", KeyFields: []string{"id"}}}}},
 		{name: "live neither on nor off", input: "hypersync {\n live maybe\n}", wantErr: `live takes on or off, not "maybe"`, line: 2},
+		{name: "cursor_cookie neither on nor off", input: "hypersync {\n cursor_cookie no\n}", wantErr: `cursor_cookie takes on or off, not "no"`, line: 2},
+		{name: "keep_rejections negative", input: "hypersync {\n keep_rejections -1\n}", wantErr: `keep_rejections "-1" is not a whole number (0 keeps none)`, line: 2},
 		{name: "heartbeat not a duration", input: "hypersync {\n heartbeat often\n}", wantErr: `heartbeat "often" is not a positive duration`, line: 2},
 		{name: "stream_max_age zero", input: "hypersync {\n stream_max_age 0s\n}", wantErr: `stream_max_age "0s" is not a positive duration`, line: 2},
 		{name: "max_streams not a number", input: "hypersync {\n max_streams lots\n}", wantErr: `max_streams "lots" is not a positive whole number`, line: 2},

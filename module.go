@@ -77,6 +77,14 @@ type HyperSync struct {
 
 	// Live sync (…/events): on unless set to false.
 	Live *bool `json:"live,omitempty"`
+
+	// The cursor cookie (hypersync_cursor), on unless set to false: every
+	// pull answer sets it to a keyed hash of the user, and a pull that
+	// carries another user's is answered from the epoch.
+	CursorCookie *bool `json:"cursor_cookie,omitempty"`
+	// How many refused changes the record (…/rejections) keeps per user;
+	// 0 keeps none. Default: 100.
+	KeepRejections *int `json:"keep_rejections,omitempty"`
 	// The comment an idle event stream gets, so that proxies keep it.
 	// Default: 25s.
 	Heartbeat caddy.Duration `json:"heartbeat,omitempty"`
@@ -222,12 +230,18 @@ func (h *HyperSync) Provision(ctx caddy.Context) error {
 
 // handlerConfig is the handler's part of the configuration.
 func (h *HyperSync) handlerConfig() handler.Config {
+	keep := shapes.DefaultKeepRejections
+	if h.KeepRejections != nil {
+		keep = *h.KeepRejections
+	}
 	return handler.Config{
-		MaxBatch:  h.MaxBatch,
-		MaxBody:   h.MaxBody,
-		Timeout:   time.Duration(h.Timeout),
-		MaxPushes: h.MaxConcurrentPushes,
-		MaxPulls:  h.MaxConcurrentPulls,
+		MaxBatch:       h.MaxBatch,
+		MaxBody:        h.MaxBody,
+		Timeout:        time.Duration(h.Timeout),
+		MaxPushes:      h.MaxConcurrentPushes,
+		MaxPulls:       h.MaxConcurrentPulls,
+		CursorCookie:   h.CursorCookie == nil || *h.CursorCookie,
+		KeepRejections: keep,
 	}
 }
 

@@ -72,6 +72,13 @@ type Config struct {
 	// Live serves …/events; nil when live sync is off, and then …/events
 	// answers 204.
 	Live *live.Server
+
+	// CursorCookie sets the cursor cookie on pull answers, and answers
+	// from the epoch a pull that carries another user's (cursorcookie.go).
+	CursorCookie bool
+	// KeepRejections is how many refused changes the record keeps per
+	// user; 0 keeps none.
+	KeepRejections int
 }
 
 // Check reports a value that no default can mend.
@@ -200,7 +207,7 @@ func Op(path string) string {
 
 // Ops are the endpoints hypersync serves below its path, by their last
 // segment.
-var Ops = []string{"push", "pull", "events", "live.js"}
+var Ops = []string{"push", "pull", "events", "live.js", "rejections"}
 
 // Serve answers one request for the authenticated user; user is empty when
 // authentication gave no user.
@@ -235,6 +242,12 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, user string) {
 		}
 		live.ServeScript(w, r)
 		return
+	case "rejections":
+		if r.Method != http.MethodGet {
+			w.Header().Set("Allow", http.MethodGet)
+			writeError(w, http.StatusMethodNotAllowed, codes.MethodNotAllowed, "rejections takes GET")
+			return
+		}
 	default:
 		writeError(w, http.StatusNotFound, codes.NotFound, "hypersync serves …/"+strings.Join(Ops, ", …/"))
 		return
@@ -258,6 +271,10 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, user string) {
 		return
 	}
 	ctx := r.Context()
+	if op == "rejections" {
+		h.rejections(ctx, w, r, user)
+		return
+	}
 	if op == "push" {
 		// A pull streams for as long as its answer takes, and is bounded
 		// by watchStall instead.

@@ -46,6 +46,16 @@ func (h *Handler) pull(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		return
 	}
 	defer release()
+	if h.cfg.CursorCookie {
+		foreign, err := h.cursorCookie(ctx, w, r, user)
+		if err != nil {
+			h.storeError(w, r, ctx, "pull", err)
+			return
+		}
+		if foreign {
+			since = time.Unix(0, 0).UTC() // lastPull was another user's
+		}
+	}
 	var progress atomic.Int64
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

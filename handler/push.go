@@ -9,6 +9,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -81,6 +82,9 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		h.cfg.Observer.Changes(t.shape, t.outcome, t.n)
 	}
 	writePushResponse(w, &resp)
+	if rejectedBy != nil && h.cfg.KeepRejections > 0 {
+		h.recordRejections(ctx, w, r, user, changes, results)
+	}
 	if rejectedBy != nil {
 		// One line per push, not per change: a hostile batch must not flood
 		// the log. Messages can quote payload values, so only codes go here;
@@ -92,6 +96,34 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		c.Write(zap.String("user", user), zap.Int("changes", len(changes)),
 			zap.Int("applied", counts[shapes.Applied]), zap.Int("stale", counts[shapes.Stale]+counts[shapes.Superseded]),
 			zap.Int("rejected", counts[shapes.Rejected]), zap.Duration("duration", time.Since(start)))
+	}
+}
+
+// recordRejections adds the push's refused changes to the user's record,
+// after the answer has left: the record never delays, nor fails, a push.
+func (h *Handler) recordRejections(ctx context.Context, w http.ResponseWriter, r *http.Request, user string, changes []shapes.Change, results []shapes.Result) {
+	_ = http.NewResponseController(w).Flush()
+	now := h.cfg.Now().UTC()
+	byID := map[string]int{}
+	var recs []shapes.Rejection
+	for i, ch := range changes {
+		rr := results[i]
+		if rr.Outcome.Accepted() || ch.ID == "" {
+			continue
+		}
+		rec := shapes.Rejection{ChangeID: strings.Clone(ch.ID), Shape: strings.Clone(ch.Shape), Key: h.cfg.Store.KeyOf(ch.Shape, ch.Payload),
+			Error: rr.Code, Message: rr.Message, At: now, Last: now, Times: 1}
+		if j, seen := byID[ch.ID]; seen {
+			recs[j] = rec // one entry per changeId: the push's last word on it
+			continue
+		}
+		byID[rec.ChangeID] = len(recs)
+		recs = append(recs, rec)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := h.cfg.Store.RecordRejections(ctx, user, recs, h.cfg.KeepRejections); err != nil {
+		h.logger(r).Warn("recording refused changes", zap.String("user", user), zap.Error(err))
 	}
 }
 

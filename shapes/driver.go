@@ -41,6 +41,15 @@ type Driver interface {
 	// Cursors reads the sync stamps of users; a user without one is left
 	// out of the answer.
 	Cursors(ctx context.Context, users []string) (map[string]time.Time, error)
+	// Secret returns the database's secret named name, making it at
+	// random the first time, safely against other instances doing the
+	// same.
+	Secret(ctx context.Context, name string) (string, error)
+	// RecordRejections upserts refusals into the user's record (one entry
+	// per changeId) and keeps its newest keep entries.
+	RecordRejections(ctx context.Context, user string, recs []Rejection, keep int) error
+	// Rejections reads the user's record, newest first.
+	Rejections(ctx context.Context, user string) ([]Rejection, error)
 	// Ping checks that the database answers.
 	Ping(ctx context.Context) error
 	// Close closes the connections.
@@ -147,6 +156,9 @@ type Dialect struct {
 	StampType, StampDefault string
 	// CursorDDL creates CursorTable when it is missing.
 	CursorDDL string
+	// TrustDDL creates KeysTable and RejectionsTable when they are
+	// missing.
+	TrustDDL []string
 	// SharingDDL creates the tables shared shapes need (MovesTable,
 	// LeftTable, VersionsTable, ScopesTable) and their indexes when they
 	// are missing.
@@ -249,6 +261,7 @@ type Options struct {
 // Database is an open database. It is safe to share between Stores, and
 // across config reloads.
 type Database struct {
+	keys    secrets
 	d       Driver
 	dialect *Dialect
 	target  string // the DSN without secrets, for logs

@@ -160,6 +160,9 @@ func (s *Store) resolve(ctx context.Context) (*ShapeSet, error) {
 	if err := d.DDL(ctx, dl.CursorDDL); err != nil {
 		return nil, fmt.Errorf("creating the cursor table %s: %w", CursorTable, err)
 	}
+	if err := d.DDL(ctx, dl.TrustDDL...); err != nil {
+		return nil, fmt.Errorf("creating the tables %s and %s: %w", KeysTable, RejectionsTable, err)
+	}
 	for _, cfg := range s.configs {
 		if cfg.Share != nil {
 			if err := d.DDL(ctx, dl.SharingDDL...); err != nil {

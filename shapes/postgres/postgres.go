@@ -37,6 +37,7 @@ var dialect = &shapes.Dialect{
 	CursorDDL: `CREATE TABLE IF NOT EXISTS "` + shapes.CursorTable + `" (
 		user_id text PRIMARY KEY,
 		stamp timestamptz NOT NULL)`,
+	TrustDDL:     trustDDL,
 	SharingDDL:   sharingDDL,
 	LeftBackfill: leftBackfill,
 	Stamping:     stamping,

@@ -40,6 +40,7 @@ var dialect = &shapes.Dialect{
 	// columns out needs a value to pass NOT NULL first.
 	StampDefault: " DEFAULT CURRENT_TIMESTAMP",
 	CursorDDL:    `CREATE TABLE IF NOT EXISTS "` + shapes.CursorTable + `" (user_id TEXT PRIMARY KEY, stamp TEXT NOT NULL)`,
+	TrustDDL:     trustDDL,
 	SharingDDL:   append(append([]string{}, sharingDDL...), addColumn(shapes.MovesTable, "row_key TEXT")),
 	LeftBackfill: leftBackfill,
 	Stamping:     stamping,

@@ -1,0 +1,85 @@
+package postgres
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/hypersync/hypersync/shapes"
+)
+
+// trustDDL creates the tables of shapes/trust.go.
+var trustDDL = []string{
+	`CREATE TABLE IF NOT EXISTS "` + shapes.KeysTable + `" (name text PRIMARY KEY, secret text NOT NULL)`,
+	`CREATE TABLE IF NOT EXISTS "` + shapes.RejectionsTable + `" (
+		user_id text NOT NULL,
+		change_id text NOT NULL,
+		shape text NOT NULL,
+		row_key text,
+		error text NOT NULL,
+		message text NOT NULL,
+		at timestamptz NOT NULL,
+		last timestamptz NOT NULL,
+		times integer NOT NULL,
+		PRIMARY KEY (user_id, change_id))`,
+	`CREATE INDEX IF NOT EXISTS "` + shapes.RejectionsTable + `_last_idx" ON "` + shapes.RejectionsTable + `" (user_id, last)`,
+}
+
+// Secret returns the secret named name, made from crypto/rand the first
+// time; an instance that loses the race to make it reads the winner's.
+func (p *driver) Secret(ctx context.Context, name string) (string, error) {
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	var s string
+	err := p.pool.QueryRow(ctx, `WITH made AS (
+	INSERT INTO "`+shapes.KeysTable+`" (name, secret) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING secret)
+SELECT secret FROM made UNION ALL SELECT secret FROM "`+shapes.KeysTable+`" WHERE name = $1 LIMIT 1`, name, hex.EncodeToString(b[:])).Scan(&s)
+	return s, pgError(err)
+}
+
+func (p *driver) RecordRejections(ctx context.Context, user string, recs []shapes.Rejection, keep int) error {
+	n := len(recs)
+	ids, shape, key, code, msg := make([]string, n), make([]string, n), make([]pgtype.Text, n), make([]string, n), make([]string, n)
+	at := make([]time.Time, n)
+	for i, r := range recs {
+		ids[i], shape[i], code[i], msg[i], at[i] = r.ChangeID, r.Shape, r.Error, r.Message, r.Last
+		key[i] = pgtype.Text{String: string(r.Key), Valid: r.Key != nil}
+	}
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO "`+shapes.RejectionsTable+`" AS r (user_id, change_id, shape, row_key, error, message, at, last, times)
+SELECT $1, v.id, v.shape, v.key, v.code, v.msg, v.at, v.at, 1
+FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[]) AS v(id, shape, key, code, msg, at)
+ON CONFLICT (user_id, change_id) DO UPDATE SET shape = excluded.shape, row_key = excluded.row_key, error = excluded.error,
+	message = excluded.message, last = greatest(r.last, excluded.last), times = r.times + 1`, user, ids, shape, key, code, msg, at)
+	b.Queue(`DELETE FROM "`+shapes.RejectionsTable+`" WHERE user_id = $1 AND change_id NOT IN (
+	SELECT change_id FROM "`+shapes.RejectionsTable+`" WHERE user_id = $1 ORDER BY last DESC, change_id DESC LIMIT $2)`, user, keep)
+	return pgError(p.pool.SendBatch(ctx, b).Close())
+}
+
+func (p *driver) Rejections(ctx context.Context, user string) ([]shapes.Rejection, error) {
+	rows, err := p.pool.Query(ctx, `SELECT change_id, shape, row_key, error, message, at, last, times FROM "`+shapes.RejectionsTable+`"
+WHERE user_id = $1 ORDER BY last DESC, change_id DESC`, user)
+	if err != nil {
+		return nil, pgError(err)
+	}
+	var out []shapes.Rejection
+	var r shapes.Rejection
+	var key pgtype.Text
+	var times int32
+	_, err = pgx.ForEachRow(rows, []any{&r.ChangeID, &r.Shape, &key, &r.Error, &r.Message, &r.At, &r.Last, &times}, func() error {
+		r.Times, r.Key = int(times), nil
+		if key.Valid {
+			r.Key = json.RawMessage(key.String)
+		}
+		out = append(out, r)
+		return nil
+	})
+	return out, pgError(err)
+}

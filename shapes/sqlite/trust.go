@@ -1,0 +1,90 @@
+package sqlite
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"time"
+
+	"github.com/hypersync/hypersync/shapes"
+)
+
+// trustDDL creates the tables of shapes/trust.go.
+var trustDDL = []string{
+	`CREATE TABLE IF NOT EXISTS "` + shapes.KeysTable + `" (name TEXT PRIMARY KEY, secret TEXT NOT NULL)`,
+	`CREATE TABLE IF NOT EXISTS "` + shapes.RejectionsTable + `" (user_id TEXT NOT NULL, change_id TEXT NOT NULL, shape TEXT NOT NULL,
+		row_key TEXT, error TEXT NOT NULL, message TEXT NOT NULL, at TEXT NOT NULL, last TEXT NOT NULL, times INTEGER NOT NULL,
+		PRIMARY KEY (user_id, change_id))`,
+	`CREATE INDEX IF NOT EXISTS "` + shapes.RejectionsTable + `_last_idx" ON "` + shapes.RejectionsTable + `" (user_id, last)`,
+}
+
+// Secret returns the secret named name, made from crypto/rand the first
+// time.
+func (s *driver) Secret(ctx context.Context, name string) (string, error) {
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	if _, err := s.w.ExecContext(ctx, `INSERT INTO "`+shapes.KeysTable+`" (name, secret) VALUES (?, ?) ON CONFLICT (name) DO NOTHING`,
+		name, hex.EncodeToString(b[:])); err != nil {
+		return "", classify(err)
+	}
+	var secret string
+	err := s.w.QueryRowContext(ctx, `SELECT secret FROM "`+shapes.KeysTable+`" WHERE name = ?`, name).Scan(&secret)
+	return secret, classify(err)
+}
+
+func (s *driver) RecordRejections(ctx context.Context, user string, recs []shapes.Rejection, keep int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return classify(err)
+	}
+	defer tx.Rollback()
+	for _, r := range recs {
+		var key any
+		if r.Key != nil {
+			key = string(r.Key)
+		}
+		at := r.Last.UTC().Format(stampLayout)
+		if _, err := tx.ExecContext(ctx, `INSERT INTO "`+shapes.RejectionsTable+`" AS r (user_id, change_id, shape, row_key, error, message, at, last, times)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 1)
+ON CONFLICT (user_id, change_id) DO UPDATE SET shape = excluded.shape, row_key = excluded.row_key, error = excluded.error,
+	message = excluded.message, last = max(r.last, excluded.last), times = r.times + 1`, user, r.ChangeID, r.Shape, key, r.Error, r.Message, at); err != nil {
+			return classify(err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM "`+shapes.RejectionsTable+`" WHERE user_id = ?1 AND change_id NOT IN (
+	SELECT change_id FROM "`+shapes.RejectionsTable+`" WHERE user_id = ?1 ORDER BY last DESC, change_id DESC LIMIT ?2)`, user, keep); err != nil {
+		return classify(err)
+	}
+	return classify(tx.Commit())
+}
+
+func (s *driver) Rejections(ctx context.Context, user string) ([]shapes.Rejection, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT change_id, shape, row_key, error, message, at, last, times FROM "`+shapes.RejectionsTable+`"
+WHERE user_id = ? ORDER BY last DESC, change_id DESC`, user)
+	if err != nil {
+		return nil, classify(err)
+	}
+	defer rows.Close()
+	var out []shapes.Rejection
+	for rows.Next() {
+		var r shapes.Rejection
+		var key sql.NullString
+		var at, last string
+		if err := rows.Scan(&r.ChangeID, &r.Shape, &key, &r.Error, &r.Message, &at, &last, &r.Times); err != nil {
+			return nil, classify(err)
+		}
+		if key.Valid {
+			r.Key = json.RawMessage(key.String)
+		}
+		r.At, _ = time.Parse(stampLayout, at)
+		r.Last, _ = time.Parse(stampLayout, last)
+		out = append(out, r)
+	}
+	return out, classify(rows.Err())
+}
