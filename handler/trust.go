@@ -89,4 +89,3 @@ func rejectionEntry(rec shapes.Rejection) RejectionEntry {
 	return RejectionEntry{ChangeID: rec.ChangeID, At: rec.At.UTC().Format(TimeLayout), Last: rec.Last.UTC().Format(TimeLayout),
 		Times: rec.Times, ShapeKey: rec.Shape, Key: key, Error: rec.Error, Message: rec.Message}
 }
-

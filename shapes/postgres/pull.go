@@ -47,7 +47,6 @@ func buildPullSQL(shapeList []*shapes.Shape, limited, naive bool) string {
 // every other $2 through it.
 const lastPullParam = "{lastPull}"
 
-
 // sinceCTE is the CTE w holding the lastPull a pull reads from: $2, or
 // the epoch when $2 is later than the user's cursor (in the CTE cursor):
 // later than anything the server can have handed this user, a cursor from
