@@ -233,3 +233,34 @@ func TestSharedBadKeyFailsThatChangeAlone(t *testing.T) {
 	}
 	testkit.WantOutcomes(t, res, "applied,applied,rejected:invalid-payload")
 }
+
+// A scope column whose collation compares more loosely than its bytes (a
+// PostgreSQL collation that is not deterministic, SQLite's NOCASE) is
+// refused: founding "l" looks at the membership table's equality, and a
+// pull's join at the data table's, which would hand mallory alice's "L".
+func TestScopeColumnMustCompareByBytes(t *testing.T) {
+	t.Run("sqlite NOCASE", func(t *testing.T) {
+		dsn := testkit.SQLite().Open(t)
+		st := testkit.NewStore(t, testkit.OpenDB(t, dsn), listTables(t, dsn, "TEXT COLLATE NOCASE", "TEXT")...)
+		var se *shapes.SchemaError
+		if err := st.Check(context.Background()); !asSchemaError(err, &se) || se.Role != shapes.RoleScope {
+			t.Fatalf("check = %v, want the NOCASE scope column refused", err)
+		}
+	})
+	t.Run("sqlite BINARY", func(t *testing.T) {
+		dsn := testkit.SQLite().Open(t)
+		f := testkit.OpenStore(t, dsn, listTables(t, dsn, "TEXT COLLATE BINARY", "TEXT")...)
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(1, "L", "alice", false)), "applied")
+	})
+	t.Run("postgres case-insensitive collation", func(t *testing.T) {
+		dsn := testkit.Postgres().Open(t)
+		if err := testkit.ExecErr(dsn, `CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)`); err != nil {
+			t.Skip(err)
+		}
+		st := testkit.NewStore(t, testkit.OpenDB(t, dsn), listTables(t, dsn, "text COLLATE ci", "text")...)
+		var se *shapes.SchemaError
+		if err := st.Check(context.Background()); !asSchemaError(err, &se) || se.Role != shapes.RoleScope {
+			t.Fatalf("check = %v, want the case-blind scope column refused", err)
+		}
+	})
+}

@@ -263,7 +263,8 @@ func resolveSharing(set *ShapeSet, cfgs []ShapeConfig, inspect func(schema, tabl
 // scopeType reports whether a column may hold scopes: a push decides on a
 // scope's value as it was sent, so the column must store that value as
 // it is, and compare it by it alone. Numeric (1.0 = 1.00), padded
-// (char(n)), case-blind (citext) types, domains (which may carry their
+// (char(n)), case-blind (citext, or a collation that is not
+// deterministic, or SQLite's NOCASE) types, domains (which may carry their
 // own rules) and types a database parses its own way (date, name, whose
 // text is cut at 63 bytes) do not; varchar(n) does, because a longer
 // value is refused (Column.MaxChars) rather than cut.

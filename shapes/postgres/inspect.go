@@ -29,6 +29,7 @@ func (p *driver) Inspect(ctx context.Context, schema, table string) (*shapes.Tab
 			a.attnotnull, a.atthasdef OR a.attidentity <> '', a.attgenerated <> '',
 			CASE WHEN b.typname IN ('varchar', 'bpchar') THEN greatest(CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END - 4, 0) ELSE 0 END,
 			t.typtype <> 'd' AND b.typname IN ('text', 'varchar', 'uuid')
+				AND coalesce((SELECT co.collisdeterministic FROM pg_collation AS co WHERE co.oid = a.attcollation), true)
 		FROM pg_attribute a
 		JOIN pg_type t ON t.oid = a.atttypid
 		JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END

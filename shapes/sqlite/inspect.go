@@ -16,7 +16,8 @@ func (s *driver) Inspect(ctx context.Context, schema, table string) (*shapes.Tab
 		master = shapes.QuoteIdent(schema) + ".sqlite_schema"
 	}
 	info := &shapes.TableInfo{Schema: schema}
-	err := s.r.QueryRowContext(ctx, `SELECT name FROM `+master+` WHERE type = 'table' AND name = ? COLLATE NOCASE`, table).Scan(&info.Name)
+	var tableSQL string
+	err := s.r.QueryRowContext(ctx, `SELECT name, sql FROM `+master+` WHERE type = 'table' AND name = ? COLLATE NOCASE`, table).Scan(&info.Name, &tableSQL)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -46,7 +47,7 @@ func (s *driver) Inspect(ctx context.Context, schema, table string) (*shapes.Tab
 			return nil, classify(err)
 		}
 		c.Kind, c.Bits = kindOf(c.Type)
-		c.Exact = exactText(c.Type)
+		c.Exact = exactText(c.Type) && binaryCollation(tableSQL, c.Name)
 		if pos > 0 {
 			pk = append(pk, c.Name)
 			pkPos = append(pkPos, pos)
@@ -100,6 +101,59 @@ func (s *driver) Inspect(ctx context.Context, schema, table string) (*shapes.Tab
 		info.Stamps = append(info.Stamps, stampMarkers.FindAllString(text, -1)...)
 	}
 	return info, classify(trows.Err())
+}
+
+// binaryCollation reports whether the column name of the table whose
+// CREATE TABLE is sql compares by its bytes: no COLLATE other than BINARY
+// in its definition. A column COLLATE NOCASE would make "L" and "l" one
+// scope to a join, and two to a push.
+func binaryCollation(sql, name string) bool {
+	open, end := strings.IndexByte(sql, '('), strings.LastIndexByte(sql, ')')
+	if open < 0 || end < open {
+		return true
+	}
+	for _, def := range splitTopLevel(sql[open+1 : end]) {
+		fields := strings.Fields(def)
+		if len(fields) == 0 || !strings.EqualFold(strings.Trim(fields[0], "\"`[]'"), name) {
+			continue
+		}
+		for i := 1; i+1 < len(fields); i++ {
+			if strings.EqualFold(fields[i], "COLLATE") {
+				return strings.EqualFold(strings.Trim(fields[i+1], "\"`[]',"), "BINARY")
+			}
+		}
+		return true
+	}
+	return true
+}
+
+// splitTopLevel splits s at the commas outside parentheses and quotes.
+func splitTopLevel(s string) []string {
+	var parts []string
+	depth, start := 0, 0
+	var quote byte
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case quote != 0:
+			if c == quote {
+				quote = 0
+			}
+		case c == '"' || c == '\'' || c == '`' || c == '[':
+			quote = c
+			if c == '[' {
+				quote = ']'
+			}
+		case c == '(':
+			depth++
+		case c == ')':
+			depth--
+		case c == ',' && depth == 0:
+			parts = append(parts, s[start:i])
+			start = i + 1
+		}
+	}
+	return append(parts, s[start:])
 }
 
 func containsEmpty(list []string) bool {
