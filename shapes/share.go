@@ -252,10 +252,19 @@ func resolveSharing(set *ShapeSet, cfgs []ShapeConfig, inspect func(schema, tabl
 		}
 		sh.share = sc
 	}
+	named := map[string]*Membership{}
 	for _, m := range byTable {
 		if m.Shape != nil && m.Shape.share != nil {
 			m.Joined = &m.Shape.share.ScopedAt.ColumnInfo
 		}
+		// hypersync's own tables and scope locks name a membership table
+		// without its schema (a configuration may leave it out, and the
+		// stamping triggers must take the locks pushes take)
+		if o := named[m.Table]; o != nil {
+			return &SchemaError{Table: m.QualifiedName(), Problem: ProblemColumnType, Role: RoleNone,
+				Reason: fmt.Sprintf("the membership tables %s and %s have one name: hypersync tells membership tables apart by their name alone; rename one", o.QualifiedName(), m.QualifiedName())}
+		}
+		named[m.Table] = m
 	}
 	return nil
 }

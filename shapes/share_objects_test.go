@@ -183,3 +183,21 @@ func TestSharedBackendMembershipWithoutTombstone(t *testing.T) {
 		testkit.WantOutcomes(t, f.Push("bob", doc(5, "d1", "T")), "rejected:forbidden")
 	})
 }
+
+// Two membership tables of one name in two schemas are refused: hypersync
+// tells membership tables apart by name, and a removal from one would send
+// the other's rows.
+func TestMembershipTablesOfOneNameAreRefused(t *testing.T) {
+	dsn := testkit.Postgres().Open(t, `CREATE SCHEMA crm`, `CREATE SCHEMA chat`)
+	cfg := func(key, table string, keys, fields []string, field, via, member string) shapes.ShapeConfig {
+		return shapes.ShapeConfig{Key: key, Table: table, KeyFields: keys, Fields: fields, CreateTable: true,
+			FieldTypes: map[string]string{"deleted": "boolean"}, Share: &shapes.ShareConfig{Field: field, Via: via, Member: member}}
+	}
+	st := testkit.NewStore(t, testkit.OpenDB(t, dsn),
+		cfg("team_members", "crm.members", []string{"teamId", "memberId"}, []string{"deleted"}, "teamId", "crm.members", "memberId"),
+		cfg("room_members", "chat.members", []string{"roomId", "memberId"}, []string{"deleted"}, "roomId", "chat.members", "memberId"))
+	err := st.Check(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "have one name") {
+		t.Fatalf("check = %v, want the two membership tables of one name refused", err)
+	}
+}
