@@ -119,6 +119,10 @@ type Leave struct {
 	Joined, Stamp time.Time
 }
 
+// lastTime is the latest updatedAt hypersync writes: the wire and SQLite's
+// text carry four-digit years.
+var lastTime = time.Date(9999, 12, 31, 23, 59, 59, 999e6, time.UTC)
+
 // enteredNow stands for the stamp of the push at hand as the time a row
 // entered its scope: later than any removal before the push.
 var enteredNow = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
@@ -618,7 +622,12 @@ func (p *sharedPush) decideMemberships() {
 			r.Outcome = RowStale
 			continue
 		case st != nil && !r.UpdatedAt.After(st.UpdatedAt):
+			// after the stored one, within what every store and the wire
+			// can write: at the end of time, a tie, which devices apply
 			r.UpdatedAt = st.UpdatedAt.Add(time.Millisecond)
+			if r.UpdatedAt.After(lastTime) {
+				r.UpdatedAt = lastTime
+			}
 		}
 		ss.ever = true
 		switch {

@@ -111,3 +111,31 @@ func TestSharedPushThatKeepsConflictingIsUnavailable(t *testing.T) {
 		t.Fatalf("push = %v, want ErrUnavailable", err)
 	}
 }
+
+// A member who dates their own membership at the end of time can still be
+// removed: the removal applies in server order, dated at the end of time
+// too (the latest updatedAt every store and the wire can carry), which
+// devices apply as a tie. They can then neither read nor write the list.
+func TestMemberDatedAtTheEndOfTimeCanBeRemoved(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		f := sharedLists(t, b)
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(1, "L", "alice", false), testkit.Member(2, "L", "bob", false),
+			testkit.Todo(3, "t1", "L", "v0")), "applied,applied,applied")
+		end := time.Date(9999, 12, 31, 23, 59, 59, 999e6, time.UTC)
+		testkit.WantOutcomes(t, f.Push("bob", testkit.Change("list_members", end, `{"listId":"L","memberId":"bob","deleted":false}`)), "applied")
+		alice := f.NewDevice("alice")
+		alice.Sync()
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(10, "L", "bob", true)), "applied")
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Todo(11, "t2", "L", "after bob's removal")), "applied")
+		for _, r := range f.NewDevice("bob").Sync() {
+			if testkit.RowKey(r) == "todos/t2" {
+				t.Errorf("bob, removed, still receives rows of L: %s", r.Raw)
+			}
+		}
+		testkit.WantOutcomes(t, f.Push("bob", testkit.Todo(12, "t3", "L", "bob writes on")), "rejected:forbidden")
+		alice.Sync()
+		if got := alice.Rows["list_members/L/bob"]; got.Payload["deleted"] != true {
+			t.Errorf("alice's device still shows bob as a member: %s at %s", got.Raw, got.UpdatedAt)
+		}
+	})
+}

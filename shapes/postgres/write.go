@@ -339,6 +339,12 @@ func partsOf(sh *shapes.Shape, m shapes.Mask) upsertParts {
 	return u
 }
 
+// lww is last-write-wins: the stored row t is older than the new one, in
+// the record alias.
+func lww(alias, upd string) string {
+	return fmt.Sprintf("(t.%[2]s IS NULL OR %[1]s.%[2]s > t.%[2]s)", alias, upd)
+}
+
 func prefixed(prefix string, names []string) []string {
 	out := make([]string, len(names))
 	for i, n := range names {
@@ -413,12 +419,13 @@ func upsertConflictSQL(sh *shapes.Shape, m shapes.Mask) string {
 	for _, c := range append(append([]string{}, u.dataCols...), u.upd, u.synced) {
 		sets = append(sets, c+" = EXCLUDED."+c)
 	}
-	owner, stamps, stampCols := "t."+u.user+" = EXCLUDED."+u.user+" AND ", "stamp.stamp", u.synced
+	owner, stamps, stampCols := "t."+u.user+" = EXCLUDED."+u.user+" AND "+lww("EXCLUDED", u.upd), "stamp.stamp", u.synced
 	if u.shared {
-		// the policy checked who may write (pushshared.go); the user
-		// column records the author, and scoped_at the stamp at which
-		// the row entered its scope
-		owner, stamps, stampCols = "", "stamp.stamp, stamp.stamp", u.synced+", "+u.scoped
+		// the policy checked who may write, and decided last-write-wins,
+		// under the row's lock (pushshared.go); the user column records
+		// the author, and scoped_at the stamp at which the row entered its
+		// scope
+		owner, stamps, stampCols = "true", "stamp.stamp, stamp.stamp", u.synced+", "+u.scoped
 		sets = append(sets, u.user+" = EXCLUDED."+u.user)
 		if u.enters != "" {
 			sets = append(sets, fmt.Sprintf("%[1]s = CASE WHEN %[2]s THEN EXCLUDED.%[3]s ELSE t.%[1]s END", u.scoped, fmt.Sprintf(u.enters, "EXCLUDED"), u.synced))
@@ -432,7 +439,7 @@ func upsertConflictSQL(sh *shapes.Shape, m shapes.Mask) string {
 	INSERT INTO %[1]s AS t (%[2]s, %[3]s)
 	SELECT %[4]s, %[14]s FROM input, stamp ORDER BY %[5]s
 	ON CONFLICT (%[6]s) DO UPDATE SET %[7]s
-	WHERE %[15]s(t.%[9]s IS NULL OR EXCLUDED.%[9]s > t.%[9]s)
+	WHERE %[15]s
 	RETURNING %[10]s
 )
 SELECT input.ord::int4, %[16]s
@@ -460,7 +467,7 @@ func upsertSplitSQL(sh *shapes.Shape, m shapes.Mask) string {
 	}
 	sets = append(sets, u.upd+" = input."+u.upd, u.synced+" = stamp.stamp")
 	insertCols := append(append([]string{}, u.cols...), u.user, u.upd)
-	owner, stamps, stampCols := " AND t."+u.user+" = input."+u.user, "stamp.stamp", u.synced
+	owner, stamps, stampCols := " AND t."+u.user+" = input."+u.user+" AND "+lww("input", u.upd), "stamp.stamp", u.synced
 	if u.shared {
 		// as in upsertConflictSQL
 		owner, stamps, stampCols = "", "stamp.stamp, stamp.stamp", u.synced+", "+u.scoped
@@ -473,7 +480,6 @@ func upsertSplitSQL(sh *shapes.Shape, m shapes.Mask) string {
 	UPDATE %[1]s AS t SET %[2]s
 	FROM input, stamp
 	WHERE t.%[15]s = ANY (ARRAY(SELECT input.%[15]s FROM input)) AND %[3]s%[16]s
-		AND (t.%[5]s IS NULL OR input.%[5]s > t.%[5]s)
 	RETURNING input.ord
 ), ins AS (
 	INSERT INTO %[1]s AS t (%[6]s, %[7]s)

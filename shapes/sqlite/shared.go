@@ -298,8 +298,12 @@ func (t *liteTx) Write(user string, g shapes.Group, isolated bool) (err error) {
 		}
 		cols = append(cols, scoped)
 	}
-	update, err := t.stmt(`UPDATE ` + c.table + ` SET ` + strings.Join(sets, ", ") + ` WHERE ` + where + owner +
-		` AND (` + c.upd + ` IS NULL OR ? > ` + c.upd + `)`)
+	// a shared row: the policy decided last-write-wins (pushshared.go)
+	lww := ` AND (` + c.upd + ` IS NULL OR ? > ` + c.upd + `)`
+	if sc != nil {
+		lww = ` AND ? IS NOT NULL`
+	}
+	update, err := t.stmt(`UPDATE ` + c.table + ` SET ` + strings.Join(sets, ", ") + ` WHERE ` + where + owner + lww)
 	if err != nil {
 		return err
 	}
