@@ -246,7 +246,6 @@ type sharedPush struct {
 	refusal                map[*Row]Result                // changes refused by the policy
 	applied                []*Row                         // in decision order
 	hit                    map[*Membership]map[string]bool
-	leaves                 map[*Membership][]Leave
 }
 
 // run runs the phases, and returns the stamp and the users stamped; a zero
@@ -634,14 +633,6 @@ func (p *sharedPush) decideMemberships() {
 		case leaves:
 			delete(ss.active, member)
 			ss.leftHere = true
-			joined := time.Time{}
-			if st != nil {
-				joined = st.ScopedAt // enteredNow when they joined in this push
-			}
-			if p.leaves == nil {
-				p.leaves = map[*Membership][]Leave{}
-			}
-			p.leaves[m] = append(p.leaves[m], Leave{Scope: scope, Member: member, Joined: joined})
 		case joins:
 			ss.active[member] = true
 			if p.counts[m] != nil {
@@ -778,6 +769,7 @@ func (p *sharedPush) write(users []string) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, err
 	}
+	shared := stamp
 	merged, parts := p.merge()
 	var memberGroups, sharedGroups []Group
 	for _, r := range merged {
@@ -866,22 +858,45 @@ func (p *sharedPush) write(users []string) (time.Time, error) {
 			r.Outcome, r.Refusal = m.Outcome, m.Refusal
 		}
 	}
-	if err := p.recordMoves(merged, stamp); err != nil {
+	// the moves and removals happened at the stamp of the shared rows,
+	// which every member's cursor takes
+	if err := p.recordMoves(merged, shared); err != nil {
 		return time.Time{}, err
 	}
-	for m, leaves := range p.leaves {
-		for i := range leaves {
-			leaves[i].Stamp = stamp
-			if leaves[i].Joined.Equal(enteredNow) {
-				// joined and removed in this push: never a member to anyone
-				leaves[i].Joined = stamp
-			}
-		}
-		if err := p.tx.Leave(m, leaves); err != nil {
-			return time.Time{}, err
-		}
+	if err := p.recordLeaves(merged, shared); err != nil {
+		return time.Time{}, err
 	}
 	return stamp, nil
+}
+
+// recordLeaves records the members a written membership row removed: a
+// member before the push, removed after it (one removed and added again
+// in one push never left, to anyone).
+func (p *sharedPush) recordLeaves(merged []*Row, stamp time.Time) error {
+	leaves := map[*Membership][]Leave{}
+	var order []*Membership
+	for _, r := range merged {
+		k := rowRef{r.shape, r.key}
+		st, end := p.stored[k], p.state[k]
+		if !r.shape.IsMembership() || r.Outcome != RowApplied || st == nil || st.Tomb || !end.Tomb {
+			continue
+		}
+		member, err := r.member()
+		if err != nil {
+			return err
+		}
+		m := r.shape.share.Members
+		if leaves[m] == nil {
+			order = append(order, m)
+		}
+		leaves[m] = append(leaves[m], Leave{Scope: st.Scope, Member: member, Joined: st.ScopedAt, Stamp: stamp})
+	}
+	for _, m := range order {
+		if err := p.tx.Leave(m, leaves[m]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // removedSince reports whether a member was removed from the stored row's

@@ -1,11 +1,13 @@
 package shapes_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hypersync/hypersync/internal/testkit"
+	"github.com/hypersync/hypersync/shapes"
 )
 
 // A member removed, a row moved away while they were out, and the member
@@ -206,4 +208,67 @@ func TestSharedMoveTombstoneKeyIsCanonical(t *testing.T) {
 		t.Logf("bob got %s", r.Raw)
 	}
 	bob.WantLive(t, "list_members/A/alice", "list_members/A/bob")
+}
+
+// listsAndNotes opens the lists example with a per-user shape beside it.
+func listsAndNotes(t *testing.T, b testkit.Backend) *testkit.Fixture {
+	t.Helper()
+	cfgs := append(testkit.ListShapes(), shapes.ShapeConfig{Key: "notes", KeyFields: []string{"noteId"}, Fields: []string{"body"}, CreateTable: true})
+	return testkit.OpenStore(t, b.Open(t), cfgs...)
+}
+
+func note(at int, id, body string) shapes.Change {
+	return testkit.Change("notes", testkit.At(at), fmt.Sprintf(`{"noteId":%q,"body":%q}`, id, body))
+}
+
+// A push that removes a member, or moves a row away, beside a per-user row
+// written twice (which takes a second stamp, the pusher's alone): the
+// removal and the move are recorded at the stamp every member's cursor
+// took, so the removed member gets the move-out, with the version they saw
+// last, and the member who cannot see the new scope gets the tombstone.
+func TestRemovalAndMoveBesidePerUserRowWrittenTwice(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		f := listsAndNotes(t, b)
+		testkit.WantOutcomes(t, f.Push("carol", testkit.Member(1, "L", "carol", false), testkit.Member(2, "L", "bob", false),
+			testkit.Member(4, "L", "alice", false), testkit.Member(5, "M", "carol", false), testkit.Todo(3, "t1", "L", "v0"),
+			testkit.Todo(6, "t2", "L", "moves")), "applied,applied,applied,applied,applied,applied")
+		bob, alice := f.NewDevice("bob"), f.NewDevice("alice")
+		bob.Sync()
+		alice.Sync()
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(10, "L", "bob", true), testkit.Todo(20, "t1", "L", "written with the removal"),
+			note(11, "n1", "a"), note(12, "n1", "b")), "applied,applied,applied,applied")
+		for _, r := range bob.Sync() {
+			if testkit.RowKey(r) == "todos/t1" && (r.UpdatedAt != "2026-11-25T10:00:00.003Z" || r.User != "carol") {
+				t.Errorf("bob's tombstone of t1 tells %s by %s, want the version he saw: 2026-11-25T10:00:00.003Z by carol", r.UpdatedAt, r.User)
+			}
+		}
+		bob.WantLive(t)
+		testkit.WantOutcomes(t, f.Push("carol", testkit.Todo(21, "t2", "M", "moves"), note(22, "n2", "a"), note(23, "n2", "b")), "applied,applied,applied")
+		alice.Sync()
+		alice.WantLive(t, "list_members/L/alice", "list_members/L/carol", "notes/body=b,noteId=n1", "todos/t1")
+	})
+}
+
+// A member removed and added again in one push never left: a later move of
+// a row away sends its tombstone once, not once per made-up membership.
+func TestRemoveAndReAddInOnePushSendsMoveOnce(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		f := sharedLists(t, b)
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(1, "L", "alice", false), testkit.Member(2, "L", "bob", false),
+			testkit.Member(3, "M", "alice", false), testkit.Todo(4, "t1", "L", "v0")), "applied,applied,applied,applied")
+		bob := f.NewDevice("bob")
+		bob.Sync()
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(10, "L", "bob", true), testkit.Member(11, "L", "bob", false)), "applied,applied")
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Todo(12, "t1", "M", "v0")), "applied")
+		n := 0
+		for _, r := range bob.Sync() {
+			if testkit.RowKey(r) == "todos/t1" {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("bob's pull carries t1's tombstone %d times, want once", n)
+		}
+		bob.WantLive(t, "list_members/L/alice", "list_members/L/bob")
+	})
 }
