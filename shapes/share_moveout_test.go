@@ -272,3 +272,25 @@ func TestRemoveAndReAddInOnePushSendsMoveOnce(t *testing.T) {
 		bob.WantLive(t, "list_members/L/alice", "list_members/L/bob")
 	})
 }
+
+// A scope whose members have all left, written from outside hypersync (an
+// edit, a move): the members removed before still get a tombstone of what
+// they held, with the version they saw last.
+func TestOutsideWriteInScopeWithoutMembers(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		f := sharedLists(t, b)
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(1, "L", "alice", false), testkit.Member(2, "L", "bob", false),
+			testkit.Todo(3, "t1", "L", "v0"), testkit.Todo(4, "t2", "L", "v0")), "applied,applied,applied,applied")
+		bob := f.NewDevice("bob")
+		bob.Sync()
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(10, "L", "bob", true), testkit.Member(11, "L", "alice", true)), "applied,applied")
+		testkit.Exec(t, f.DSN, `UPDATE todos SET title = 'after', "userId" = 'backend' WHERE "todoId" = 't1'`,
+			`UPDATE todos SET "listId" = 'Y' WHERE "todoId" = 't2'`)
+		for _, r := range bob.Sync() {
+			if testkit.RowKey(r) == "todos/t1" && (r.UpdatedAt != "2026-11-25T10:00:00.003Z" || r.User != "alice") {
+				t.Errorf("bob's tombstone of t1 tells %s by %s, written after his removal; want 2026-11-25T10:00:00.003Z by alice", r.UpdatedAt, r.User)
+			}
+		}
+		bob.WantLive(t)
+	})
+}

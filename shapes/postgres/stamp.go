@@ -223,23 +223,25 @@ BEGIN
 	}
 	fmt.Fprintf(&b, `	) AS x WHERE u IS NOT NULL;
 	IF users IS NULL THEN
-		-- a row nobody can see: stamped with the clock, for NOT NULL
-		NEW.%[2]s := coalesce(NEW.%[2]s, %[4]s);%[5]s
-		RETURN NEW;
-	END IF;
-	INSERT INTO "%[1]s" (user_id, stamp) SELECT u, '-infinity' FROM unnest(users) AS u ORDER BY u ON CONFLICT (user_id) DO NOTHING;
-	SELECT max(c.stamp), bool_and(c.x = (txid_current() %% 4294967296)::text) INTO prev, mine
-	FROM (SELECT stamp, xmin::text AS x FROM "%[1]s" WHERE user_id = ANY (users) ORDER BY user_id FOR UPDATE) AS c;
-	IF mine AND prev > '-infinity' THEN
-		new_stamp := prev; -- every cursor was written by this transaction: its stamp is this transaction's
+		-- a row nobody can see now is stamped with the clock; it still
+		-- leaves its traces (moves, kept versions) for members removed
+		-- before, below
+		new_stamp := now_ms;%[4]s
 	ELSE
-		new_stamp := greatest(now_ms, prev + interval '1 millisecond');
+		INSERT INTO "%[1]s" (user_id, stamp) SELECT u, '-infinity' FROM unnest(users) AS u ORDER BY u ON CONFLICT (user_id) DO NOTHING;
+		SELECT max(c.stamp), bool_and(c.x = (txid_current() %% 4294967296)::text) INTO prev, mine
+		FROM (SELECT stamp, xmin::text AS x FROM "%[1]s" WHERE user_id = ANY (users) ORDER BY user_id FOR UPDATE) AS c;
+		IF mine AND prev > '-infinity' THEN
+			new_stamp := prev; -- every cursor was written by this transaction: its stamp is this transaction's
+		ELSE
+			new_stamp := greatest(now_ms, prev + interval '1 millisecond');
+		END IF;
+		-- only the cursors behind: a bulk write of one transaction would
+		-- otherwise make a new version of each cursor row per row it writes
+		UPDATE "%[1]s" SET stamp = new_stamp WHERE user_id = ANY (users) AND stamp < new_stamp;
 	END IF;
-	-- only the cursors behind: a bulk write of one transaction would
-	-- otherwise make a new version of each cursor row per row it writes
-	UPDATE "%[1]s" SET stamp = new_stamp WHERE user_id = ANY (users) AND stamp < new_stamp;
 	NEW.%[2]s := %[3]s;
-`, shapes.CursorTable, q(t.SyncedAt), stampExpr, strings.ReplaceAll(stampExpr, "new_stamp", "now_ms"), scopedDefault)
+`, shapes.CursorTable, q(t.SyncedAt), stampExpr, scopedDefault)
 	if sh.ScopedAt != "" {
 		// the row enters a scope: its scope changes, or a member comes back
 		enters := fmt.Sprintf("NEW.%s IS DISTINCT FROM old_scope", scope)
