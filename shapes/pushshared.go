@@ -240,7 +240,7 @@ type sharedPush struct {
 	memberRows, sharedRows []*Row              // in the order they are decided
 	state                  map[rowRef]*Stored  // stored rows, then as the push leaves them
 	stored                 map[rowRef]*Stored  // stored rows as read
-	newScope               map[*Row]scopeValue // each shared row's scope after it
+	newScope               map[*Row]scopeValue // the scope a change names, when it names one
 	scopes                 map[*Membership]map[string]*scopeState
 	counts                 map[*Membership]map[string]int // active memberships per member
 	refusal                map[*Row]Result                // changes refused by the policy
@@ -367,13 +367,9 @@ func (p *sharedPush) readStored() error {
 			p.refusal[r] = rejected(codes.InvalidPayload, "%s", err)
 			continue
 		}
-		if !present {
-			v = scopeValue{null: true}
-			if st := p.stored[rowRef{r.shape, r.key}]; st != nil {
-				v = scopeValue{text: st.Scope, null: st.ScopeNull}
-			}
+		if present {
+			p.newScope[r] = v
 		}
-		p.newScope[r] = v
 	}
 	return nil
 }
@@ -395,13 +391,14 @@ func (p *sharedPush) lockScopes() error {
 		}
 		touched[m][scope] = touched[m][scope] || exclusive
 	}
+	// a change that names no scope leaves the row where the push's
+	// earlier changes left it: in its stored scope, or one of theirs
 	for _, r := range p.decided() {
-		v, ok := p.newScope[r]
-		if !ok || p.refusal[r].Outcome == Rejected {
+		if p.refusal[r].Outcome == Rejected {
 			continue
 		}
 		m := r.shape.share.Members
-		if !v.null {
+		if v, ok := p.newScope[r]; ok && !v.null {
 			touch(m, v.text, r.shape.IsMembership())
 		}
 		if st := p.stored[rowRef{r.shape, r.key}]; st != nil && !st.ScopeNull {
@@ -679,7 +676,15 @@ func (p *sharedPush) decideRows() {
 		m := r.shape.share.Members
 		k := rowRef{r.shape, r.key}
 		st := p.state[k]
-		to := p.newScope[r]
+		to, named := p.newScope[r]
+		switch {
+		case named:
+		case st != nil:
+			// where the stored row, or an earlier change of this push, put it
+			to = scopeValue{text: st.Scope, null: st.ScopeNull}
+		default:
+			to = scopeValue{null: true}
+		}
 		switch {
 		case st != nil && st.ScopeNull && st.User != p.user:
 			// as in a shape without share: the key names another user's row

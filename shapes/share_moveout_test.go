@@ -294,3 +294,29 @@ func TestOutsideWriteInScopeWithoutMembers(t *testing.T) {
 		bob.WantLive(t)
 	})
 }
+
+// A move and then, in the same push, a change that names no scope: the
+// row stays where the move put it, and the move is recorded, so a member
+// of the old scope who cannot see the new one gets the tombstone.
+func TestMoveThenPartialChangeInOnePush(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		f := sharedLists(t, b)
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Member(1, "L", "alice", false), testkit.Member(2, "L", "carol", false),
+			testkit.Member(3, "M", "alice", false), testkit.Todo(4, "t1", "L", "v0"), testkit.Todo(5, "t2", "L", "v0")),
+			"applied,applied,applied,applied,applied")
+		carol := f.NewDevice("carol")
+		carol.Sync()
+		testkit.WantOutcomes(t, f.Push("alice", testkit.Todo(10, "t1", "M", "moved"),
+			testkit.Change("todos", testkit.At(11), `{"todoId":"t1","title":"moved and renamed"}`),
+			testkit.Todo(12, "t2", "", "made private"),
+			testkit.Change("todos", testkit.At(13), `{"todoId":"t2","title":"private and renamed"}`)), "applied,applied,applied,applied")
+		var where string
+		testkit.Query(f.DSN, `SELECT "listId" || '/' || coalesce((SELECT "listId" FROM todos WHERE "todoId" = 't2'), 'private') FROM todos WHERE "todoId" = 't1'`,
+			func(scan func(...any) error) error { return scan(&where) })
+		if where != "M/private" {
+			t.Fatalf("t1 and t2 are in %s, want M and private", where)
+		}
+		carol.Sync()
+		carol.WantLive(t, "list_members/L/alice", "list_members/L/carol")
+	})
+}
