@@ -63,8 +63,17 @@ async function change(shape, table, key, fields) {
 }
 
 // Ids are random UUIDs: a list id must be unguessable, or a stranger could
-// found the list first.
-const newId = () => crypto.randomUUID();
+// found the list first. crypto.randomUUID exists only in secure contexts;
+// on a plain-HTTP address (a phone on the LAN) the id is built from
+// getRandomValues, which exists everywhere.
+function newId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40; // version 4
+  b[8] = (b[8] & 0x3f) | 0x80; // variant 1
+  const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
 let selected = null; // the list shown; null is the Inbox
 const addTodo = (title) => { const todoId = newId(); return change(todos, db.todos, todoId, { todoId, listId: selected, title, done: false, deleted: false }); };
 // Toggling sends only the field that changed: hypersync applies partial payloads.
@@ -237,8 +246,16 @@ async function main() {
   $("status").dataset.state = "idle";
   await render();
   await syncNow();
-  // after the first sync: a poke then brings only what is new
-  liveSync = live(sync, { onSynced: () => { lastSync = new Date(); scheduleRender(); } });
+  // after the first sync: a poke then brings only what is new. The status
+  // line says whether this tab holds the browser's event stream.
+  liveSync = live(sync, {
+    onSynced: () => { lastSync = new Date(); scheduleRender(); },
+    onRole: (role) => { $("status").dataset.live = role; },
+  });
 }
+
+// For the browser suite, and for trying things from the console: the
+// engine and the shapes, as the app uses them.
+globalThis.hypersyncDemo = { sync, todos, lists, members };
 
 main();
