@@ -113,7 +113,9 @@ async function render() {
     ? await db.todos.where("listId").equals(selected).toArray()
     : (await db.todos.where("userId").equals(userId ?? "").toArray()).filter((t) => t.listId == null);
   const rows = shown.filter((t) => !t.deleted).sort((a, b) => String(a.title).localeCompare(String(b.title)));
-  $("todos").replaceChildren(...rows.map(todoItem));
+  // A title being edited: a live update must not throw away what the user
+  // is typing. The list is drawn again when the edit ends.
+  if (!$("todos").querySelector("input.edit")) $("todos").replaceChildren(...rows.map(todoItem));
 
   $("sharing").hidden = !selected;
   if (selected) {
@@ -168,6 +170,7 @@ function todoItem(t) {
     input.value = t.title;
     const done = () => {
       const v = input.value.trim();
+      input.replaceWith(title); // the edit is over: the list may be drawn again
       if (v && v !== t.title) rename(t.todoId, v); else scheduleRender();
     };
     input.addEventListener("keydown", (e) => { if (e.key === "Enter") input.blur(); if (e.key === "Escape") { input.value = t.title; input.blur(); } });
