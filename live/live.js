@@ -17,10 +17,10 @@
 //   (a lock), so that the next push reads the queue after the last one
 //   marked what the server accepted.
 // - A floor between poke-driven syncs. The client keeps a refused change
-//   in its queue and sends it again at every sync, forever. A poke-driven
-//   sync runs at once after a quiet second, two may run back to back (the
-//   pusher's own poke, then another device's), and beyond that at most
-//   one a second: pokes coalesce into the next one, never dropped.
+//   in its queue and sends it again at every sync, forever. While changes
+//   wait in the queue, poke-driven syncs run at most once a second; pokes
+//   between coalesce into the next one, never dropped. With the queue
+//   empty a poke's sync pushes nothing, and runs at once.
 // - One stream per browser. One tab holds the event stream, elected with
 //   Web Locks, or where they are missing or refused (plain-HTTP origins
 //   other than localhost, older webviews) over a BroadcastChannel with a
@@ -36,7 +36,8 @@
 //   page that knows no id yet syncs once when its first stream opens.
 export function live(sync, options = {}) {
   // options: url (default: events beside this module), name (of the lock
-  // and channel), floor (ms between poke-driven syncs, default 1000),
+  // and channel), floor (ms between poke-driven syncs while changes wait
+  // in the queue, default 1000; 0: none),
   // onSynced() after each sync, onError(err), onClosed() when the server
   // refused the stream for good (204: live is off), onRole(role) with
   // "leader" when this tab holds the stream and "follower" when another
@@ -90,22 +91,34 @@ export function live(sync, options = {}) {
     return current;
   }
 
-  // The floor: a bucket of two syncs, refilled one a second (floor).
-  let tokens = 2;
-  let filled = performance.now();
+  // The floor. A sync pushes only what waits in the queue, and only a push
+  // pokes: a poke-driven sync can feed itself only while changes wait there
+  // (a refused one, or an app that queues a change for each pulled row).
+  // Then poke-driven syncs run at most once a floor; the pokes between
+  // coalesce into the next one. With nothing waiting, a poke's sync is just
+  // the pull it asks for, and it runs at once.
+  let lastPokeSync = -Infinity;
   let deferred = null;
-  function pokeSync() {
+  async function pokeSync() {
     if (stopped) return;
-    if (!(floor > 0)) return void run().catch(() => {});
-    const now = performance.now();
-    tokens = Math.min(2, tokens + (now - filled) / floor);
-    filled = now;
-    if (tokens < 1) {
-      deferred ??= setTimeout(() => { deferred = null; pokeSync(); }, (1 - tokens) * floor);
-      return;
+    if (floor > 0 && await waiting()) {
+      const wait = lastPokeSync + floor - performance.now();
+      if (stopped) return;
+      if (wait > 0) {
+        deferred ??= setTimeout(() => { deferred = null; pokeSync(); }, wait);
+        return;
+      }
     }
-    tokens -= 1;
+    lastPokeSync = performance.now();
     run().catch(() => {});
+  }
+  async function waiting() {
+    try {
+      if (sync.currentUserId == null) return false;
+      return (await sync.getChangesQueue().where("[pushed+userId]").equals([0, sync.currentUserId]).count()) > 0;
+    } catch {
+      return true; // cannot tell: keep the floor
+    }
   }
 
   let stopped = false;
