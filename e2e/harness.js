@@ -245,8 +245,8 @@ export class Device {
 
 // recordSync records the /sync requests of a page or a whole browser
 // context as they start: method, path, query, when, which page, the
-// changeIds a push carries, and whether the request is still open (an
-// event stream is, until it closes).
+// changeIds a push carries, the answer's status once it comes, and whether
+// the request is still open (an event stream is, until it closes).
 export function recordSync(target) {
   const requests = [];
   const byRequest = new Map();
@@ -261,6 +261,7 @@ export function recordSync(target) {
   const ended = (r) => { const e = byRequest.get(r); if (e) e.open = false; };
   target.on("requestfinished", ended);
   target.on("requestfailed", ended);
+  target.on("response", (r) => { const e = byRequest.get(r.request()); if (e) e.status = r.status(); });
   return requests;
 }
 
