@@ -258,7 +258,7 @@ async function main() {
 }
 
 // For the browser suite, and for trying things from the console: the
-// engine and the shapes, as the app uses them.
-globalThis.hypersyncDemo = { sync, todos, lists, members };
+// engine, the shapes and live sync, as the app uses them.
+globalThis.hypersyncDemo = { sync, todos, lists, members, get live() { return liveSync; } };
 
 main();
