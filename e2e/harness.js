@@ -28,13 +28,16 @@ function freePort() {
 }
 
 // Go binaries are built once per run by scripts/test; build them here when
-// the suite runs on its own.
+// the suite runs on its own, once per process (go build is quick when
+// nothing changed, and a binary left from an older checkout is never used).
+const built = new Set();
 function goBinary(envVar, pkg, name) {
   if (process.env[envVar]) return process.env[envVar];
   const out = join(root, "e2e", ".bin", name);
-  if (!existsSync(out)) {
+  if (!built.has(out)) {
     mkdirSync(dirname(out), { recursive: true });
     execFileSync("go", ["build", "-o", out, pkg], { cwd: root, stdio: "inherit" });
+    built.add(out);
   }
   return out;
 }
@@ -57,6 +60,8 @@ export async function startPostgres() {
 // startCaddy runs the demo exactly as a user would: the demo's Caddyfile,
 // from a folder holding the built page, on a free loopback port. Without
 // databaseUrl it uses the Caddyfile's default, an SQLite file in ./data.
+// restart(during) stops it as a signal does, runs during() while it is
+// down, and starts it again on the same port and folder.
 export async function startCaddy({ databaseUrl } = {}) {
   const bin = goBinary("CADDY_BIN", "./cmd/caddy", "caddy");
   const port = await freePort();
@@ -65,29 +70,39 @@ export async function startCaddy({ databaseUrl } = {}) {
   const env = { ...process.env, HYPERSYNC_DEMO_ADDR: `http://127.0.0.1:${port}`, HYPERSYNC_DEMO_ADMIN: "off" };
   delete env.DATABASE_URL;
   if (databaseUrl) env.DATABASE_URL = databaseUrl;
-  const proc = spawn(bin, ["run", "--config", join(demoDir, "Caddyfile")], { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
   const log = [];
-  proc.stdout.on("data", (d) => log.push(String(d)));
-  proc.stderr.on("data", (d) => log.push(String(d)));
   const baseURL = `http://127.0.0.1:${port}`;
   const auth = "Basic " + Buffer.from("alice:alice-pw").toString("base64");
-  for (let i = 0; ; i++) {
-    try {
-      const r = await fetch(`${baseURL}/whoami`, { headers: { Authorization: auth } });
-      if (r.ok) break;
-    } catch {}
-    if (proc.exitCode !== null || i > 150) throw new Error(`Caddy did not start:\n${log.join("")}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  let proc;
+  const start = async () => {
+    proc = spawn(bin, ["run", "--config", join(demoDir, "Caddyfile")], { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
+    proc.stdout.on("data", (d) => log.push(String(d)));
+    proc.stderr.on("data", (d) => log.push(String(d)));
+    for (let i = 0; ; i++) {
+      try {
+        const r = await fetch(`${baseURL}/whoami`, { headers: { Authorization: auth } });
+        if (r.ok) break;
+      } catch {}
+      if (proc.exitCode !== null || i > 150) throw new Error(`Caddy did not start:\n${log.join("")}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  const stop = () => new Promise((resolve) => {
+    if (proc.exitCode !== null) return resolve();
+    proc.once("exit", resolve);
+    proc.kill("SIGTERM");
+  });
+  await start();
   return {
     baseURL,
     log,
     dir: cwd,
-    stop: () => new Promise((resolve) => {
-      if (proc.exitCode !== null) return resolve();
-      proc.once("exit", resolve);
-      proc.kill("SIGTERM");
-    }),
+    stop,
+    async restart(during) {
+      await stop();
+      await during?.();
+      await start();
+    },
   };
 }
 
@@ -226,6 +241,51 @@ export class Device {
   async close() {
     await this.context.close();
   }
+}
+
+// recordSync records the /sync requests of a page or a whole browser
+// context as they start: method, path, query, when, which page, the
+// changeIds a push carries, the answer's status once it comes, and whether
+// the request is still open (an event stream is, until it closes).
+export function recordSync(target) {
+  const requests = [];
+  const byRequest = new Map();
+  target.on("request", (r) => {
+    const url = new URL(r.url());
+    if (!url.pathname.startsWith("/sync/")) return;
+    const e = { method: r.method(), path: url.pathname, search: url.search, at: Date.now(), page: r.frame().page(), open: true, request: r };
+    if (url.pathname === "/sync/push") e.changes = (r.postDataJSON()?.changes ?? []).map((c) => c.changeId);
+    requests.push(e);
+    byRequest.set(r, e);
+  });
+  const ended = (r) => { const e = byRequest.get(r); if (e) e.open = false; };
+  target.on("requestfinished", ended);
+  target.on("requestfailed", ended);
+  target.on("response", (r) => { const e = byRequest.get(r.request()); if (e) e.status = r.status(); });
+  return requests;
+}
+
+// waitUntil polls cond every 50 ms until it is true, for at most ms.
+export async function waitUntil(cond, ms, what) {
+  const deadline = Date.now() + ms;
+  for (let i = 0; ; i++) {
+    if (await cond()) return;
+    if (Date.now() > deadline || i > ms / 10) throw new Error(`not within ${ms} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+// serverPush pushes changes to todos as another device of user would,
+// from Node, and returns the answer.
+export async function serverPush(baseURL, user, payloads) {
+  const r = await fetch(`${baseURL}/sync/push`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: "Basic " + Buffer.from(`${user}:${user}-pw`).toString("base64") },
+    body: JSON.stringify({ changes: payloads.map((payload) => ({ changeId: crypto.randomUUID(), shapeKey: "todos", pushed: 0, userId: user,
+      updatedAt: new Date().toISOString(), payload: { done: false, deleted: false, ...payload } })) }),
+  });
+  if (r.status !== 201) throw new Error(`push as ${user}: ${r.status} ${await r.text()}`);
+  return r.json();
 }
 
 // unique makes titles that no other scenario uses.

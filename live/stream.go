@@ -21,8 +21,22 @@ const (
 	DefaultStreamMaxAge      = 10 * time.Minute
 )
 
-// retryMillis is the reconnect delay a stream asks of EventSource.
-const retryMillis = 2000
+// The reconnect delay a stream asks of EventSource (retry:) is drawn for
+// each stream, uniformly between these. EventSource waits exactly that
+// long, with no jitter of its own: with one fixed delay, every device of a
+// restarted Caddy came back in the same instant. Spread over 4 s, 1,000
+// streams come back at about 250 a second (each one authentication and
+// one cursor read); no stream waits longer than 5 s, and what it missed
+// meanwhile comes as one poke when it is back (Last-Event-ID).
+const (
+	retryMin = 1000 * time.Millisecond
+	retryMax = 5000 * time.Millisecond
+)
+
+// retryDelay draws one stream's reconnect delay.
+func retryDelay() time.Duration {
+	return retryMin + rand.N(retryMax-retryMin+time.Millisecond)
+}
 
 // writeTimeout bounds one write to a stream. It is armed for the write
 // alone and cleared after it: an armed deadline left between writes would
@@ -67,7 +81,10 @@ func (s Server) WithDefaults() Server {
 // Every event carries an id: the user's sync stamp as of the poke. A
 // client that reconnects sends the last one back (Last-Event-ID), and gets
 // one poke at once if the user's cursor moved on since, and none if it did
-// not, so that a restart of Caddy does not make every device pull.
+// not, so that a restart of Caddy does not make every device pull. A new
+// EventSource cannot set that header: it may give the id as the query
+// parameter lastEventId instead (the header wins when both are there,
+// since EventSource's own reconnects keep the URL and send the newer id).
 func (s *Server) ServeEvents(w http.ResponseWriter, r *http.Request, user string, writeError func(status int, code, msg string)) {
 	st := newStream(user)
 	switch s.Broker.join(st, s.MaxStreams, s.MaxStreamsPerUser) {
@@ -96,7 +113,11 @@ func (s *Server) ServeEvents(w http.ResponseWriter, r *http.Request, user string
 			st.tell(id)
 		}
 	}
-	if last := r.Header.Get("Last-Event-ID"); last != "" {
+	last := r.Header.Get("Last-Event-ID")
+	if last == "" {
+		last = r.URL.Query().Get("lastEventId")
+	}
+	if last != "" {
 		seen, err := strconv.ParseInt(last, 10, 64)
 		if err != nil || seen < 0 || seen < id || id == 0 {
 			// missed something (or cannot tell): one poke at once
@@ -122,7 +143,7 @@ func (s *Server) ServeEvents(w http.ResponseWriter, r *http.Request, user string
 		_ = rc.SetWriteDeadline(time.Time{})
 		return err == nil
 	}
-	buf = fmt.Appendf(buf[:0], "retry: %d\n", retryMillis)
+	buf = fmt.Appendf(buf[:0], "retry: %d\n", retryDelay().Milliseconds())
 	if id > 0 {
 		buf = fmt.Appendf(buf, "id: %d\n", id)
 	}

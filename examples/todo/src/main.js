@@ -63,8 +63,17 @@ async function change(shape, table, key, fields) {
 }
 
 // Ids are random UUIDs: a list id must be unguessable, or a stranger could
-// found the list first.
-const newId = () => crypto.randomUUID();
+// found the list first. crypto.randomUUID exists only in secure contexts;
+// on a plain-HTTP address (a phone on the LAN) the id is built from
+// getRandomValues, which exists everywhere.
+function newId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40; // version 4
+  b[8] = (b[8] & 0x3f) | 0x80; // variant 1
+  const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
 let selected = null; // the list shown; null is the Inbox
 const addTodo = (title) => { const todoId = newId(); return change(todos, db.todos, todoId, { todoId, listId: selected, title, done: false, deleted: false }); };
 // Toggling sends only the field that changed: hypersync applies partial payloads.
@@ -104,7 +113,9 @@ async function render() {
     ? await db.todos.where("listId").equals(selected).toArray()
     : (await db.todos.where("userId").equals(userId ?? "").toArray()).filter((t) => t.listId == null);
   const rows = shown.filter((t) => !t.deleted).sort((a, b) => String(a.title).localeCompare(String(b.title)));
-  $("todos").replaceChildren(...rows.map(todoItem));
+  // A title being edited: a live update must not throw away what the user
+  // is typing. The list is drawn again when the edit ends.
+  if (!$("todos").querySelector("input.edit")) $("todos").replaceChildren(...rows.map(todoItem));
 
   $("sharing").hidden = !selected;
   if (selected) {
@@ -159,6 +170,7 @@ function todoItem(t) {
     input.value = t.title;
     const done = () => {
       const v = input.value.trim();
+      input.replaceWith(title); // the edit is over: the list may be drawn again
       if (v && v !== t.title) rename(t.todoId, v); else scheduleRender();
     };
     input.addEventListener("keydown", (e) => { if (e.key === "Enter") input.blur(); if (e.key === "Escape") { input.value = t.title; input.blur(); } });
@@ -237,8 +249,16 @@ async function main() {
   $("status").dataset.state = "idle";
   await render();
   await syncNow();
-  // after the first sync: a poke then brings only what is new
-  liveSync = live(sync, { onSynced: () => { lastSync = new Date(); scheduleRender(); } });
+  // after the first sync: a poke then brings only what is new. The status
+  // line says whether this tab holds the browser's event stream.
+  liveSync = live(sync, {
+    onSynced: () => { lastSync = new Date(); scheduleRender(); },
+    onRole: (role) => { $("status").dataset.live = role; },
+  });
 }
+
+// For the browser suite, and for trying things from the console: the
+// engine, the shapes and live sync, as the app uses them.
+globalThis.hypersyncDemo = { sync, todos, lists, members, get live() { return liveSync; } };
 
 main();
