@@ -12,7 +12,7 @@ import (
 // JavaScript client's Date.toISOString, RFC 3339 in UTC with exactly three
 // fractional digits. The client keeps milliseconds only, and so does every
 // timestamp hypersync writes.
-const TimeLayout = "2006-01-02T15:04:05.000Z07:00"
+const TimeLayout = shapes.TimeLayout
 
 // AppendTime appends t in TimeLayout, in UTC. A pull writes one or more
 // per row, so the years 0 to 9999 are written digit by digit, which costs

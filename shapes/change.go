@@ -93,3 +93,7 @@ type Result struct {
 func rejected(code, format string, args ...any) Result {
 	return Result{Outcome: Rejected, Code: code, Message: fmt.Sprintf(format, args...)}
 }
+
+// TimeLayout is how every timestamp leaves hypersync, in UTC: the form of
+// the JavaScript client's toISOString, with milliseconds.
+const TimeLayout = "2006-01-02T15:04:05.000Z07:00"

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"math/big"
 	"strconv"
 	"strings"
 	"time"
@@ -201,9 +202,36 @@ func hasEscapedNUL(raw []byte) bool {
 }
 
 // keyPart returns a canonical text for one key value, so that two changes
-// naming the same row within one push are recognised as such.
+// naming the same row within one push are recognised as such: a uuid in
+// any case, a timestamp in any offset or precision, a number in any
+// spelling (1.50 and 1.5, 1e2 and 100) are one key. Two changes the
+// database takes for one row must never be two rows to a push: it would
+// write one row twice in one statement.
 func (c *Column) keyPart(raw json.RawMessage) string {
 	raw = bytes.TrimSpace(raw)
+	switch c.Kind {
+	case KindTimestamp:
+		if t, err := TimeValue(raw); err == nil {
+			return "t" + strconv.FormatInt(t.UnixNano(), 10)
+		}
+	case KindInt:
+		if n, err := strconv.ParseInt(string(raw), 10, 64); err == nil {
+			return "n" + strconv.FormatInt(n, 10)
+		}
+	case KindFloat:
+		if f, err := strconv.ParseFloat(string(raw), 64); err == nil {
+			return "n" + strconv.FormatFloat(f, 'g', -1, 64)
+		}
+	case KindNumeric:
+		// a decimal without an exponent, whose value big.Rat spells
+		// alone; an exponent could make it build a huge number
+		var n big.Rat
+		if len(raw) > 0 && len(raw) <= 200 && bytes.IndexAny(raw, "eE\"") < 0 {
+			if _, ok := n.SetString(string(raw)); ok {
+				return "n" + n.RatString()
+			}
+		}
+	}
 	if len(raw) >= 2 && raw[0] == '"' && bytes.IndexByte(raw, '\\') < 0 {
 		// a string without escapes: its text is what lies between the quotes
 		if c.IsUUID() {
@@ -211,8 +239,7 @@ func (c *Column) keyPart(raw json.RawMessage) string {
 		}
 		return "s" + string(raw[1:len(raw)-1])
 	}
-	switch {
-	case len(raw) > 0 && raw[0] == '"':
+	if len(raw) > 0 && raw[0] == '"' {
 		var s string
 		if json.Unmarshal(raw, &s) == nil {
 			if c.IsUUID() {
@@ -220,10 +247,6 @@ func (c *Column) keyPart(raw json.RawMessage) string {
 				return "s" + strings.ToLower(s)
 			}
 			return "s" + s
-		}
-	case c.Kind == KindInt:
-		if n, err := strconv.ParseInt(string(raw), 10, 64); err == nil {
-			return "n" + strconv.FormatInt(n, 10)
 		}
 	}
 	return "r" + string(raw)

@@ -1080,9 +1080,14 @@ func (r *Row) tombstonePayload(from string) []byte {
 		// the key as the database spells it (a uuid lower-cased), as
 		// pulls send it, so that devices find the row they hold
 		raw := bytes.TrimSpace(r.Vals[i])
-		if c := &sh.cols[i]; c.IsUUID() {
+		switch c := &sh.cols[i]; {
+		case c.IsUUID():
 			if v, err := c.TextValue(raw); err == nil {
 				raw = jsonQuote(v)
+			}
+		case c.Kind == KindTimestamp:
+			if t, err := TimeValue(raw); err == nil {
+				raw = jsonQuote(t.UTC().Format(TimeLayout))
 			}
 		}
 		field(sh.cols[i].Field, raw)

@@ -151,6 +151,13 @@ func sharedStampTargetOf(cfg ShapeConfig, all []ShapeConfig, d *Dialect) StampTa
 	member := memberColumn(all, via)
 	sh := &StampShare{Shape: cfg.Key, Scope: cfg.Share.Field, ScopeType: typeOf(cfg.Share.Field), ScopedAt: cfg.ScopedAtColumn,
 		KeyFields: cfg.KeyFields, ScopeField: cfg.Share.Field, MSchema: schema, MTable: table, MScope: cfg.Share.Field, MMember: member, MTomb: DefaultTombstone}
+	for _, k := range cfg.KeyFields {
+		kt := ""
+		if cfg.FieldTypes[k] == "timestamp" {
+			kt = "tz" // create_table makes timestamptz, and SQLite TIMESTAMP text
+		}
+		sh.KeyTimes = append(sh.KeyTimes, kt)
+	}
 	tomb := cfg.Tombstone
 	if tomb == "" && cfg.FieldTypes[DefaultTombstone] == "boolean" {
 		tomb = DefaultTombstone

@@ -52,6 +52,10 @@ type StampShare struct {
 	// the tombstone column, empty when there is none.
 	KeyFields                   []string
 	ScopeField, Tomb, TombField string
+	// KeyTimes says, per key, that it holds a time ("tz", or "local" for a
+	// timestamp without time zone, which holds UTC): a tombstone writes it
+	// as pulls do.
+	KeyTimes []string
 	// The membership table: its scope, member and tombstone columns.
 	MSchema, MTable, MScope, MMember, MTomb string
 	// Membership: the table is the membership table, and Member its
@@ -79,6 +83,17 @@ func (t StampTarget) Marker() string {
 	return "hypersync-stamp-v3-" + hex.EncodeToString(h[:6])
 }
 
+// keyTime is a key column's KeyTimes entry.
+func keyTime(c ColumnInfo) string {
+	switch {
+	case c.Kind != KindTimestamp:
+		return ""
+	case strings.Contains(c.Type, "without time zone"):
+		return "local"
+	}
+	return "tz"
+}
+
 // stampTargetOf is the target of a create_table shape.
 func stampTargetOf(cfg ShapeConfig) StampTarget {
 	cfg = cfg.WithDefaults()
@@ -102,6 +117,7 @@ func (s *Shape) StampTarget() StampTarget {
 			ScopeField: s.ScopeColumn().Field, MSchema: m.Schema, MTable: m.Table, MScope: m.Scope.Name, MMember: m.Member.Name}
 		for _, k := range s.Keys {
 			sh.KeyFields = append(sh.KeyFields, k.Field)
+			sh.KeyTimes = append(sh.KeyTimes, keyTime(k.ColumnInfo))
 		}
 		if c, ok := s.TombColumn(); ok {
 			sh.Tomb, sh.TombField = c.Name, c.Field

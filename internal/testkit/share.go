@@ -81,6 +81,8 @@ func RowKey(r Pulled) string {
 		return "todos/" + fmt.Sprint(r.Payload["todoId"])
 	case "list_members":
 		return "list_members/" + fmt.Sprint(r.Payload["listId"]) + "/" + fmt.Sprint(r.Payload["memberId"])
+	case "events":
+		return "events/" + fmt.Sprint(r.Payload["eventId"]) + "/" + fmt.Sprint(r.Payload["day"])
 	}
 	var keys []string
 	for k, v := range r.Payload {

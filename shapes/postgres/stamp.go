@@ -282,7 +282,7 @@ BEGIN
 	if sh.Shape != "" && sh.Tomb != "" {
 		var obj []string
 		for i, k := range t.Keys {
-			obj = append(obj, quoteLiteral(sh.KeyFields[i]), "NEW."+q(k))
+			obj = append(obj, quoteLiteral(sh.KeyFields[i]), wireKey(sh, i, "NEW."+q(k)))
 		}
 		obj = append(obj, quoteLiteral(sh.ScopeField), "old_scope", quoteLiteral(sh.TombField), "true")
 		fmt.Fprintf(&b, `	IF TG_OP = 'UPDATE' AND old_scope IS NOT NULL AND NEW.%[1]s IS DISTINCT FROM old_scope THEN
@@ -321,6 +321,22 @@ END
 $hypersync$`, fn, marker, forgetMark, shapes.ScopesTable, quoteLiteral(sh.MTable), shapes.QuoteIdent(sh.Scope)),
 		fmt.Sprintf(`DROP TRIGGER IF EXISTS "hypersync_forget" ON %[1]s;
 CREATE TRIGGER "hypersync_forget" AFTER DELETE ON %[1]s REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION %[2]s()`, table, fn)}
+}
+
+// wireKey is key i of a tombstone, the column expression col, as pulls
+// write it: a time in UTC, with milliseconds.
+func wireKey(sh *shapes.StampShare, i int, col string) string {
+	if i >= len(sh.KeyTimes) {
+		return col
+	}
+	switch sh.KeyTimes[i] {
+	case "tz":
+		col += " AT TIME ZONE 'UTC'"
+	case "local":
+	default:
+		return col
+	}
+	return `to_char(` + col + `, 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`
 }
 
 // keyOf is keyExpr of the key columns of the record rec (NEW or OLD).

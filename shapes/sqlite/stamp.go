@@ -199,7 +199,11 @@ func sharedStamping(t shapes.StampTarget) ([]string, []string) {
 		if update && sh.Shape != "" && sh.Tomb != "" {
 			var obj []string
 			for i, k := range t.Keys {
-				obj = append(obj, quoteLiteral(sh.KeyFields[i]), "NEW."+q(k))
+				key := "NEW." + q(k)
+				if i < len(sh.KeyTimes) && sh.KeyTimes[i] != "" {
+					key = timeExpr(key) // as pulls write it
+				}
+				obj = append(obj, quoteLiteral(sh.KeyFields[i]), key)
 			}
 			obj = append(obj, quoteLiteral(sh.ScopeField), "OLD."+scope, quoteLiteral(sh.TombField), "json('true')")
 			body += fmt.Sprintf(`
