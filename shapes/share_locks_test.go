@@ -163,3 +163,44 @@ func TestSharedPushStampsManyMembers(t *testing.T) {
 		}
 	})
 }
+
+// A push that inserts a row another transaction inserted meanwhile runs
+// again from the start, and commits nothing of its first attempt: here t9
+// was inserted into M by a backend while alice's push waited, so t9 is
+// forbidden, and t5, which her push writes, is applied and reported, and
+// pokes the list's members.
+func TestRowInsertedMeanwhileRunsThePushAgain(t *testing.T) {
+	f := sharedLists(t, testkit.Postgres())
+	testkit.WantOutcomes(t, f.Push("alice", testkit.Member(1, "L", "alice", false), testkit.Member(2, "L", "bob", false)), "applied,applied")
+	testkit.WantOutcomes(t, f.Push("carol", testkit.Member(3, "M", "carol", false)), "applied")
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, f.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO todos ("todoId", "listId", title, "userId") VALUES ('t9', 'M', 'backend', 'backend')`); err != nil {
+		t.Fatal(err)
+	}
+	poked := commits(f)
+	done := make(chan []shapes.Result, 1)
+	go func() {
+		results := make([]shapes.Result, 2)
+		if _, err := f.Store.Push(ctx, "alice", []shapes.Change{testkit.Todo(10, "t5", "L", "alice's"), testkit.Todo(11, "t9", "L", "alice's too")}, results); err != nil {
+			t.Error(err)
+		}
+		done <- results
+	}()
+	waitForLockWait(t, f.DSN, "transactionid")
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WantOutcomes(t, <-done, "applied,rejected:forbidden")
+	if len(*poked) == 0 {
+		t.Error("t5 was committed, but the push was reported committed to nobody")
+	}
+}

@@ -2,11 +2,13 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/hypersync/hypersync/shapes"
@@ -476,10 +478,11 @@ func (t *pgTx) Write(user string, g shapes.Group, isolated bool) error {
 			var n int
 			var flag *string
 			if err := br.QueryRow().Scan(&n, &flag); err != nil {
+				var pgErr *pgconn.PgError
+				if errors.As(err, &pgErr) && strings.Contains(pgErr.Message, raced) {
+					return shapes.ErrRetry
+				}
 				return err
-			}
-			if n < len(g.Rows) {
-				return shapes.ErrRetry
 			}
 			for _, r := range g.Rows {
 				r.Outcome = shapes.RowApplied
@@ -546,8 +549,15 @@ FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamp
 }
 
 // insertSharedSQL inserts rows of a shared shape that did not exist when
-// the push locked its rows, and counts those it inserted: a row another
-// transaction inserted since is left alone (Write then asks for a retry).
+// the push locked its rows: a row another transaction inserted since is
+// left alone, and then the statement fails (raced), which aborts the
+// transaction before the commit queued after it, for the push to run
+// again and find the row. (Counting in Go would come too late: the commit
+// has gone with the statement.)
+// raced is the text of insertSharedSQL's failure (followed by the count,
+// so that the planner cannot fold the failing cast into a constant).
+const raced = "hypersync: a row was inserted meanwhile"
+
 func insertSharedSQL(sh *shapes.Shape, m shapes.Mask) string {
 	s, _ := sh.Statement(shapes.StatementKey{Op: opInsertShared, Mask: m}, func() (any, error) {
 		u := partsOf(sh, m)
@@ -558,8 +568,9 @@ func insertSharedSQL(sh *shapes.Shape, m shapes.Mask) string {
 	ON CONFLICT (%s) DO NOTHING
 	RETURNING 1
 )
-SELECT count(*)::int, CASE WHEN count(*) > 0 THEN set_config('%s', 'yes', true) END FROM ins`, u.table, strings.Join(cols, ", "), u.synced, u.scoped, strings.Join(prefixed("input.", cols), ", "),
-			strings.Join(prefixed("input.", u.keyCols), ", "), strings.Join(u.keyCols, ", "), appliedSetting), nil
+SELECT CASE WHEN count(*) = (SELECT count(*) FROM input) THEN count(*)::int ELSE CAST('%s ' || count(*) AS int) END,
+	CASE WHEN count(*) > 0 THEN set_config('%s', 'yes', true) END FROM ins`, u.table, strings.Join(cols, ", "), u.synced, u.scoped, strings.Join(prefixed("input.", cols), ", "),
+			strings.Join(prefixed("input.", u.keyCols), ", "), strings.Join(u.keyCols, ", "), raced, appliedSetting), nil
 	})
 	return s.(string)
 }
