@@ -43,6 +43,11 @@ type Tx interface {
 	// hold or held anything: a row of a shape shared through m, a row that
 	// moved out of it, or a row or membership deleted from it.
 	Used(m *Membership, scopes []string) (map[string]bool, error)
+	// LockMembers locks users (sorted), as members m may gain, until
+	// commit: pushes that add one member to scopes count their scopes one
+	// after another. A database whose writers are serialised anyway may do
+	// nothing.
+	LockMembers(m *Membership, users []string) error
 	// LockScopes locks scopes of m until commit: in share mode, or
 	// exclusively where exclusive[i]. Scopes come sorted. A database whose
 	// writers are serialised anyway may do nothing.
@@ -456,8 +461,37 @@ func (p *sharedPush) lockScopes() error {
 				}
 			}
 		}
+		// max_scopes_per_user holds against concurrent pushes too: the
+		// members the push may add are locked, and their scopes counted,
+		// under the lock
+		if adds := p.adds(m); len(adds) > 0 {
+			if err := p.tx.LockMembers(m, adds); err != nil {
+				return err
+			}
+			counts, err := p.tx.Memberships(m, adds)
+			if err != nil {
+				return err
+			}
+			p.counts[m] = counts
+		}
 	}
 	return nil
+}
+
+// adds returns, sorted, the members that membership changes of m not
+// refused yet would add.
+func (p *sharedPush) adds(m *Membership) []string {
+	set := map[string]bool{}
+	for _, r := range p.memberRows {
+		v, ok := p.newScope[r]
+		if !ok || r.shape.share.Members != m || p.refusal[r].Outcome == Rejected || p.tomb(r) {
+			continue
+		}
+		if member, err := r.member(); err == nil && !p.scopes[m][v.text].active[member] {
+			set[member] = true
+		}
+	}
+	return keys(set)
 }
 
 // firstLook is phase 1: it refuses, without locks, the membership changes the user may
@@ -493,6 +527,21 @@ func (p *sharedPush) firstLook() error {
 		if err != nil {
 			return err
 		}
+		// a scope nobody ever had a membership in, that the push founds:
+		// founding a scope something is, or was, in is refused here too
+		var candidates []string
+		for sc := range founds[m] {
+			if s := st[sc]; s == nil || !s.Ever {
+				candidates = append(candidates, sc)
+			}
+		}
+		used := map[string]bool{}
+		if len(candidates) > 0 {
+			sort.Strings(candidates)
+			if used, err = p.tx.Used(m, candidates); err != nil {
+				return err
+			}
+		}
 		adds := map[string]bool{}
 		for _, r := range p.memberRows {
 			v, ok := p.newScope[r]
@@ -502,7 +551,7 @@ func (p *sharedPush) firstLook() error {
 			s := st[v.text]
 			switch {
 			case s != nil && contains(s.Active, p.user):
-			case (s == nil || !s.Ever) && founds[m][v.text]:
+			case (s == nil || !s.Ever) && founds[m][v.text] && !used[v.text]:
 			default:
 				p.refusal[r] = rejected(codes.Forbidden, "%s", forbidMember)
 				continue

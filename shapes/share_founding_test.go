@@ -42,6 +42,14 @@ func TestFoundingOnlyAScopeNothingWasIn(t *testing.T) {
 			testkit.Exec(t, f.DSN, `INSERT INTO todos ("todoId", "listId", title, "userId") VALUES ('b1', 'L', 'from the backend', 'backend')`,
 				`UPDATE todos SET "listId" = 'M' WHERE "todoId" = 'b1'`)
 		}},
+		{"its tables truncated", func(t *testing.T, f *testkit.Fixture) {
+			testkit.WantOutcomes(t, f.Push("alice", testkit.Member(1, "L", "alice", false), testkit.Todo(2, "t1", "L", "alice's")), "applied,applied")
+			if _, sqlite := testkit.IsSQLite(f.DSN); sqlite {
+				testkit.Exec(t, f.DSN, `DELETE FROM todos`, `DELETE FROM list_members`) // SQLite's TRUNCATE
+			} else {
+				testkit.Exec(t, f.DSN, `TRUNCATE todos, list_members`)
+			}
+		}},
 		{"every member removed", func(t *testing.T, f *testkit.Fixture) {
 			testkit.WantOutcomes(t, f.Push("alice", testkit.Member(1, "L", "alice", false), testkit.Todo(2, "t1", "L", "alice's")), "applied,applied")
 			testkit.WantOutcomes(t, f.Push("alice", testkit.Member(3, "L", "alice", true)), "applied")

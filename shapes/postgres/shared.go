@@ -243,6 +243,20 @@ func scanStored(res pgx.Rows, out []*shapes.Stored) error {
 	return nil
 }
 
+// LockMembers takes, in hypersync's class of member locks, the lock of
+// each of users as a member of m: a push that may add them takes it after
+// its scope locks and before the cursors', in users' order.
+func (t *pgTx) LockMembers(m *shapes.Membership, users []string) error {
+	t.queue(fmt.Sprintf(`SELECT count(*) FROM (
+	SELECT pg_advisory_xact_lock(%d, k) FROM (SELECT DISTINCT hashtext(%s || u) AS k FROM unnest($1::text[]) AS u ORDER BY 1) AS keys) AS locked`,
+		memberLockClass, quoteLiteral(m.Table+":")), []any{users}, nil) // sent with Memberships, which follows
+	return nil
+}
+
+// memberLockClass is hypersync's class of two-key advisory locks on
+// members ("hm").
+const memberLockClass = 0x686d
+
 func (t *pgTx) LockScopes(m *shapes.Membership, scopes []string, exclusive []bool) error {
 	if len(scopes) == 0 {
 		return nil

@@ -311,16 +311,32 @@ const forgetMark = " DELETE"
 func forgetting(t shapes.StampTarget, marker string) []string {
 	sh := t.Share
 	fn := shapes.QuoteTable(t.Schema, "hypersync_forget_"+t.Table)
+	truncFn := shapes.QuoteTable(t.Schema, "hypersync_forget_all_"+t.Table)
 	table := shapes.QuoteTable(t.Schema, t.Table)
+	record := func(from string) string {
+		return fmt.Sprintf(`INSERT INTO "%[1]s" (members, scope) SELECT DISTINCT %[2]s, g.%[3]s::text FROM %[4]s AS g WHERE g.%[3]s IS NOT NULL ON CONFLICT DO NOTHING`,
+			shapes.ScopesTable, quoteLiteral(sh.MTable), shapes.QuoteIdent(sh.Scope), from)
+	}
 	return []string{fmt.Sprintf(`CREATE OR REPLACE FUNCTION %[1]s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $hypersync$
 -- %[2]s%[3]s: records the scopes rows were deleted from, which can never be founded again
 BEGIN
-	INSERT INTO "%[4]s" (members, scope) SELECT DISTINCT %[5]s, g.%[6]s::text FROM gone AS g WHERE g.%[6]s IS NOT NULL ON CONFLICT DO NOTHING;
+	%[4]s;
 	RETURN NULL;
 END
-$hypersync$`, fn, marker, forgetMark, shapes.ScopesTable, quoteLiteral(sh.MTable), shapes.QuoteIdent(sh.Scope)),
+$hypersync$`, fn, marker, forgetMark, record("gone")),
 		fmt.Sprintf(`DROP TRIGGER IF EXISTS "hypersync_forget" ON %[1]s;
-CREATE TRIGGER "hypersync_forget" AFTER DELETE ON %[1]s REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION %[2]s()`, table, fn)}
+CREATE TRIGGER "hypersync_forget" AFTER DELETE ON %[1]s REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION %[2]s()`, table, fn),
+		// TRUNCATE deletes without DELETE triggers: before it, every scope
+		// the table holds is recorded
+		fmt.Sprintf(`CREATE OR REPLACE FUNCTION %[1]s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $hypersync$
+-- %[2]s%[3]s: records the scopes of a table about to be truncated, which can never be founded again
+BEGIN
+	%[4]s;
+	RETURN NULL;
+END
+$hypersync$`, truncFn, marker, forgetMark, record(table)),
+		fmt.Sprintf(`DROP TRIGGER IF EXISTS "hypersync_forget_all" ON %[1]s;
+CREATE TRIGGER "hypersync_forget_all" BEFORE TRUNCATE ON %[1]s FOR EACH STATEMENT EXECUTE FUNCTION %[2]s()`, table, truncFn)}
 }
 
 // wireKey is key i of a tombstone, the column expression col, as pulls
