@@ -72,13 +72,13 @@ SELECT -1, NULL::text, (SELECT stamp FROM c)::text`)
 				stamps = append(stamps, fmt.Sprintf(`SELECT t.%s AS s FROM %s`, q(sh.SyncedAt.Name), src))
 			}
 		}
-		b.WriteString(`WITH last AS (SELECT stamp FROM "` + shapes.CursorTable + `" WHERE user_id = $1),
+		b.WriteString(`WITH last AS (SELECT stamp FROM "` + shapes.CursorTable + `" WHERE user_id = $1 AND stamp > '-infinity'),
 ` + sinceCTE("last") + `,
 c AS (SELECT coalesce((SELECT s FROM (` + strings.Join(stamps, " UNION ALL ") + `) AS page ORDER BY s OFFSET $3::int - 1 LIMIT 1),
 	(SELECT stamp FROM last)) AS stamp)
 SELECT -1, ((SELECT stamp FROM c) < (SELECT stamp FROM last))::text, (SELECT stamp FROM c)::text`)
 	default:
-		b.WriteString(`WITH c AS (SELECT stamp FROM "` + shapes.CursorTable + `" WHERE user_id = $1),
+		b.WriteString(`WITH c AS (SELECT stamp FROM "` + shapes.CursorTable + `" WHERE user_id = $1 AND stamp > '-infinity'),
 ` + sinceCTE("c") + `
 SELECT -1, NULL::text, (SELECT stamp FROM c)::text`)
 	}

@@ -83,15 +83,13 @@ func appliedSQL(applied string) string {
 }
 
 // undoStampSQL puts the cursor of the user ($1) back where it was when no
-// statement of the push applied a row, and removes it when the push made
-// it: such a push stamps nobody.
-const undoStampSQL = `WITH undo AS (
-	SELECT nullif(current_setting('` + prevSetting + `', true), '')::timestamptz AS prev
-	WHERE current_setting('` + appliedSetting + `', true) IS DISTINCT FROM 'yes'
-), gone AS (
-	DELETE FROM "` + shapes.CursorTable + `" AS c USING undo WHERE c.user_id = $1 AND undo.prev IS NULL
-)
-UPDATE "` + shapes.CursorTable + `" AS c SET stamp = undo.prev FROM undo WHERE c.user_id = $1 AND undo.prev IS NOT NULL`
+// statement of the push applied a row: a push that applied nothing stamps
+// nobody. A cursor the push made goes back to -infinity, which every
+// reader takes for no cursor at all. When a row was applied, as is usual,
+// the one-time filter skips the statement's scan altogether.
+const undoStampSQL = `UPDATE "` + shapes.CursorTable + `"
+SET stamp = coalesce(nullif(current_setting('` + prevSetting + `', true), '')::timestamptz, '-infinity')
+WHERE user_id = $1 AND current_setting('` + appliedSetting + `', true) IS DISTINCT FROM 'yes'`
 
 // naiveStampSQL is the reference server's scheme: a push stamps its rows
 // with its transaction's start time, and a pull answers with the current
@@ -114,6 +112,7 @@ func (p *driver) stampSQL() string {
 // The statements this driver caches per shape and mask.
 const (
 	opUpsert shapes.Op = iota
+	opUpsertLast
 	opPull
 	opPullPage
 	opInsertShared
@@ -163,14 +162,17 @@ func retry(write func() error) error {
 func (p *driver) writeBatch(ctx context.Context, w shapes.Write) (time.Time, error) {
 	b := &pgx.Batch{}
 	b.Queue(p.stampSQL(), w.User)
-	for _, g := range w.Groups {
+	for i, g := range w.Groups {
 		args, err := p.groupArgs(w.User, g)
 		if err != nil {
 			return time.Time{}, err
 		}
-		b.Queue(upsertSQL(g.Shape, g.Mask), args...)
+		if i == len(w.Groups)-1 {
+			b.Queue(upsertLastSQL(g.Shape, g.Mask), args...)
+		} else {
+			b.Queue(upsertSQL(g.Shape, g.Mask), args...)
+		}
 	}
-	b.Queue(undoStampSQL, w.User)
 	sent := time.Now()
 	br := p.pool.SendBatch(ctx, b)
 	var stamp time.Time
@@ -278,14 +280,38 @@ func (p *driver) writeIsolated(ctx context.Context, w shapes.Write) (time.Time, 
 // could fail on a missing column before PostgreSQL looks for the conflict,
 // so existing rows are updated and missing ones inserted by two parts of
 // one statement (upsertSplitSQL).
-func upsertSQL(sh *shapes.Shape, m shapes.Mask) string {
-	s, _ := sh.Statement(shapes.StatementKey{Op: opUpsert, Mask: m}, func() (any, error) {
+func upsertSQL(sh *shapes.Shape, m shapes.Mask) string { return upsertSQLOf(sh, m, false) }
+
+// upsertLastSQL is upsertSQL for the last statement of a per-user push:
+// it also puts the cursor back when neither it nor an earlier statement
+// applied a row (undoCTE), which saves the push a statement.
+func upsertLastSQL(sh *shapes.Shape, m shapes.Mask) string { return upsertSQLOf(sh, m, true) }
+
+func upsertSQLOf(sh *shapes.Shape, m shapes.Mask, last bool) string {
+	op := opUpsert
+	if last {
+		op = opUpsertLast
+	}
+	s, _ := sh.Statement(shapes.StatementKey{Op: op, Mask: m}, func() (any, error) {
 		if sh.Insertable(m) {
-			return upsertConflictSQL(sh, m), nil
+			return upsertConflictSQL(sh, m, last), nil
 		}
-		return upsertSplitSQL(sh, m), nil
+		return upsertSplitSQL(sh, m, last), nil
 	})
 	return s.(string)
+}
+
+// undoCTE is undoStampSQL as a part of the push's last statement, whose
+// own writes are the CTEs in written.
+func undoCTE(written ...string) string {
+	var none []string
+	for _, w := range written {
+		none = append(none, "NOT EXISTS (SELECT FROM "+w+")")
+	}
+	return fmt.Sprintf(`, undo AS (
+	UPDATE "%s" SET stamp = coalesce(nullif(current_setting('%s', true), '')::timestamptz, '-infinity')
+	WHERE user_id = $1 AND %s AND current_setting('%s', true) IS DISTINCT FROM 'yes'
+)`, shapes.CursorTable, prevSetting, strings.Join(none, " AND "), appliedSetting)
 }
 
 // foreignSQL reports whether the row that was not applied belongs to
@@ -383,7 +409,7 @@ func inputSQL(sh *shapes.Shape, m shapes.Mask) string {
 	return fmt.Sprintf(`WITH input AS MATERIALIZED (
 	SELECT v.ord, %s
 	FROM unnest(%s) WITH ORDINALITY AS v(%s, ord)
-), stamp AS (
+), stamp AS MATERIALIZED (
 	SELECT current_setting('`+stampSetting+`')::timestamptz AS stamp
 )`, strings.Join(exprs, ", "), strings.Join(arrays, ", "), strings.Join(names, ", "))
 }
@@ -412,7 +438,7 @@ func castExpr(c shapes.Column, v string) string {
 	return v + "::" + c.Cast
 }
 
-func upsertConflictSQL(sh *shapes.Shape, m shapes.Mask) string {
+func upsertConflictSQL(sh *shapes.Shape, m shapes.Mask, last bool) string {
 	u := partsOf(sh, m)
 	insertCols := append(append([]string{}, u.cols...), u.user, u.upd)
 	sets := make([]string, 0, len(u.dataCols)+2)
@@ -441,13 +467,21 @@ func upsertConflictSQL(sh *shapes.Shape, m shapes.Mask) string {
 	ON CONFLICT (%[6]s) DO UPDATE SET %[7]s
 	WHERE %[15]s
 	RETURNING %[10]s
-)
+)%[18]s
 SELECT input.ord::int4, %[16]s
 FROM input WHERE (SELECT count(*) FROM up) < (SELECT count(*) FROM input) AND NOT EXISTS (SELECT FROM up WHERE %[13]s)%[17]s`,
 		u.table, strings.Join(insertCols, ", "), stampCols, strings.Join(prefixed("input.", insertCols), ", "),
 		strings.Join(prefixed("input.", u.keyCols), ", "), strings.Join(u.keyCols, ", "), strings.Join(sets, ", "),
 		u.user, u.upd, strings.Join(prefixed("t.", u.keyCols), ", "), u.keyCols[0],
-		matching("cur.", "input.", u.keyCols), matching("up.", "input.", u.keyCols), stamps, owner, foreignSQL(u), appliedSQL("EXISTS (SELECT FROM up)"))
+		matching("cur.", "input.", u.keyCols), matching("up.", "input.", u.keyCols), stamps, owner, foreignSQL(u), appliedSQL("EXISTS (SELECT FROM up)"),
+		iff(last, undoCTE("up")))
+}
+
+func iff(c bool, s string) string {
+	if c {
+		return s
+	}
+	return ""
 }
 
 // upsertSplitSQL updates the user's existing rows and inserts missing ones,
@@ -459,7 +493,7 @@ FROM input WHERE (SELECT count(*) FROM up) < (SELECT count(*) FROM input) AND NO
 // Every read of the table is narrowed by "lead = ANY(the batch's keys)",
 // which the key's index serves. Left to a join, the planner may scan the
 // whole table, and a cached plan keeps doing so as the table grows.
-func upsertSplitSQL(sh *shapes.Shape, m shapes.Mask) string {
+func upsertSplitSQL(sh *shapes.Shape, m shapes.Mask, last bool) string {
 	u := partsOf(sh, m)
 	sets := make([]string, 0, len(u.dataCols)+2)
 	for _, c := range u.dataCols {
@@ -488,7 +522,7 @@ func upsertSplitSQL(sh *shapes.Shape, m shapes.Mask) string {
 	ORDER BY %[9]s
 	ON CONFLICT (%[10]s) DO NOTHING
 	RETURNING %[11]s
-)
+)%[20]s
 SELECT input.ord::int4, %[18]s
 FROM input
 WHERE (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins) < (SELECT count(*) FROM input)
@@ -498,7 +532,7 @@ WHERE (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins) < (SELECT count(*)
 		strings.Join(prefixed("input.", u.keyCols), ", "), strings.Join(u.keyCols, ", "),
 		strings.Join(prefixed("t.", u.keyCols), ", "), u.keyCols[0],
 		matching("cur.", "input.", u.keyCols), matching("ins.", "input.", u.keyCols), u.lead, owner, stamps, foreignSQL(u),
-		appliedSQL("EXISTS (SELECT FROM upd) OR EXISTS (SELECT FROM ins)"))
+		appliedSQL("EXISTS (SELECT FROM upd) OR EXISTS (SELECT FROM ins)"), iff(last, undoCTE("upd", "ins")))
 }
 
 // groupArgs are the arguments of a group's statement: the user, one array
