@@ -40,8 +40,8 @@ func writeOverloaded(w http.ResponseWriter, op string) {
 	writeError(w, http.StatusServiceUnavailable, codes.Overloaded, "too many "+op+"es at once on this server; try again shortly")
 }
 
-// storeError answers a failure of the store: 503 when the database cannot
-// be used now, schema-mismatch when a table does not match its shape, and
+// storeError answers a failure of the store: 403 for a user the operator
+// erased, 503 when the database cannot be used now, schema-mismatch when a table does not match its shape, and
 // 500 for anything else, which is a bug.
 func (h *Handler) storeError(w http.ResponseWriter, r *http.Request, ctx context.Context, op string, err error) {
 	var schemaErr *shapes.SchemaError
@@ -50,6 +50,8 @@ func (h *Handler) storeError(w http.ResponseWriter, r *http.Request, ctx context
 		// The client went away: nobody reads an answer.
 		h.cfg.Logger.Debug("client gone", zap.String("op", op), zap.Error(err))
 		return
+	case errors.Is(err, shapes.ErrErased):
+		writeError(w, http.StatusForbidden, codes.UserErased, "this user's data was erased; their requests are refused")
 	case errors.Is(err, shapes.ErrUnavailable) || ctx.Err() != nil:
 		h.logger(r).Warn("database unavailable", zap.String("op", op), zap.Error(err))
 		writeError(w, http.StatusServiceUnavailable, codes.DatabaseUnavailable, "the database cannot be reached; try again later")

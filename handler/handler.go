@@ -257,6 +257,9 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, user string) {
 		return
 	}
 	if op == "events" {
+		if h.cfg.Live != nil && !h.notErased(w, r, user) {
+			return
+		}
 		if h.cfg.Live == nil {
 			// live is off: 204 tells EventSource to stop reconnecting
 			w.WriteHeader(http.StatusNoContent)

@@ -61,9 +61,29 @@ type RejectionEntry struct {
 	Message  string          `json:"message"`
 }
 
+// notErased answers 403 for a user the operator erased, for the requests
+// whose statements do not check it themselves (pushes and pulls do), and
+// reports whether the request may go on.
+func (h *Handler) notErased(w http.ResponseWriter, r *http.Request, user string) bool {
+	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.Timeout)
+	defer cancel()
+	erased, err := h.cfg.Store.Erased(ctx, user)
+	if err == nil && erased {
+		err = shapes.ErrErased
+	}
+	if err != nil {
+		h.storeError(w, r, ctx, Op(r.URL.Path), err)
+		return false
+	}
+	return true
+}
+
 // rejections answers the authenticated user's record of refused changes,
 // newest first.
 func (h *Handler) rejections(ctx context.Context, w http.ResponseWriter, r *http.Request, user string) {
+	if !h.notErased(w, r, user) {
+		return
+	}
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.Timeout)
 	defer cancel()
 	recs, err := h.cfg.Store.Rejections(ctx, user)

@@ -14,26 +14,8 @@ import (
 // timestamp hypersync writes.
 const TimeLayout = shapes.TimeLayout
 
-// AppendTime appends t in TimeLayout, in UTC. A pull writes one or more
-// per row, so the years 0 to 9999 are written digit by digit, which costs
-// a fifth of AppendFormat; TestAppendTimeIsTimeLayout holds the two equal.
-func AppendTime(b []byte, t time.Time) []byte {
-	t = t.UTC()
-	year, month, day := t.Date()
-	if year < 0 || year > 9999 {
-		return t.AppendFormat(b, TimeLayout)
-	}
-	hour, minute, sec := t.Clock()
-	ms := t.Nanosecond() / 1e6
-	two := func(b []byte, n int) []byte { return append(b, byte('0'+n/10), byte('0'+n%10)) }
-	b = two(two(b, year/100), year%100)
-	b = two(append(b, '-'), int(month))
-	b = two(append(b, '-'), day)
-	b = two(append(b, 'T'), hour)
-	b = two(append(b, ':'), minute)
-	b = two(append(b, ':'), sec)
-	return append(b, '.', byte('0'+ms/100), byte('0'+ms/10%10), byte('0'+ms%10), 'Z')
-}
+// AppendTime appends t in TimeLayout, in UTC (shapes.AppendTime).
+func AppendTime(b []byte, t time.Time) []byte { return shapes.AppendTime(b, t) }
 
 // ParseTime reads a timestamp a client sends: any RFC 3339 time.
 func ParseTime(s string) (time.Time, error) { return time.Parse(time.RFC3339Nano, s) }
@@ -219,27 +201,9 @@ func AppendPayload(buf []byte, sh *shapes.Shape, vals []shapes.Value, fields [][
 	return append(buf, '}')
 }
 
-// appendValue appends one value as JSON (see shapes.Value for the forms
-// drivers give).
+// appendValue appends one value as JSON (shapes.AppendValue).
 func appendValue(buf []byte, k shapes.Kind, v shapes.Value) []byte {
-	switch {
-	case v.Null:
-		return append(buf, "null"...)
-	case k == shapes.KindTimestamp && v.Text == nil:
-		buf = append(buf, '"')
-		buf = AppendTime(buf, v.Time)
-		return append(buf, '"')
-	}
-	switch k {
-	case shapes.KindBool, shapes.KindInt, shapes.KindJSON, shapes.KindArray, shapes.KindOther:
-		return append(buf, v.Text...) // true/false, digits, or JSON text
-	case shapes.KindFloat, shapes.KindNumeric:
-		if t := v.Text; len(t) > 0 && (t[0] == 'N' || t[0] == 'I' || t[0] == '-' && len(t) > 1 && t[1] == 'I') {
-			return AppendJSONString(buf, t) // NaN and Infinity are not JSON numbers
-		}
-		return append(buf, v.Text...)
-	}
-	return AppendJSONString(buf, v.Text)
+	return shapes.AppendValue(buf, k, v)
 }
 
 // appendPullEnd closes the changes array and writes the cursor.
@@ -257,31 +221,7 @@ func appendPullEnd(buf []byte, res shapes.PullResult, paged bool) []byte {
 	return append(buf, '}')
 }
 
-// AppendJSONString appends s as a JSON string.
+// AppendJSONString appends s as a JSON string (shapes.AppendJSONString).
 func AppendJSONString[T string | []byte](buf []byte, s T) []byte {
-	const hex = "0123456789abcdef"
-	buf = append(buf, '"')
-	start := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' {
-			continue
-		}
-		buf = append(buf, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			buf = append(buf, '\\', c)
-		case '\n':
-			buf = append(buf, '\\', 'n')
-		case '\r':
-			buf = append(buf, '\\', 'r')
-		case '\t':
-			buf = append(buf, '\\', 't')
-		default:
-			buf = append(buf, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-		}
-		start = i + 1
-	}
-	buf = append(buf, s[start:]...)
-	return append(buf, '"')
+	return shapes.AppendJSONString(buf, s)
 }

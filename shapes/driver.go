@@ -50,6 +50,10 @@ type Driver interface {
 	RecordRejections(ctx context.Context, user string, recs []Rejection, keep int) error
 	// Rejections reads the user's record, newest first.
 	Rejections(ctx context.Context, user string) ([]Rejection, error)
+	// Erased reports whether ErasedTable holds hash; Unblock deletes it
+	// and reports whether it did.
+	Erased(ctx context.Context, hash string) (bool, error)
+	Unblock(ctx context.Context, hash string) (bool, error)
 	// Ping checks that the database answers.
 	Ping(ctx context.Context) error
 	// Close closes the connections.
@@ -61,6 +65,10 @@ type Write struct {
 	User     string
 	Groups   []Group
 	Isolated bool
+	// Block is the user's keyed hash in ErasedTable: the write fails with
+	// ErrErased when it is there, checked after the user's cursor is
+	// locked, so that no push of an erased user commits after the erase.
+	Block string
 }
 
 // PullQuery asks for one user's rows written after Since.
@@ -71,6 +79,9 @@ type PullQuery struct {
 	// Limit-th row, so that a page holds every row of its last stamp.
 	Limit  int
 	Shapes *ShapeSet
+	// Block is the user's keyed hash in ErasedTable: the pull fails with
+	// ErrErased when it is there.
+	Block string
 }
 
 // PulledRow is one row a pull returns. It is only valid during the call
@@ -156,8 +167,8 @@ type Dialect struct {
 	StampType, StampDefault string
 	// CursorDDL creates CursorTable when it is missing.
 	CursorDDL string
-	// TrustDDL creates KeysTable and RejectionsTable when they are
-	// missing.
+	// TrustDDL creates KeysTable, RejectionsTable and ErasedTable when
+	// they are missing.
 	TrustDDL []string
 	// SharingDDL creates the tables shared shapes need (MovesTable,
 	// LeftTable, VersionsTable, ScopesTable) and their indexes when they

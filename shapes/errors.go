@@ -34,6 +34,16 @@ func (e *RefusedError) Is(target error) bool { return target == ErrRefused }
 // row it found missing was inserted meanwhile by another transaction.
 var ErrRetry = errors.New("shapes: a concurrent write raced this one; retry")
 
+// ErrErased marks a request by a user the operator erased (caddy
+// hypersync erase): their token may outlive the account, and a device must
+// not push their data back. Callers answer 403 user-erased.
+var ErrErased = errors.New("the user was erased")
+
+// ErasedMarker is the text a statement fails with when its user is
+// erased, where SQL cannot raise an error of its own choosing: drivers
+// turn an error that carries it into ErrErased.
+const ErasedMarker = "hypersync: user erased"
+
 // memberRefused: the database refused membership changes that the policy
 // had already counted, so every later decision of the push may rest on
 // them. All the memberships of the push are written before anything else,

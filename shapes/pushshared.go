@@ -70,6 +70,10 @@ type Tx interface {
 	Moves(moves []Move) error
 	// Leave records members removed from scopes of m.
 	Leave(m *Membership, leaves []Leave) error
+	// Blocked fails the transaction with ErrErased if ErasedTable holds
+	// hash, checked once the next Stamp holds its locks: then, or at once
+	// where writers are serialised anyway.
+	Blocked(hash string) error
 }
 
 // Stored is a stored row as a shared write finds it, under its lock.
@@ -138,7 +142,7 @@ var enteredNow = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
 // with each change on its own (isolated), and if a refused change was a
 // membership, decided again without it, since every later decision of the
 // push may rest on it.
-func (s *Store) pushShared(ctx context.Context, set *ShapeSet, user string, rows []*Row, results []Result) (time.Time, []string, error) {
+func (s *Store) pushShared(ctx context.Context, set *ShapeSet, user, block string, rows []*Row, results []Result) (time.Time, []string, error) {
 	var stamp time.Time
 	var users []string
 	refused := map[int]string{} // membership changes the database refused
@@ -161,7 +165,7 @@ func (s *Store) pushShared(ctx context.Context, set *ShapeSet, user string, rows
 		// still be written when the newer one is forbidden.
 		groups := plan(live, false, isolated, results)
 		err := s.db.d.Shared(ctx, func(tx Tx) error {
-			p := &sharedPush{tx: tx, user: user, groups: groups, isolated: isolated, results: results,
+			p := &sharedPush{tx: tx, user: user, block: block, groups: groups, isolated: isolated, results: results,
 				maxMembers: s.maxMembers(), maxScopes: s.maxScopes(), perUserStamps: s.perUserStamps}
 			var err error
 			stamp, users, err = p.run()
@@ -235,6 +239,7 @@ type scopeState struct {
 type sharedPush struct {
 	tx            Tx
 	user          string
+	block         string // the user's hash in ErasedTable
 	groups        []Group
 	isolated      bool
 	results       []Result
@@ -819,6 +824,11 @@ func (p *sharedPush) audience() []string {
 // change leaves it out, so that a column default cannot put it somewhere
 // else than where it was decided to be.
 func (p *sharedPush) write(users []string) (time.Time, error) {
+	// checked under the pusher's cursor lock, which erase takes too: a
+	// push that waited for an erase of its user sees it, and writes nothing
+	if err := p.tx.Blocked(p.block); err != nil {
+		return time.Time{}, err
+	}
 	stamp, err := p.tx.Stamp(users)
 	if err != nil {
 		return time.Time{}, err

@@ -116,6 +116,8 @@ func (f *fakeTx) Moves(moves []Move) error {
 	return nil
 }
 
+func (f *fakeTx) Blocked(string) error { return nil }
+
 func (f *fakeTx) Leave(m *Membership, leaves []Leave) error {
 	for _, l := range leaves {
 		f.leaves = append(f.leaves, l.Scope+"/"+l.Member)

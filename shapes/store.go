@@ -161,7 +161,7 @@ func (s *Store) resolve(ctx context.Context) (*ShapeSet, error) {
 		return nil, fmt.Errorf("creating the cursor table %s: %w", CursorTable, err)
 	}
 	if err := d.DDL(ctx, dl.TrustDDL...); err != nil {
-		return nil, fmt.Errorf("creating the tables %s and %s: %w", KeysTable, RejectionsTable, err)
+		return nil, fmt.Errorf("creating the tables %s, %s and %s: %w", KeysTable, RejectionsTable, ErasedTable, err)
 	}
 	for _, cfg := range s.configs {
 		if cfg.Share != nil {
@@ -313,9 +313,13 @@ func (s *Store) Push(ctx context.Context, user string, changes []Change, results
 	if len(rows) == 0 {
 		return time.Time{}, nil
 	}
+	block, err := s.blockHash(ctx, user)
+	if err != nil {
+		return time.Time{}, err
+	}
 	for _, r := range rows {
 		if r.shape.share != nil {
-			stamp, users, err := s.pushShared(ctx, set, user, rows, results)
+			stamp, users, err := s.pushShared(ctx, set, user, block, rows, results)
 			if err != nil || !anyApplied(results) {
 				return time.Time{}, err
 			}
@@ -325,7 +329,7 @@ func (s *Store) Push(ctx context.Context, user string, changes []Change, results
 			return stamp, nil
 		}
 	}
-	w := Write{User: user, Groups: plan(rows, true, false, results)}
+	w := Write{User: user, Groups: plan(rows, true, false, results), Block: block}
 	stamp, err := s.db.d.Write(ctx, w)
 	if errors.Is(err, ErrRefused) {
 		// The fast path folds changes together and fails as a whole, so
@@ -334,7 +338,7 @@ func (s *Store) Push(ctx context.Context, user string, changes []Change, results
 		for _, r := range rows {
 			results[r.Index] = Result{}
 		}
-		w = Write{User: user, Groups: plan(rows, false, true, results), Isolated: true}
+		w = Write{User: user, Groups: plan(rows, false, true, results), Isolated: true, Block: block}
 		stamp, err = s.db.d.Write(ctx, w)
 	}
 	if err != nil {
@@ -397,7 +401,11 @@ func (s *Store) Pull(ctx context.Context, user string, since time.Time, limit in
 		return PullResult{}, err
 	}
 	defer release()
-	res, err := s.db.d.Pull(ctx, PullQuery{User: user, Since: since, Limit: limit, Shapes: set}, emit)
+	block, err := s.blockHash(ctx, user)
+	if err != nil {
+		return PullResult{}, err
+	}
+	res, err := s.db.d.Pull(ctx, PullQuery{User: user, Since: since, Limit: limit, Shapes: set, Block: block}, emit)
 	s.recheckOn(set, err)
 	return res, err
 }

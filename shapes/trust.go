@@ -27,6 +27,9 @@ const (
 	KeysTable = "hypersync_keys"
 	// RejectionsTable holds the record of refused changes.
 	RejectionsTable = "hypersync_rejections"
+	// ErasedTable holds the users the operator erased, by a keyed hash of
+	// their id (never the id itself): their requests answer 403.
+	ErasedTable = "hypersync_erased"
 )
 
 // DefaultKeepRejections is how many refused changes the record keeps per
@@ -129,15 +132,48 @@ func (s *Store) KeyOf(shape string, p Payload) json.RawMessage {
 
 // RecordRejections adds refusals to the user's record, and keeps its
 // newest keep entries. A changeId refused before has its entry updated:
-// last, times, and the newest reason.
+// last, times, and the newest reason. An erased user's refusals are not
+// kept: erasure deleted their record.
 func (s *Store) RecordRejections(ctx context.Context, user string, recs []Rejection, keep int) error {
 	if len(recs) == 0 || keep <= 0 {
 		return nil
 	}
-	if err := s.ready(ctx); err != nil {
+	if erased, err := s.Erased(ctx, user); err != nil || erased {
 		return err
 	}
 	return s.db.d.RecordRejections(ctx, user, recs, keep)
+}
+
+// blockHash is the keyed hash under which an erased user is blocked.
+func (s *Store) blockHash(ctx context.Context, user string) (string, error) {
+	return s.db.keyedHash(ctx, "erased", user)
+}
+
+// Erased reports whether the operator erased user. Pushes and pulls check
+// it in their own statements (Write.Block, PullQuery.Block); this is for
+// the requests that have none, like opening a stream.
+func (s *Store) Erased(ctx context.Context, user string) (bool, error) {
+	if err := s.ready(ctx); err != nil {
+		return false, err
+	}
+	h, err := s.blockHash(ctx, user)
+	if err != nil {
+		return false, err
+	}
+	return s.db.d.Erased(ctx, h)
+}
+
+// Unblock lifts the block erase put on user, and reports whether there
+// was one.
+func (s *Store) Unblock(ctx context.Context, user string) (bool, error) {
+	if err := s.ready(ctx); err != nil {
+		return false, err
+	}
+	h, err := s.blockHash(ctx, user)
+	if err != nil {
+		return false, err
+	}
+	return s.db.d.Unblock(ctx, h)
 }
 
 // Rejections returns the user's record, newest first.

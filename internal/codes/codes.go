@@ -35,6 +35,7 @@ const (
 	InvalidLastPull      = "invalid-last-pull"      // 400
 	InvalidLimit         = "invalid-limit"          // 400
 	Unauthenticated      = "unauthenticated"        // 401
+	UserErased           = "user-erased"            // 403: the operator erased the user (caddy hypersync erase)
 	NotFound             = "not-found"              // 404
 	MethodNotAllowed     = "method-not-allowed"     // 405, with Allow
 	BodyTooLarge         = "body-too-large"         // 413

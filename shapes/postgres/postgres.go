@@ -198,6 +198,9 @@ func pgError(err error) error {
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
+		if strings.Contains(pgErr.Message, shapes.ErasedMarker) {
+			return shapes.ErrErased // erasedSQL
+		}
 		if refusedByValue(pgErr) {
 			return &shapes.RefusedError{Message: pgErr.Message}
 		}

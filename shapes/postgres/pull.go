@@ -57,6 +57,12 @@ func sinceCTE(cursor string) string {
 	return `w AS (SELECT CASE WHEN ` + lastPullParam + `::timestamptz > coalesce((SELECT stamp FROM ` + cursor + `), 'epoch') THEN 'epoch'::timestamptz ELSE ` + lastPullParam + `::timestamptz END AS since)`
 }
 
+// erasedCheck is erasedSQL as an expression of the pull's statement, the
+// hash in param: null, or a failure when the user is erased.
+func erasedCheck(param string) string {
+	return `(SELECT CAST('` + shapes.ErasedMarker + ` ' || e.user_hash AS int) FROM "` + shapes.ErasedTable + `" AS e WHERE e.user_hash = ` + param + `::text)::text`
+}
+
 func buildPullBody(shapeList []*shapes.Shape, limited, naive bool) string {
 	q := shapes.QuoteIdent
 	var b strings.Builder
@@ -76,11 +82,11 @@ SELECT -1, NULL::text, (SELECT stamp FROM c)::text`)
 ` + sinceCTE("last") + `,
 c AS (SELECT coalesce((SELECT s FROM (` + strings.Join(stamps, " UNION ALL ") + `) AS page ORDER BY s OFFSET $3::int - 1 LIMIT 1),
 	(SELECT stamp FROM last)) AS stamp)
-SELECT -1, ((SELECT stamp FROM c) < (SELECT stamp FROM last))::text, (SELECT stamp FROM c)::text`)
+SELECT -1, coalesce(` + erasedCheck("$4") + `, ((SELECT stamp FROM c) < (SELECT stamp FROM last))::text), (SELECT stamp FROM c)::text`)
 	default:
 		b.WriteString(`WITH c AS (SELECT stamp FROM "` + shapes.CursorTable + `" WHERE user_id = $1 AND stamp > '-infinity'),
 ` + sinceCTE("c") + `
-SELECT -1, NULL::text, (SELECT stamp FROM c)::text`)
+SELECT -1, ` + erasedCheck("$3") + `, (SELECT stamp FROM c)::text`)
 	}
 	width := 0
 	for _, sh := range shapeList {
@@ -241,6 +247,9 @@ func (p *driver) Pull(ctx context.Context, q shapes.PullQuery, emit func(shapes.
 	args := []any{textFormats, q.User, q.Since}
 	if q.Limit > 0 {
 		args = append(args, q.Limit)
+	}
+	if !p.naiveStamps {
+		args = append(args, q.Block)
 	}
 	rows, err := p.pool.Query(ctx, p.pullSQL(q.Shapes, q.Limit > 0), args...)
 	if err != nil {

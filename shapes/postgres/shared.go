@@ -104,6 +104,7 @@ func (p *driver) shared(ctx context.Context, fn func(shapes.Tx) error) error {
 // cursor locks; the writes and the commit.
 type pgTx struct {
 	users    []string // the cursors Stamp locked
+	block    string   // the hash the next Stamp checks (Blocked)
 	stamped  map[string]bool
 	ctx      context.Context
 	conn     *pgx.Conn
@@ -374,6 +375,10 @@ SELECT u, '-infinity' FROM unnest($1::text[]) AS u ORDER BY u ON CONFLICT (user_
 	nullif(current_setting('`+stampSetting+`', true), '')::timestamptz + interval '1 millisecond')::text, true)::timestamptz
 FROM (SELECT stamp FROM "`+shapes.CursorTable+`" WHERE user_id = ANY ($1::text[]) ORDER BY user_id FOR UPDATE) AS locked`, []any{users},
 		func(br pgx.BatchResults) error { return br.QueryRow().Scan(&s) })
+	if t.block != "" {
+		t.queue(erasedSQL, []any{t.block}, nil)
+		t.block = ""
+	}
 	if err := t.flush(); err != nil {
 		return time.Time{}, pgError(err)
 	}
@@ -387,6 +392,13 @@ FROM (SELECT stamp FROM "`+shapes.CursorTable+`" WHERE user_id = ANY ($1::text[]
 		}
 	}
 	return s, nil
+}
+
+// Blocked has the next Stamp run erasedSQL after its locks, in its round
+// trip.
+func (t *pgTx) Blocked(hash string) error {
+	t.block = hash
+	return nil
 }
 
 // commitStamp queues, before the commit, the move of the cursors Stamp

@@ -28,6 +28,7 @@ var trustDDL = []string{
 		times integer NOT NULL,
 		PRIMARY KEY (user_id, change_id))`,
 	`CREATE INDEX IF NOT EXISTS "` + shapes.RejectionsTable + `_last_idx" ON "` + shapes.RejectionsTable + `" (user_id, last)`,
+	`CREATE TABLE IF NOT EXISTS "` + shapes.ErasedTable + `" (user_hash text PRIMARY KEY, at timestamptz NOT NULL)`,
 }
 
 // Secret returns the secret named name, made from crypto/rand the first
@@ -82,4 +83,15 @@ WHERE user_id = $1 ORDER BY last DESC, change_id DESC`, user)
 		return nil
 	})
 	return out, pgError(err)
+}
+
+func (p *driver) Erased(ctx context.Context, hash string) (bool, error) {
+	var found bool
+	err := p.pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM "`+shapes.ErasedTable+`" WHERE user_hash = $1)`, hash).Scan(&found)
+	return found, pgError(err)
+}
+
+func (p *driver) Unblock(ctx context.Context, hash string) (bool, error) {
+	tag, err := p.pool.Exec(ctx, `DELETE FROM "`+shapes.ErasedTable+`" WHERE user_hash = $1`, hash)
+	return tag.RowsAffected() > 0, pgError(err)
 }

@@ -91,6 +91,15 @@ const undoStampSQL = `UPDATE "` + shapes.CursorTable + `"
 SET stamp = coalesce(nullif(current_setting('` + prevSetting + `', true), '')::timestamptz, '-infinity')
 WHERE user_id = $1 AND current_setting('` + appliedSetting + `', true) IS DISTINCT FROM 'yes'`
 
+// erasedSQL fails when ErasedTable holds the hash $1: the cast of its
+// text to a number fails with a message that carries ErasedMarker, which
+// pgError turns into shapes.ErrErased. It runs after the statement that
+// locks the user's cursor, which erase holds until it commits, so it sees
+// an erase that a push waited for. (The hash in the text keeps the cast
+// from being a constant, which the planner would fold, and fail, before
+// any row is read.)
+const erasedSQL = `SELECT CAST('` + shapes.ErasedMarker + ` ' || user_hash AS int) FROM "` + shapes.ErasedTable + `" WHERE user_hash = $1`
+
 // naiveStampSQL is the reference server's scheme: a push stamps its rows
 // with its transaction's start time, and a pull answers with the current
 // time (pull.go). Only tests switch it on (config.naiveStamps), to prove
@@ -162,6 +171,7 @@ func retry(write func() error) error {
 func (p *driver) writeBatch(ctx context.Context, w shapes.Write) (time.Time, error) {
 	b := &pgx.Batch{}
 	b.Queue(p.stampSQL(), w.User)
+	b.Queue(erasedSQL, w.Block)
 	for i, g := range w.Groups {
 		args, err := p.groupArgs(w.User, g)
 		if err != nil {
@@ -183,6 +193,10 @@ func (p *driver) writeBatch(ctx context.Context, w shapes.Write) (time.Time, err
 	}
 	if p.lockWait != nil {
 		p.lockWait(time.Since(sent))
+	}
+	if _, err := br.Exec(); err != nil {
+		br.Close()
+		return time.Time{}, err
 	}
 	for _, g := range w.Groups {
 		rows, err := br.Query()
@@ -236,6 +250,9 @@ func (p *driver) writeIsolated(ctx context.Context, w shapes.Write) (time.Time, 
 	var stamp time.Time
 	var writer string
 	if err := tx.QueryRow(ctx, p.stampSQL(), w.User).Scan(&stamp, &writer); err != nil {
+		return time.Time{}, err
+	}
+	if _, err := tx.Exec(ctx, erasedSQL, w.Block); err != nil {
 		return time.Time{}, err
 	}
 	for _, g := range w.Groups {

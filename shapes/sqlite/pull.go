@@ -21,6 +21,9 @@ func (s *driver) Pull(ctx context.Context, q shapes.PullQuery, emit func(shapes.
 		return res, classify(err)
 	}
 	defer tx.Rollback()
+	if err := blocked(ctx, tx, q.Block); err != nil {
+		return res, err
+	}
 	var stamp string
 	err = tx.QueryRowContext(ctx, `SELECT stamp FROM "`+shapes.CursorTable+`" WHERE user_id = ?`, q.User).Scan(&stamp)
 	if errors.Is(err, sql.ErrNoRows) {

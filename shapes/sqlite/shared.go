@@ -238,6 +238,10 @@ func (t *liteTx) Used(m *shapes.Membership, scopes []string) (map[string]bool, e
 	return out, classify(rows.Err())
 }
 
+// Blocked checks at once: the transaction holds the file's write lock,
+// which an erase holds until it commits.
+func (t *liteTx) Blocked(hash string) error { return blocked(t.ctx, t.tx, hash) }
+
 func (t *liteTx) Stamp(users []string) (time.Time, error) {
 	// the users as one JSON array: a scope of many members would pass
 	// SQLite's limit of bound variables

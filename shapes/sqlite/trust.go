@@ -18,6 +18,7 @@ var trustDDL = []string{
 		row_key TEXT, error TEXT NOT NULL, message TEXT NOT NULL, at TEXT NOT NULL, last TEXT NOT NULL, times INTEGER NOT NULL,
 		PRIMARY KEY (user_id, change_id))`,
 	`CREATE INDEX IF NOT EXISTS "` + shapes.RejectionsTable + `_last_idx" ON "` + shapes.RejectionsTable + `" (user_id, last)`,
+	`CREATE TABLE IF NOT EXISTS "` + shapes.ErasedTable + `" (user_hash TEXT PRIMARY KEY, at TEXT NOT NULL)`,
 }
 
 // Secret returns the secret named name, made from crypto/rand the first
@@ -87,4 +88,33 @@ WHERE user_id = ? ORDER BY last DESC, change_id DESC`, user)
 		out = append(out, r)
 	}
 	return out, classify(rows.Err())
+}
+
+// blocked fails with shapes.ErrErased when the erased users hold hash.
+func blocked(ctx context.Context, tx *sql.Tx, hash string) error {
+	var found bool
+	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM "`+shapes.ErasedTable+`" WHERE user_hash = ?)`, hash).Scan(&found); err != nil {
+		return classify(err)
+	}
+	if found {
+		return shapes.ErrErased
+	}
+	return nil
+}
+
+func (s *driver) Erased(ctx context.Context, hash string) (bool, error) {
+	var found bool
+	err := s.r.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM "`+shapes.ErasedTable+`" WHERE user_hash = ?)`, hash).Scan(&found)
+	return found, classify(err)
+}
+
+func (s *driver) Unblock(ctx context.Context, hash string) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	res, err := s.w.ExecContext(ctx, `DELETE FROM "`+shapes.ErasedTable+`" WHERE user_hash = ?`, hash)
+	if err != nil {
+		return false, classify(err)
+	}
+	n, err := res.RowsAffected()
+	return n > 0, classify(err)
 }

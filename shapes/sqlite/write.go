@@ -241,6 +241,9 @@ func (s *driver) Write(ctx context.Context, w shapes.Write) (time.Time, error) {
 		return time.Time{}, classify(err)
 	}
 	defer tx.Rollback()
+	if err := blocked(ctx, tx, w.Block); err != nil {
+		return time.Time{}, err
+	}
 	stamp, err := s.stamp(ctx, tx, cur, w.User)
 	if err != nil {
 		return time.Time{}, err
