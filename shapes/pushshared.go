@@ -70,10 +70,41 @@ type Tx interface {
 	Moves(moves []Move) error
 	// Leave records members removed from scopes of m.
 	Leave(m *Membership, leaves []Leave) error
+	// Named reads the rows of sh that name user, each as the values of
+	// sh's columns in the form a pull gives them: with member, the user's
+	// active memberships (sh is a membership shape); without, the rows of
+	// a scope the user authored. It locks nothing (the policy does).
+	Named(sh *Shape, user string, member bool) ([][]Value, error)
+	// ScopesOf reads the scopes of m user is, or was, a member of.
+	ScopesOf(m *Membership, user string) ([]ScopeOf, error)
+	// Forget ends an erase (erase.go), and returns the private rows it
+	// deleted, by shape.
+	Forget(f Forget) (map[*Shape]int, error)
 	// Blocked fails the transaction with ErrErased if ErasedTable holds
-	// hash, checked once the next Stamp holds its locks: then, or at once
-	// where writers are serialised anyway.
+	// hash: at once or with the next statements, and again once the next
+	// Stamp holds its locks, where writers are not serialised anyway.
 	Blocked(hash string) error
+}
+
+// ScopeOf is one scope of a member: active since Since, or removed at
+// Until (after joining at Since). Since is zero where the table does not
+// say.
+type ScopeOf struct {
+	Scope        string
+	Active       bool
+	Since, Until time.Time
+}
+
+// Forget is the last part of an erase of User: delete their private rows
+// in Shapes (the rows of per-user shapes, and those of shared shapes
+// whose scope is null), their cursor, their refused-change record and
+// their recorded removals; give the versions and moves kept for move-out
+// that name them as author ErasedAuthor; and store Hash in ErasedTable.
+type Forget struct {
+	User, Hash string
+	Shapes     []*Shape
+	// Sharing: a shape is shared, so the tables of sharing are there.
+	Sharing bool
 }
 
 // Stored is a stored row as a shared write finds it, under its lock.
@@ -246,6 +277,12 @@ type sharedPush struct {
 	maxMembers    int
 	maxScopes     int
 	perUserStamps bool
+	// operator: the push is an erase's (erase.go), by the user erased. Its
+	// changes of rows (those that carry no tombstone) are applied
+	// wherever the row is, the rules of membership aside, only while the
+	// stored row's author is the user; every row it writes takes the
+	// author ErasedAuthor.
+	operator bool
 
 	memberRows, sharedRows []*Row              // in the order they are decided
 	state                  map[rowRef]*Stored  // stored rows, then as the push leaves them
@@ -261,6 +298,11 @@ type sharedPush struct {
 // run runs the phases, and returns the stamp and the users stamped; a zero
 // stamp when nothing was written.
 func (p *sharedPush) run() (time.Time, []string, error) {
+	// an erased user's push is refused whatever it carries (and checked
+	// again under the locks, in write)
+	if err := p.tx.Blocked(p.block); err != nil {
+		return time.Time{}, nil, err
+	}
 	p.sortRows()
 	if err := p.firstLook(); err != nil {
 		return time.Time{}, nil, err
@@ -550,7 +592,7 @@ func (p *sharedPush) firstLook() error {
 		adds := map[string]bool{}
 		for _, r := range p.memberRows {
 			v, ok := p.newScope[r]
-			if !ok || r.shape.share.Members != m || p.refusal[r].Outcome == Rejected {
+			if !ok || r.shape.share.Members != m || p.refusal[r].Outcome == Rejected || p.operator {
 				continue
 			}
 			s := st[v.text]
@@ -644,6 +686,10 @@ func (p *sharedPush) decideMemberships() {
 		tomb := p.tomb(r)
 		k := rowRef{sh, r.key}
 		st := p.state[k]
+		if p.operator && !r.Has(sh.share.Tomb) {
+			p.reauthor(r, k, m, scope)
+			continue
+		}
 		switch {
 		case ss.active[p.user]:
 		case !ss.ever && !ss.used && member == p.user && !tomb:
@@ -671,13 +717,8 @@ func (p *sharedPush) decideMemberships() {
 		case st != nil && !r.UpdatedAt.After(st.UpdatedAt) && !joins && !leaves:
 			r.Outcome = RowStale
 			continue
-		case st != nil && !r.UpdatedAt.After(st.UpdatedAt):
-			// after the stored one, within what every store and the wire
-			// can write: at the end of time, a tie, which devices apply
-			r.UpdatedAt = st.UpdatedAt.Add(time.Millisecond)
-			if r.UpdatedAt.After(lastTime) {
-				r.UpdatedAt = lastTime
-			}
+		case st != nil:
+			r.UpdatedAt = after(r.UpdatedAt, st.UpdatedAt)
 		}
 		ss.ever = true
 		switch {
@@ -694,10 +735,50 @@ func (p *sharedPush) decideMemberships() {
 		if st != nil && !joins {
 			joined = st.ScopedAt
 		}
-		p.state[k] = &Stored{Scope: scope, User: p.user, UpdatedAt: r.UpdatedAt, Tomb: tomb, ScopedAt: joined}
+		p.state[k] = &Stored{Scope: scope, User: p.author(), UpdatedAt: r.UpdatedAt, Tomb: tomb, ScopedAt: joined}
 		p.applied = append(p.applied, r)
 		p.mark(m, scope)
 	}
+}
+
+// after returns the updatedAt of a change applied over a stored row of
+// updatedAt stored: its own, or after the stored one, within what every
+// store and the wire can write: at the end of time, a tie, which devices
+// apply.
+func after(t, stored time.Time) time.Time {
+	if t.After(stored) {
+		return t
+	}
+	if t = stored.Add(time.Millisecond); t.After(lastTime) {
+		t = lastTime
+	}
+	return t
+}
+
+// author is the author the push writes into rows.
+func (p *sharedPush) author() string {
+	if p.operator {
+		return ErasedAuthor
+	}
+	return p.user
+}
+
+// reauthor decides an erase's change of a row: applied, with the author
+// ErasedAuthor and nothing else of the row changed, while the stored
+// row's author is the user erased; stale otherwise (another member wrote
+// it since the erase read it, or it is gone).
+func (p *sharedPush) reauthor(r *Row, k rowRef, m *Membership, scope string) {
+	st := p.state[k]
+	if st == nil || st.ScopeNull || st.User != p.user {
+		r.Outcome = RowStale
+		return
+	}
+	r.UpdatedAt = after(r.UpdatedAt, st.UpdatedAt)
+	next := *st
+	next.User, next.UpdatedAt = ErasedAuthor, r.UpdatedAt
+	p.state[k] = &next
+	p.applied = append(p.applied, r)
+	p.mark(m, scope)
 }
 
 // mark records that the push writes into scope: its members, before and
@@ -730,6 +811,14 @@ func (p *sharedPush) decideRows() {
 		m := r.shape.share.Members
 		k := rowRef{r.shape, r.key}
 		st := p.state[k]
+		if p.operator {
+			if st != nil {
+				p.reauthor(r, k, m, st.Scope)
+			} else {
+				r.Outcome = RowStale
+			}
+			continue
+		}
 		to, named := p.newScope[r]
 		switch {
 		case named:
@@ -786,6 +875,12 @@ func (p *sharedPush) settle() {
 // count: a refused change stamps nobody.
 func (p *sharedPush) audience() []string {
 	seen := map[string]bool{p.user: true}
+	if p.operator {
+		// the placeholder author's cursor takes the stamp too: SQLite's
+		// stamping triggers know hypersync's writes by a row stamped with
+		// its author's cursor
+		seen[ErasedAuthor] = true
+	}
 	for m, st := range p.scopes {
 		for sc, ss := range st {
 			if !p.hit[m][sc] {
@@ -806,6 +901,9 @@ func (p *sharedPush) audience() []string {
 	sort.Strings(users)
 	if p.perUserStamps {
 		users = []string{p.user}
+		if p.operator {
+			users = []string{ErasedAuthor, p.user}
+		}
 	}
 	return users
 }
@@ -861,7 +959,7 @@ func (p *sharedPush) write(users []string) (time.Time, error) {
 	}
 	var mr *memberRefused
 	for _, g := range memberGroups {
-		if err := p.tx.Write(p.user, g, p.isolated); err != nil {
+		if err := p.tx.Write(p.author(), g, p.isolated); err != nil {
 			var refused *RefusedError
 			if !p.isolated || !errors.As(err, &refused) {
 				return time.Time{}, err
@@ -878,7 +976,7 @@ func (p *sharedPush) write(users []string) (time.Time, error) {
 		return time.Time{}, mr
 	}
 	for _, g := range sharedGroups {
-		if err := p.tx.Write(p.user, g, p.isolated); err != nil {
+		if err := p.tx.Write(p.author(), g, p.isolated); err != nil {
 			var refused *RefusedError
 			if !p.isolated || !errors.As(err, &refused) {
 				return time.Time{}, err

@@ -118,6 +118,11 @@ func (f *fakeTx) Moves(moves []Move) error {
 
 func (f *fakeTx) Blocked(string) error { return nil }
 
+// The parts of an erase, which these cases do not run.
+func (f *fakeTx) Named(*Shape, string, bool) ([][]Value, error)   { return nil, nil }
+func (f *fakeTx) ScopesOf(*Membership, string) ([]ScopeOf, error) { return nil, nil }
+func (f *fakeTx) Forget(Forget) (map[*Shape]int, error)           { return nil, nil }
+
 func (f *fakeTx) Leave(m *Membership, leaves []Leave) error {
 	for _, l := range leaves {
 		f.leaves = append(f.leaves, l.Scope+"/"+l.Member)

@@ -38,6 +38,12 @@ type SharedConvergence struct {
 	// it going past Duration until what it did suffices (see runFor).
 	Duration time.Duration
 	Enough   func(Work) bool
+	// Erase, when set, adds eve, a member of both lists who pushes into
+	// them, and erases her with it at two thirds of the run (caddy
+	// hypersync erase): her pushes stop, and the rows she wrote stay,
+	// under the placeholder author, with new versions every member must
+	// receive.
+	Erase func(user string) error
 }
 
 // SharedReport is what a shared convergence run did and found.
@@ -72,6 +78,7 @@ type sharedRun struct {
 	forbidden atomic.Int64
 	pulls     atomic.Int64
 	seq       atomic.Int64
+	erasing   sync.Map // users being erased: their pushes may answer 403
 }
 
 // ConvergeShared runs c and returns its report.
@@ -92,6 +99,12 @@ func ConvergeShared(t *testing.T, c SharedConvergence) SharedReport {
 	var memberMu sync.Mutex
 	scopes := map[string][]string{"alice": {"S1", "S2"}, "bob": {"S1"}, "carol": {"S1", "S2"}, "dave": nil}
 	users := []string{"alice", "bob", "carol", "dave"}
+	if c.Erase != nil {
+		if err := r.push(rng, "alice", []map[string]any{r.member("S1", "eve", false), r.member("S2", "eve", false)}); err != nil {
+			t.Fatal(err)
+		}
+		scopes["eve"] = []string{"S1", "S2"}
+	}
 
 	var sqlWrites atomic.Int64
 	var enough func() bool
@@ -148,6 +161,44 @@ func ConvergeShared(t *testing.T, c SharedConvergence) SharedReport {
 				}
 			}()
 		}
+	}
+	if c.Erase != nil {
+		// eve pushes, and never pulls (her pulls answer 403 once erased)
+		for i := 0; i < c.Pushers; i++ {
+			wg.Add(1)
+			go func(rng *rand.Rand) {
+				defer wg.Done()
+				for ctx.Err() == nil {
+					memberMu.Lock()
+					mine := append([]string{}, scopes["eve"]...)
+					memberMu.Unlock()
+					if len(mine) == 0 {
+						return
+					}
+					if err := r.push(rng, "eve", []map[string]any{r.edit(rng, "eve", mine)}); err != nil && ctx.Err() == nil {
+						errs <- err
+						return
+					}
+				}
+			}(rand.New(rand.NewSource(int64(100 + i))))
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(2 * c.Duration / 3):
+			}
+			r.erasing.Store("eve", true)
+			if err := c.Erase("eve"); err != nil {
+				errs <- fmt.Errorf("erase: %w", err)
+				return
+			}
+			memberMu.Lock()
+			scopes["eve"] = nil
+			memberMu.Unlock()
+		}()
 	}
 	// alice adds dave to S2 at a third of the run, and removes bob from S1
 	// at a half
@@ -350,6 +401,9 @@ func (r *sharedRun) push(rng *rand.Rand, user string, changes []map[string]any) 
 	}
 	defer resp.Body.Close()
 	var pr handler.PushResponse
+	if _, erasing := r.erasing.Load(user); erasing && resp.StatusCode == http.StatusForbidden {
+		return nil
+	}
 	if resp.StatusCode != 201 {
 		return fmt.Errorf("push: %d", resp.StatusCode)
 	}

@@ -176,19 +176,29 @@ func (t *pgTx) Stored(sh *shapes.Shape, rows []*shapes.Row) ([]*shapes.Stored, e
 	if c, ok := sh.TombColumn(); ok {
 		tomb = "coalesce(t." + q(c.Name) + ", false)"
 	}
+	// a per-user shape's rows (for inspect) are private: no scope
+	scope, scoped := "NULL", "NULL"
+	if sh.Share() != nil {
+		scope, scoped = "t."+q(sh.ScopeColumn().Name), "t."+q(sh.Share().ScopedAt.Name)
+	}
 	// One index probe per key (LATERAL): a join left to the planner may
 	// scan the table, and a cached plan keeps doing so as it grows. The
 	// keys are locked in one order, the same for every push.
 	sql := fmt.Sprintf(`SELECT v.ord::int4, t.*
 FROM (SELECT * FROM unnest(%s) WITH ORDINALITY AS v(%s, ord) ORDER BY %s) AS v,
-LATERAL (SELECT t.%s::text, t.%s::text, t.%s::timestamptz, %s, t.%s::timestamptz, t.%s::timestamptz FROM %s AS t WHERE %s FOR UPDATE) AS t`,
+LATERAL (SELECT %s::text, t.%s::text, t.%s::timestamptz, %s, %s::timestamptz, t.%s::timestamptz FROM %s AS t WHERE %s FOR UPDATE) AS t`,
 		strings.Join(arrays, ", "), strings.Join(names, ", "), strings.Join(names, ", "),
-		q(sh.ScopeColumn().Name), q(sh.User.Name), q(sh.UpdatedAt.Name), tomb, q(sh.Share().ScopedAt.Name), q(sh.SyncedAt.Name),
+		scope, q(sh.User.Name), q(sh.UpdatedAt.Name), tomb, scoped, q(sh.SyncedAt.Name),
 		shapes.QuoteTable(sh.Schema, sh.Table), strings.Join(match, " AND "))
 	out := make([]*shapes.Stored, len(rows))
 	if len(rows) == 1 {
 		// one key on its own (an isolated push): a key the database
-		// cannot read is refused without aborting the transaction
+		// cannot read is refused without aborting the transaction; what
+		// was queued before is sent first, so that its failure is not
+		// taken for the key's
+		if err := t.flush(); err != nil {
+			return nil, pgError(err)
+		}
 		t.queue("SAVEPOINT k", nil, nil)
 	}
 	t.queue(sql, args, func(br pgx.BatchResults) error {
@@ -394,9 +404,12 @@ FROM (SELECT stamp FROM "`+shapes.CursorTable+`" WHERE user_id = ANY ($1::text[]
 	return s, nil
 }
 
-// Blocked has the next Stamp run erasedSQL after its locks, in its round
-// trip.
+// Blocked queues erasedSQL for the next round trip, and has the next Stamp
+// run it again after its locks, in its own round trip.
 func (t *pgTx) Blocked(hash string) error {
+	if hash != "" {
+		t.queue(erasedSQL, []any{hash}, nil)
+	}
 	t.block = hash
 	return nil
 }

@@ -99,6 +99,13 @@ func scanPulled(ctx context.Context, tx *sql.Tx, sh *shapes.Shape, query string,
 	for i := range raw {
 		dest[i] = &raw[i]
 	}
+	// the author as a NullString: RawBytes reads the empty text of an
+	// erased author (shapes.ErasedAuthor) as nil, which would make the
+	// row the puller's own
+	var author sql.NullString
+	if shared {
+		dest[n-1] = &author
+	}
 	vals := make([]shapes.Value, len(cols))
 	for rows.Next() {
 		if err := rows.Scan(dest...); err != nil {
@@ -106,7 +113,7 @@ func scanPulled(ctx context.Context, tx *sql.Tx, sh *shapes.Shape, query string,
 		}
 		row := shapes.PulledRow{Shape: sh, UpdatedAt: shapes.ValueOf(shapes.KindTimestamp, raw[first-1], parseTime), Values: vals}
 		if shared {
-			row.User = shapes.ValueOf(shapes.KindText, raw[len(raw)-1], nil)
+			row.User = shapes.Value{Null: !author.Valid, Text: []byte(author.String)}
 			switch string(raw[0]) {
 			case "p":
 				row.Payload = raw[2]

@@ -95,8 +95,13 @@ func (t *liteTx) Stored(sh *shapes.Shape, rows []*shapes.Row) ([]*shapes.Stored,
 	if c, ok := sh.TombColumn(); ok {
 		tomb = "coalesce(" + q(c.Name) + ", 0)"
 	}
+	// a per-user shape's rows (for inspect) are private: no scope
+	scope, scoped := "NULL", "NULL"
+	if sh.Share() != nil {
+		scope, scoped = q(sh.ScopeColumn().Name), timeExpr(q(sh.Share().ScopedAt.Name))
+	}
 	st, err := t.stmt(fmt.Sprintf(`SELECT CAST(%s AS TEXT), CAST(%s AS TEXT), %s, %s, %s, CAST(%s AS TEXT) FROM %s WHERE %s`,
-		q(sh.ScopeColumn().Name), q(sh.User.Name), timeExpr(q(sh.UpdatedAt.Name)), tomb, timeExpr(q(sh.Share().ScopedAt.Name)), q(sh.SyncedAt.Name),
+		scope, q(sh.User.Name), timeExpr(q(sh.UpdatedAt.Name)), tomb, scoped, q(sh.SyncedAt.Name),
 		shapes.QuoteTable(sh.Schema, sh.Table), keyWhere(sh)))
 	if err != nil {
 		return nil, err
