@@ -107,7 +107,7 @@ func TestEraseEffects(t *testing.T) {
 		left := map[string]int{}
 		for table, where := range map[string]string{
 			"todos": `"userId" = 'alice'`, "notes": `"userId" = 'alice'`, "lists": `"userId" = 'alice'`,
-			"list_members": `"userId" = 'alice' OR ("memberId" = 'alice' AND NOT deleted)`,
+			"list_members":     `"userId" = 'alice' OR ("memberId" = 'alice' AND NOT deleted)`,
 			shapes.CursorTable: `user_id = 'alice'`, shapes.RejectionsTable: `user_id = 'alice'`,
 			shapes.LeftTable: `member = 'alice'`, shapes.VersionsTable: `user_id = 'alice'`, shapes.MovesTable: `user_id = 'alice'`,
 		} {
