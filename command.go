@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/hypersync/hypersync/shapes"
 )
@@ -17,27 +18,65 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "hypersync",
-		Usage: "check|schema --config <path> [--adapter <name>]",
-		Short: "Checks or prints the tables behind hypersync's shapes",
+		Usage: "check|schema|export|inspect|erase|unblock --config <path> [--adapter <name>] [--user <id>]",
+		Short: "Checks hypersync's tables, and inspects, exports or erases a user's data",
 		Long: `
 "check" loads the config, connects to each hypersync database and reports,
 per shape, what is right or wrong with its table, with the SQL that would fix
 it. It exits 0 only when everything is right.
 
 "schema" prints the CREATE TABLE and CREATE INDEX statements of every shape,
-using the field types of create_table, without touching any database.`,
+using the field types of create_table, without touching any database.
+
+The commands for one user (--user <id>) connect to every hypersync block's
+database, and take the locks pushes take, so they are safe against running
+servers:
+
+"export" writes the user's data as one JSON document: per block, exactly what
+a pull from the epoch sends them, and their record of refused changes.
+
+"inspect" prints, per shape, how many rows the user receives, their scopes,
+their cursor and their newest refused changes; with --shape and --key, whether
+they receive that row, and why.
+
+"erase" deletes the user's private rows, removes them from every scope,
+gives the shared rows they wrote a placeholder author, deletes their cursor
+and record, and blocks their id. It needs --yes; --dry-run shows what it
+would do.
+
+"unblock" lifts the block erase put on a user id.`,
 		CobraFunc: func(cmd *cobra.Command) {
 			for _, sub := range []struct {
-				name, short string
-				run         caddycmd.CommandFunc
+				name, short, use string
+				run              caddycmd.CommandFunc
+				flags            func(*pflag.FlagSet)
 			}{
-				{"check", "Checks every shape against its table", cmdCheck},
-				{"schema", "Prints the DDL of every shape", cmdSchema},
+				{"check", "Checks every shape against its table", "", cmdCheck, nil},
+				{"schema", "Prints the DDL of every shape", "", cmdSchema, nil},
+				{"export", "Writes a user's data as JSON", " --user <id> [--output <file>]", cmdExport, func(f *pflag.FlagSet) {
+					f.StringP("output", "o", "", "Write the document to this file instead of stdout")
+				}},
+				{"inspect", "Says what a user receives, and why", " --user <id> [--shape <s> --key <k>] [--json]", cmdInspect, func(f *pflag.FlagSet) {
+					f.String("shape", "", "The shape of the row to explain")
+					f.String("key", "", "The row's key value, or a JSON object of its key fields")
+					f.Bool("json", false, "Print JSON")
+				}},
+				{"erase", "Erases a user's data and blocks their id", " --user <id> (--yes | --dry-run)", cmdErase, func(f *pflag.FlagSet) {
+					f.Bool("yes", false, "Erase for good")
+					f.Bool("dry-run", false, "Print what erase would do, and change nothing")
+				}},
+				{"unblock", "Lifts the block erase put on a user id", " --user <id>", cmdUnblock, nil},
 			} {
-				c := &cobra.Command{Use: sub.name + " --config <path> [--adapter <name>]", Short: sub.short,
+				c := &cobra.Command{Use: sub.name + " --config <path> [--adapter <name>]" + sub.use, Short: sub.short,
 					RunE: caddycmd.WrapCommandFuncForCobra(sub.run)}
 				c.Flags().StringP("config", "c", "", "Configuration file (default: ./Caddyfile)")
 				c.Flags().StringP("adapter", "a", "", "Name of config adapter")
+				if sub.use != "" {
+					c.Flags().StringP("user", "u", "", "The user id, as the authentication gives it")
+				}
+				if sub.flags != nil {
+					sub.flags(c.Flags())
+				}
 				cmd.AddCommand(c)
 			}
 		},

@@ -257,7 +257,7 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, user string) {
 		return
 	}
 	if op == "events" {
-		if h.cfg.Live != nil && !h.notErased(w, r, user) {
+		if !h.notErased(w, r, user) {
 			return
 		}
 		if h.cfg.Live == nil {

@@ -23,10 +23,11 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 const seedDDL = pgtest.TodosWithDescriptionDDL
 
 type env struct {
-	t   *testing.T
-	srv *httptest.Server
-	h   *handler.Handler
-	dsn string
+	t     *testing.T
+	srv   *httptest.Server
+	h     *handler.Handler
+	dsn   string
+	store *shapes.Store
 }
 
 // stores are the databases every wire test runs on.
@@ -46,7 +47,7 @@ func newEnvOn(t *testing.T, dsn string, configure func(*handler.Config)) *env {
 		configure(&cfg)
 	}
 	srv := testkit.NewServer(t, store, cfg)
-	return &env{t: t, srv: srv.Server, h: srv.Handler, dsn: dsn}
+	return &env{t: t, srv: srv.Server, h: srv.Handler, dsn: dsn, store: store}
 }
 
 type answer struct {

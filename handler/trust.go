@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/hypersync/hypersync/shapes"
 )
@@ -95,17 +96,30 @@ func (h *Handler) rejections(ctx context.Context, w http.ResponseWriter, r *http
 		Rejections []RejectionEntry `json:"rejections"`
 	}{Rejections: make([]RejectionEntry, 0, len(recs))}
 	for _, rec := range recs {
-		out.Rejections = append(out.Rejections, rejectionEntry(rec))
+		out.Rejections = append(out.Rejections, RejectionOf(rec))
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, out)
 }
 
-func rejectionEntry(rec shapes.Rejection) RejectionEntry {
+// RejectionOf is one entry of the record as …/rejections answers it.
+func RejectionOf(rec shapes.Rejection) RejectionEntry {
 	key := rec.Key
 	if key == nil {
 		key = json.RawMessage("null")
 	}
 	return RejectionEntry{ChangeID: rec.ChangeID, At: rec.At.UTC().Format(TimeLayout), Last: rec.Last.UTC().Format(TimeLayout),
 		Times: rec.Times, ShapeKey: rec.Shape, Key: key, Error: rec.Error, Message: rec.Message}
+}
+
+// EpochChanges returns the changes a pull from the epoch answers user,
+// each in the pull's own form (caddy hypersync export).
+func EpochChanges(ctx context.Context, st *shapes.Store, user string) ([]json.RawMessage, error) {
+	rw := newRowWriter(user)
+	out := []json.RawMessage{}
+	_, err := st.Pull(ctx, user, time.Unix(0, 0).UTC(), 0, func(row shapes.PulledRow) error {
+		out = append(out, rw.appendChange(nil, row))
+		return nil
+	})
+	return out, err
 }

@@ -1,6 +1,7 @@
 package handler_test
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -213,6 +214,45 @@ func TestRejectionRecordIsBounded(t *testing.T) {
 		off.push("carol", todo("c1", "carol", "2026-11-25T10:00:00.000Z", `{"todoId":"c","title":7}`))
 		if a := off.do("GET", "/sync/rejections", "carol", "", ""); !strings.Contains(a.body, `"rejections":[]`) {
 			t.Fatalf("with keep_rejections 0: %s", a.body)
+		}
+	})
+}
+
+// An erased user's pushes, pulls, streams and record answer 403
+// user-erased, on both stores, whatever the push carries; another user
+// goes on; unblocked, the user is served again.
+func TestErasedUserIsRefused(t *testing.T) {
+	forEachStore(t, func(t *testing.T, dsn string) {
+		e := newEnvOn(t, dsn, func(c *handler.Config) { c.CursorCookie = true })
+		now := func() string { return time.Now().UTC().Format("2006-01-02T15:04:05.000Z") }
+		if a := e.push("alice", todo("a1", "alice", now(), `{"todoId":"a1","title":"alice's"}`)); a.status != 201 {
+			t.Fatalf("push: %d %s", a.status, a.body)
+		}
+		if _, err := e.store.Erase(context.Background(), "alice", false); err != nil {
+			t.Fatal(err)
+		}
+		for name, a := range map[string]answer{
+			"push":       e.push("alice", todo("a2", "alice", now(), `{"todoId":"a2","title":"back"}`)),
+			"pull":       e.pull("alice", ""),
+			"paged pull": e.do("GET", "/sync/pull/?limit=10", "alice", "", ""),
+			"stream":     e.do("GET", "/sync/events", "alice", "", ""),
+			"rejections": e.do("GET", "/sync/rejections", "alice", "", ""),
+		} {
+			if a.status != http.StatusForbidden || !strings.Contains(a.body, `"error":"user-erased"`) {
+				t.Errorf("%s by alice, erased: %d %s", name, a.status, a.body)
+			}
+		}
+		if a := e.push("bob", todo("b1", "bob", now(), `{"todoId":"b1","title":"bob's"}`)); a.status != 201 {
+			t.Fatalf("bob's push: %d %s", a.status, a.body)
+		}
+		if _, err := e.store.Unblock(context.Background(), "alice"); err != nil {
+			t.Fatal(err)
+		}
+		if a := e.push("alice", todo("a4", "alice", now(), `{"todoId":"a4","title":"a new start"}`)); a.status != 201 {
+			t.Fatalf("alice's push, unblocked: %d %s", a.status, a.body)
+		}
+		if ids, _ := pulled(t, e.pull("alice", "")); strings.Join(ids, ",") != "a4" {
+			t.Fatalf("alice, unblocked, pulls %v: want her one new row", ids)
 		}
 	})
 }

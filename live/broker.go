@@ -249,10 +249,13 @@ var (
 // any database role can LISTEN, so raw user ids never travel. The
 // stamping triggers compute the same: left(md5(secret || user), 16).
 func (b *Broker) Key(user string) string {
-	return keyOf(*b.secret.Load(), user)
+	return KeyOf(*b.secret.Load(), user)
 }
 
-func keyOf(secret, user string) string {
+// KeyOf is the key of user under the database's secret (Transport.Secret),
+// for a process that pokes streams without a broker of its own (caddy
+// hypersync erase).
+func KeyOf(secret, user string) string {
 	h := md5.Sum([]byte(secret + user))
 	return hex.EncodeToString(h[:8])
 }
@@ -269,7 +272,7 @@ func (b *Broker) setSecret(s string) {
 	streams := map[string]map[*stream]struct{}{}
 	for _, set := range b.streams {
 		for st := range set {
-			st.key = keyOf(s, st.user)
+			st.key = KeyOf(s, st.user)
 			if streams[st.key] == nil {
 				streams[st.key] = map[*stream]struct{}{}
 			}
@@ -306,11 +309,14 @@ func (b *Broker) Publish(users []string, stamp time.Time) {
 	}
 }
 
+// KeysPerPoke is the most keys one poke carries: keys of 19 bytes in
+// JSON, well under PostgreSQL's 8,000 bytes of a notification.
+const KeysPerPoke = 300
+
 // sendLoop sends what Publish gathered, after 10 milliseconds, in
 // messages under PostgreSQL's 8,000 bytes: never inside a push's
 // transaction, so that a full notification queue cannot fail a push.
 func (b *Broker) sendLoop(ctx context.Context) {
-	const perMessage = 300 // keys of 19 bytes in JSON: well under 8,000 bytes
 	for {
 		select {
 		case <-ctx.Done():
@@ -327,7 +333,7 @@ func (b *Broker) sendLoop(ctx context.Context) {
 		b.out, b.outMax, b.outAt = map[string]struct{}{}, 0, 0
 		b.outMu.Unlock()
 		for len(keys) > 0 {
-			n := min(len(keys), perMessage)
+			n := min(len(keys), KeysPerPoke)
 			p := Poke{Keys: keys[:n], Stamp: stamp, At: at, Origin: b.origin}
 			keys = keys[n:]
 			if err := b.transport.Send(ctx, p); err != nil && ctx.Err() == nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -257,4 +258,38 @@ func membershipTables(set *ShapeSet) []*Membership {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].QualifiedName() < out[j].QualifiedName() })
 	return out
+}
+
+// KeyArg reads the key of a row of shape as inspect takes it: a JSON
+// object of the key fields, or the value of the one key field (as text
+// for a text column, else as JSON when it is JSON).
+func (s *Store) KeyArg(ctx context.Context, shape, k string) (Payload, error) {
+	set, release, err := s.shapes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	sh := set.byKey[shape]
+	if sh == nil {
+		return nil, fmt.Errorf("no shape is configured with the key %q", shape)
+	}
+	if t := strings.TrimSpace(k); strings.HasPrefix(t, "{") {
+		var fields map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(t), &fields); err != nil {
+			return nil, fmt.Errorf("the key is not a JSON object: %v", err)
+		}
+		return PayloadOf(fields), nil
+	}
+	if len(sh.Keys) != 1 {
+		var names []string
+		for _, c := range sh.Keys {
+			names = append(names, c.Field)
+		}
+		return nil, fmt.Errorf("shape %q has %d key fields (%s): give the key as a JSON object of them", shape, len(sh.Keys), strings.Join(names, ", "))
+	}
+	raw := json.RawMessage(k)
+	if c := sh.Keys[0]; c.Kind == KindText || c.Kind == KindTimestamp || !json.Valid(raw) {
+		raw = AppendJSONString(nil, k)
+	}
+	return Payload{{sh.Keys[0].Field, raw}}, nil
 }
