@@ -283,6 +283,11 @@ func checkUserID(s string) error {
 // config to let go of a pool closes it.
 func (h *HyperSync) Cleanup() error {
 	provisioned.Delete(h)
+	if h.handler != nil {
+		// the records of refused changes still being written (each
+		// bounded by its timeout) use the store
+		h.handler.WaitRecords()
+	}
 	if h.store != nil {
 		h.store.Close()
 	}

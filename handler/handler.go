@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -134,7 +135,15 @@ func (c Config) withDefaults() Config {
 type Handler struct {
 	cfg                  Config
 	pushSlots, pullSlots chan struct{}
+	// recording bounds the records of refused changes written in the
+	// background at once; recorded counts those not written yet.
+	recording chan struct{}
+	recorded  sync.WaitGroup
 }
+
+// recordSlots is how many records of refused changes are written in the
+// background at once (push.go).
+const recordSlots = 4
 
 // New checks c, fills in its defaults and returns the Handler.
 func New(c Config) (*Handler, error) {
@@ -142,7 +151,8 @@ func New(c Config) (*Handler, error) {
 		return nil, err
 	}
 	c = c.withDefaults()
-	return &Handler{cfg: c, pushSlots: make(chan struct{}, c.MaxPushes), pullSlots: make(chan struct{}, c.MaxPulls)}, nil
+	return &Handler{cfg: c, pushSlots: make(chan struct{}, c.MaxPushes), pullSlots: make(chan struct{}, c.MaxPulls),
+		recording: make(chan struct{}, recordSlots)}, nil
 }
 
 // Observer receives what requests did, for metrics. It must not block.

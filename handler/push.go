@@ -83,7 +83,7 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	}
 	writePushResponse(w, &resp)
 	if rejectedBy != nil && h.cfg.KeepRejections > 0 {
-		h.recordRejections(ctx, w, r, user, changes, results)
+		h.recordRejections(w, r, user, changes, results)
 	}
 	if rejectedBy != nil {
 		// One line per push, not per change: a hostile batch must not flood
@@ -100,9 +100,13 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 }
 
 // recordRejections adds the push's refused changes to the user's record,
-// after the answer has left: the record never delays, nor fails, a push.
-func (h *Handler) recordRejections(ctx context.Context, w http.ResponseWriter, r *http.Request, user string, changes []shapes.Change, results []shapes.Result) {
-	_ = http.NewResponseController(w).Flush()
+// after the answer: in the background, so that the push's answer ends as
+// soon as it is written (an HTTP/2 stream ends only when the handler
+// returns), and a failure to write it never fails the push. When every
+// background slot is busy (a flood of refused pushes), the record is
+// written here, after the answer is flushed: the flood slows itself
+// rather than pile up goroutines, and no record is lost.
+func (h *Handler) recordRejections(w http.ResponseWriter, r *http.Request, user string, changes []shapes.Change, results []shapes.Result) {
 	now := h.cfg.Now().UTC()
 	byID := map[string]int{}
 	var recs []shapes.Rejection
@@ -111,21 +115,41 @@ func (h *Handler) recordRejections(ctx context.Context, w http.ResponseWriter, r
 		if rr.Outcome.Accepted() || ch.ID == "" {
 			continue
 		}
+		// cloned: the request's buffers are reused once it ends
 		rec := shapes.Rejection{ChangeID: strings.Clone(ch.ID), Shape: strings.Clone(ch.Shape), Key: h.cfg.Store.KeyOf(ch.Shape, ch.Payload),
-			Error: rr.Code, Message: rr.Message, At: now, Last: now, Times: 1}
-		if j, seen := byID[ch.ID]; seen {
+			Error: rr.Code, Message: strings.Clone(rr.Message), At: now, Last: now, Times: 1}
+		if j, seen := byID[rec.ChangeID]; seen {
 			recs[j] = rec // one entry per changeId: the push's last word on it
 			continue
 		}
 		byID[rec.ChangeID] = len(recs)
 		recs = append(recs, rec)
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if err := h.cfg.Store.RecordRejections(ctx, user, recs, h.cfg.KeepRejections); err != nil {
-		h.logger(r).Warn("recording refused changes", zap.String("user", user), zap.Error(err))
+	user, log := strings.Clone(user), h.logger(r)
+	record := func() {
+		defer h.recorded.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := h.cfg.Store.RecordRejections(ctx, user, recs, h.cfg.KeepRejections); err != nil {
+			log.Warn("recording refused changes", zap.String("user", user), zap.Error(err))
+		}
+	}
+	h.recorded.Add(1)
+	select {
+	case h.recording <- struct{}{}:
+		go func() {
+			defer func() { <-h.recording }()
+			record()
+		}()
+	default:
+		_ = http.NewResponseController(w).Flush()
+		record()
 	}
 }
+
+// WaitRecords waits until the records of refused changes of the pushes
+// answered so far are written (or failed).
+func (h *Handler) WaitRecords() { h.recorded.Wait() }
 
 // outcomeTally counts a push's changes by shape and outcome, for the
 // Observer: one call per pair instead of one per change. Pairs are few:

@@ -144,6 +144,7 @@ func TestRejectionRecord(t *testing.T) {
 			strings.Replace(todo("r3", "alice", ts, `{"todoId":"t3"}`), `"todos"`, `"nope"`, 1)
 		e.push("alice", refused)
 		get := func(user string) (answer, []handler.RejectionEntry) {
+			e.h.WaitRecords() // written after the answers
 			a := e.do("GET", "/sync/rejections", user, "", "")
 			var v struct {
 				Rejections []handler.RejectionEntry `json:"rejections"`
@@ -206,12 +207,14 @@ func TestRejectionRecordIsBounded(t *testing.T) {
 		if a := e.push("alice", strings.Join(changes, ",")); a.status != 201 {
 			t.Fatalf("push: %d %s", a.status, a.body)
 		}
+		e.h.WaitRecords()
 		a := e.do("GET", "/sync/rejections", "alice", "", "")
 		if n := strings.Count(a.body, `"changeId"`); n != 100 {
 			t.Fatalf("%d entries kept, want 100", n)
 		}
 		off := newEnvOn(t, dsn, nil)
 		off.push("carol", todo("c1", "carol", "2026-11-25T10:00:00.000Z", `{"todoId":"c","title":7}`))
+		off.h.WaitRecords()
 		if a := off.do("GET", "/sync/rejections", "carol", "", ""); !strings.Contains(a.body, `"rejections":[]`) {
 			t.Fatalf("with keep_rejections 0: %s", a.body)
 		}

@@ -141,6 +141,10 @@ func (s *Store) RecordRejections(ctx context.Context, user string, recs []Reject
 	if erased, err := s.Erased(ctx, user); err != nil || erased {
 		return err
 	}
+	if len(recs) > keep {
+		// all of this push's are as new: any keep of them are the newest
+		recs = recs[len(recs)-keep:]
+	}
 	return s.db.d.RecordRejections(ctx, user, recs, keep)
 }
 

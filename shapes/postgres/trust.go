@@ -45,6 +45,11 @@ SELECT secret FROM made UNION ALL SELECT secret FROM "`+shapes.KeysTable+`" WHER
 	return s, pgError(err)
 }
 
+// RecordRejections upserts the refusals and trims the record in one
+// statement. Its DELETE sees the record as it was before the upsert (a
+// statement's parts share one snapshot), so it keeps, of the entries the
+// upsert did not touch, the newest keep - len(recs): the upserted ones are
+// the newest of all. The store passes at most keep refusals.
 func (p *driver) RecordRejections(ctx context.Context, user string, recs []shapes.Rejection, keep int) error {
 	n := len(recs)
 	ids, shape, key, code, msg := make([]string, n), make([]string, n), make([]pgtype.Text, n), make([]string, n), make([]string, n)
@@ -53,15 +58,17 @@ func (p *driver) RecordRejections(ctx context.Context, user string, recs []shape
 		ids[i], shape[i], code[i], msg[i], at[i] = r.ChangeID, r.Shape, r.Error, r.Message, r.Last
 		key[i] = pgtype.Text{String: string(r.Key), Valid: r.Key != nil}
 	}
-	b := &pgx.Batch{}
-	b.Queue(`INSERT INTO "`+shapes.RejectionsTable+`" AS r (user_id, change_id, shape, row_key, error, message, at, last, times)
-SELECT $1, v.id, v.shape, v.key, v.code, v.msg, v.at, v.at, 1
-FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[]) AS v(id, shape, key, code, msg, at)
-ON CONFLICT (user_id, change_id) DO UPDATE SET shape = excluded.shape, row_key = excluded.row_key, error = excluded.error,
-	message = excluded.message, last = greatest(r.last, excluded.last), times = r.times + 1`, user, ids, shape, key, code, msg, at)
-	b.Queue(`DELETE FROM "`+shapes.RejectionsTable+`" WHERE user_id = $1 AND change_id NOT IN (
-	SELECT change_id FROM "`+shapes.RejectionsTable+`" WHERE user_id = $1 ORDER BY last DESC, change_id DESC LIMIT $2)`, user, keep)
-	return pgError(p.pool.SendBatch(ctx, b).Close())
+	_, err := p.pool.Exec(ctx, `WITH up AS (
+	INSERT INTO "`+shapes.RejectionsTable+`" AS r (user_id, change_id, shape, row_key, error, message, at, last, times)
+	SELECT $1, v.id, v.shape, v.key, v.code, v.msg, v.at, v.at, 1
+	FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[]) AS v(id, shape, key, code, msg, at)
+	ON CONFLICT (user_id, change_id) DO UPDATE SET shape = excluded.shape, row_key = excluded.row_key, error = excluded.error,
+		message = excluded.message, last = greatest(r.last, excluded.last), times = r.times + 1
+	RETURNING change_id)
+DELETE FROM "`+shapes.RejectionsTable+`" WHERE user_id = $1 AND change_id NOT IN (SELECT change_id FROM up) AND change_id NOT IN (
+	SELECT change_id FROM "`+shapes.RejectionsTable+`" WHERE user_id = $1 AND change_id NOT IN (SELECT change_id FROM up)
+	ORDER BY last DESC, change_id DESC LIMIT greatest($8::int - $9::int, 0))`, user, ids, shape, key, code, msg, at, keep, n)
+	return pgError(err)
 }
 
 func (p *driver) Rejections(ctx context.Context, user string) ([]shapes.Rejection, error) {
