@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/hypersync/hypersync/handler"
 	"github.com/hypersync/hypersync/shapes"
@@ -567,11 +569,15 @@ func sqlWriter(ctx context.Context, conn *Conn, writes *atomic.Int64, errs chan<
 			continue
 		}
 		n, err := conn.Exec(ctx, stmt, args...)
-		if isDeadlock(err) {
+		if isDeadlock(err) || isBusy(err) {
 			// A writer that updates a row a push writes at the same
 			// time can deadlock with it, as any two writers taking rows
 			// and cursors in opposite orders; such a writer retries, as
-			// for a serialization failure.
+			// for a serialization failure. On SQLite a writer beside a
+			// busy server may wait out its busy timeout (the server's
+			// writers take the file's lock back to back, and SQLite's
+			// busy handler only polls): it retries too, as any outside
+			// writer of an SQLite file must.
 			continue
 		}
 		if err != nil && ctx.Err() == nil {
@@ -581,6 +587,12 @@ func sqlWriter(ctx context.Context, conn *Conn, writes *atomic.Int64, errs chan<
 		writes.Add(n)
 		time.Sleep(time.Duration(1+rng.Intn(3)) * time.Millisecond)
 	}
+}
+
+// isBusy reports SQLite's SQLITE_BUSY.
+func isBusy(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_BUSY
 }
 
 // isDeadlock reports PostgreSQL's deadlock_detected.
