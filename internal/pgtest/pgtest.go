@@ -77,10 +77,12 @@ type Cluster struct {
 	binDir  string
 }
 
-// Main runs the tests and stops a cluster this package started.
+// Main runs the tests and stops a cluster this package started (and the
+// shared standby first).
 // Use it from TestMain: func TestMain(m *testing.M) { pgtest.Main(m) }.
 func Main(m *testing.M) {
 	code := m.Run()
+	removeSharedStandby() // before its primary
 	if cluster != nil {
 		cluster.Destroy()
 	}
