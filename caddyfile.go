@@ -48,6 +48,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_streams_per_user <n>        # event streams of one user; default 16; past it 429
 //		stream_max_age <duration>       # a stream is closed after this (80-100 %), and reconnects; default 10m
 //		listen_database <dsn>           # a direct PostgreSQL session for LISTEN, when database is pooled
+//		read_database <dsn>             # repeatable: a hot standby of database (PostgreSQL) that pulls run on
+//		read_max_lag <duration>         # how long a pull waits for a standby to catch up before it reads the primary; default 2s
 //		metrics off                     # no hypersync_* Prometheus metrics
 //		shape <shapeKey> {              # repeatable
 //			table <name>                # default: the shapeKey; may be schema.table
@@ -156,6 +158,25 @@ func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !strings.Contains(h.ListenDatabase, "{") && shapes.KindOf(h.ListenDatabase) != "postgres" {
 				return d.Errf("listen_database %q is not a postgres:// DSN: only PostgreSQL carries pokes between instances", shapes.RedactDSN(h.ListenDatabase))
 			}
+		case "read_database":
+			var dsn string
+			if !d.Args(&dsn) || d.NextArg() {
+				return d.ArgErr()
+			}
+			if !strings.Contains(dsn, "{") && shapes.KindOf(dsn) != "postgres" {
+				return d.Errf("read_database %q is not a postgres:// DSN: pulls run on hot standbys of a PostgreSQL database, and SQLite has none", shapes.RedactDSN(dsn))
+			}
+			h.ReadDatabases = append(h.ReadDatabases, dsn)
+		case "read_max_lag":
+			var v string
+			if !d.Args(&v) || d.NextArg() {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("read_max_lag %q is not a positive duration such as 2s", v)
+			}
+			h.ReadMaxLag = caddy.Duration(dur)
 		case "max_concurrent_pushes":
 			if err := positiveInt(d, &h.MaxConcurrentPushes); err != nil {
 				return err

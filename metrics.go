@@ -29,6 +29,9 @@ var metrics struct {
 	pokeLatency prometheus.Histogram
 	notifies    prometheus.Counter
 	reconnects  prometheus.Counter
+	pullTargets *prometheus.CounterVec
+	fallbacks   *prometheus.CounterVec
+	standbys    *standbyCollector
 	collectors  []prometheus.Collector
 	initialized bool
 }
@@ -67,9 +70,20 @@ func initMetrics() {
 			Help: "pg_notify batches sent to other instances."})
 		metrics.reconnects = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "live_listener_reconnects_total",
 			Help: "Times the LISTEN connection was made again."})
+		metrics.pullTargets = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "pulls_by_target_total",
+			Help: "Pulls answered, by where they were read: primary, or a standby's host:port."}, []string{"target"})
+		metrics.fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "pull_fallbacks_total",
+			Help: "Pulls a standby was to answer that the primary answered, by reason: down (no standby up, or it failed), lag (it stayed behind the user's cursor for read_max_lag), conflict (it cancelled the pull for a conflict with recovery)."},
+			[]string{"reason"})
+		metrics.standbys = &standbyCollector{
+			up: prometheus.NewDesc(ns+"_standby_up", "1 when pulls go to the standby (read_database): it answers, in recovery, of this primary; else 0.",
+				[]string{"database", "standby"}, nil),
+			lag: prometheus.NewDesc(ns+"_standby_lag_seconds", "How far the standby's replay is behind, as the instance last measured it (0 when it has replayed all it received).",
+				[]string{"database", "standby"}, nil),
+		}
 		metrics.collectors = []prometheus.Collector{metrics.requests, metrics.duration, metrics.changes, metrics.rowsPulled,
 			metrics.dbDuration, metrics.lockWait, metrics.pools, metrics.listeners, metrics.streams, metrics.pokes, metrics.pokeLatency,
-			metrics.notifies, metrics.reconnects}
+			metrics.notifies, metrics.reconnects, metrics.pullTargets, metrics.fallbacks, metrics.standbys}
 		metrics.initialized = true
 	})
 }
@@ -111,6 +125,17 @@ func (promObserver) DatabaseTime(op string, d time.Duration) {
 func observeLockWait(d time.Duration) {
 	if metrics.initialized {
 		metrics.lockWait.Observe(d.Seconds())
+	}
+}
+
+// observePullTarget records where a pull ran, and why not on a standby.
+func observePullTarget(target, fallback string) {
+	if !metrics.initialized {
+		return
+	}
+	metrics.pullTargets.WithLabelValues(target).Inc()
+	if fallback != "" {
+		metrics.fallbacks.WithLabelValues(fallback).Inc()
 	}
 }
 
@@ -190,4 +215,32 @@ func (c *listenerCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, name)
 	}
+}
+
+// standbyCollector reports, at scrape time, each standby's state.
+type standbyCollector struct {
+	up, lag *prometheus.Desc
+}
+
+func (c *standbyCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.up
+	ch <- c.lag
+}
+
+func (c *standbyCollector) Collect(ch chan<- prometheus.Metric) {
+	databases.Range(func(_, v any) bool {
+		db, ok := v.(*shapes.Database)
+		if !ok {
+			return true
+		}
+		for _, r := range db.Replicas() {
+			up := 0.0
+			if r.Up {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, db.String(), r.Target)
+			ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, r.Lag, db.String(), r.Target)
+		}
+		return true
+	})
 }

@@ -108,6 +108,15 @@ type HyperSync struct {
 	// is cut off). A pull that keeps streaming is never cut off. Default: 10s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
+	// Hot standbys of database (PostgreSQL streaming replicas, made with
+	// pg_basebackup -R) that pulls run on, spread across those that are
+	// up. Pushes, erase and LISTEN stay on database.
+	ReadDatabases []string `json:"read_databases,omitempty"`
+
+	// How long a pull waits for a standby to hold the user's latest
+	// writes before it reads database instead. Default: 2s.
+	ReadMaxLag caddy.Duration `json:"read_max_lag,omitempty"`
+
 	// How many pushes may work on the database at once; more wait up to a
 	// second, then get 503 with Retry-After. Default: 8.
 	MaxConcurrentPushes int `json:"max_concurrent_pushes,omitempty"`
@@ -123,6 +132,7 @@ type HyperSync struct {
 	Shapes []shapes.ShapeConfig `json:"shapes,omitempty"`
 
 	dsn     string
+	dbKey   string // the key of db in databases: dsn, and its standbys
 	db      *shapes.Database
 	store   *shapes.Store
 	handler *handler.Handler
@@ -168,13 +178,34 @@ func (h *HyperSync) Provision(ctx caddy.Context) error {
 		}
 	}
 	h.dsn = dsn
+	var replicas []string
+	for _, r := range h.ReadDatabases {
+		r, err := caddy.NewReplacer().ReplaceOrErr(r, true, true)
+		if err != nil {
+			return fmt.Errorf("read_database: %w", err)
+		}
+		if shapes.KindOf(r) != "postgres" {
+			return fmt.Errorf("read_database %q is not a postgres:// DSN", shapes.RedactDSN(r))
+		}
+		replicas = append(replicas, r)
+	}
+	if len(replicas) > 0 && shapes.KindOf(dsn) != "postgres" {
+		return fmt.Errorf("read_database is for PostgreSQL: database %s is not", shapes.RedactDSN(dsn))
+	}
+	// one pool per primary and standbys: configs that read elsewhere do
+	// not share one
+	h.dbKey = dsn
+	if len(replicas) > 0 {
+		h.dbKey = dsn + "\x00" + strings.Join(replicas, "\x00") + "\x00" + time.Duration(h.ReadMaxLag).String()
+	}
 	if !h.DisableMetrics {
 		if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 			return fmt.Errorf("registering metrics: %w", err)
 		}
 	}
-	val, _, err := databases.LoadOrNew(dsn, func() (caddy.Destructor, error) {
-		return shapes.Open(dsn, shapes.Options{Logger: h.logger, LockWait: observeLockWait})
+	val, _, err := databases.LoadOrNew(h.dbKey, func() (caddy.Destructor, error) {
+		return shapes.Open(dsn, shapes.Options{Logger: h.logger, LockWait: observeLockWait,
+			ReadReplicas: replicas, ReadMaxLag: time.Duration(h.ReadMaxLag), PullTarget: observePullTarget})
 	})
 	if err != nil {
 		return err
@@ -212,6 +243,9 @@ func (h *HyperSync) Provision(ctx caddy.Context) error {
 
 	checkCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	if err := h.db.VerifyReplicas(checkCtx); err != nil {
+		return err
+	}
 	if err := h.store.Check(checkCtx); err != nil {
 		if errors.Is(err, shapes.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
 			h.logger.Warn("database unreachable; shapes will be checked on first use",
@@ -268,7 +302,33 @@ func (h *HyperSync) check() error {
 	if err := shapes.ValidateShapes(h.Shapes); err != nil {
 		return err
 	}
+	if err := h.checkReadDatabases(); err != nil {
+		return err
+	}
 	return h.handlerConfig().Check()
+}
+
+// checkReadDatabases refuses read_database beside a database that is not
+// PostgreSQL's; DSNs from placeholders are checked once resolved.
+func (h *HyperSync) checkReadDatabases() error {
+	if len(h.ReadDatabases) == 0 {
+		return nil
+	}
+	for _, dsn := range h.ReadDatabases {
+		if !strings.Contains(dsn, "{") && shapes.KindOf(dsn) != "postgres" {
+			return fmt.Errorf("read_database %q is not a postgres:// DSN: pulls run on hot standbys of a PostgreSQL database", shapes.RedactDSN(dsn))
+		}
+	}
+	if db := h.Database; db == "" || !strings.Contains(db, "{") && shapes.KindOf(db) != "postgres" {
+		if db == "" {
+			db = shapes.DefaultSQLite
+		}
+		return fmt.Errorf("read_database is for PostgreSQL: database %s is SQLite, a file on this machine, which has no standbys", shapes.RedactDSN(db))
+	}
+	if h.ReadMaxLag < 0 {
+		return fmt.Errorf("read_max_lag must be positive")
+	}
+	return nil
 }
 
 // checkUserID accepts a placeholder such as {http.auth.user.id}.
@@ -295,7 +355,7 @@ func (h *HyperSync) Cleanup() error {
 		_, _ = brokers.Delete(h.brokerKey)
 	}
 	if h.db != nil {
-		_, err := databases.Delete(h.dsn)
+		_, err := databases.Delete(h.dbKey)
 		return err
 	}
 	return nil

@@ -2,6 +2,7 @@ package handler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -64,7 +65,8 @@ func (h *Handler) pull(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	out := &pullWriter{w: w}
 	setJSONHeaders(w)
 	rw := newRowWriter(user)
-	buf := append(make([]byte, 0, 32<<10), `{"changes":[`...)
+	const head = `{"changes":[`
+	buf := append(make([]byte, 0, 32<<10), head...)
 	n := 0
 	var perShape map[*shapes.Shape]int
 	if h.cfg.Observer != nil {
@@ -72,6 +74,15 @@ func (h *Handler) pull(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	}
 	dbStart := time.Now()
 	res, err := h.cfg.Store.Pull(ctx, user, since, limit, func(row shapes.PulledRow) error {
+		if row.Restart {
+			// a standby's rows, void: read again elsewhere
+			if out.started {
+				return errSentAlready
+			}
+			buf, n = append(buf[:0], head...), 0
+			clear(perShape)
+			return nil
+		}
 		if n > 0 {
 			buf = append(buf, ',')
 		}
@@ -113,6 +124,10 @@ func (h *Handler) pull(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			zap.Time("synced_at", res.Cursor), zap.Duration("duration", time.Since(start)))
 	}
 }
+
+// errSentAlready: a pull must start again (shapes.PulledRow.Restart) once
+// part of its answer has left.
+var errSentAlready = errors.New("the pull had to start again after part of its answer was sent")
 
 // watchStall cancels a pull that sends no row in its first d, or later
 // makes no progress for between d and 2d: a database that stopped

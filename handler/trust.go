@@ -118,6 +118,10 @@ func EpochChanges(ctx context.Context, st *shapes.Store, user string) ([]json.Ra
 	rw := newRowWriter(user)
 	out := []json.RawMessage{}
 	_, err := st.Pull(ctx, user, time.Unix(0, 0).UTC(), 0, func(row shapes.PulledRow) error {
+		if row.Restart {
+			out = out[:0]
+			return nil
+		}
 		out = append(out, rw.appendChange(nil, row))
 		return nil
 	})

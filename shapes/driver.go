@@ -101,6 +101,11 @@ type PulledRow struct {
 	// Payload, when set, is the payload to send as it is, instead of
 	// Values: a tombstone recorded when the row left a scope.
 	Payload []byte
+	// Restart voids every row emitted before it: the pull starts again
+	// from its first row, elsewhere (a standby's pull cancelled halfway,
+	// read again on the primary). A consumer that cannot take them back
+	// (a part of the answer has left) returns an error.
+	Restart bool
 }
 
 // Value is one column value of a pulled row, in the form every driver
@@ -267,6 +272,31 @@ type Options struct {
 	// Dial, when set, opens the database's network connections (tests
 	// count round trips with it).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// ReadReplicas are hot standbys of the database that pulls run on
+	// (PostgreSQL only); ReadMaxLag is how long a pull waits for one to
+	// hold what the user's cursor asks, before it reads the primary
+	// (DefaultReadMaxLag when 0).
+	ReadReplicas []string
+	ReadMaxLag   time.Duration
+	// PullTarget, when set, is told where each pull ran ("primary", or
+	// a standby's host:port) and, when a standby was to answer it and
+	// did not, why: "down", "lag" or "conflict".
+	PullTarget func(target, fallback string)
+}
+
+// DefaultReadMaxLag is how long a pull waits for a standby to catch up
+// with the user's cursor before it reads the primary.
+const DefaultReadMaxLag = 2 * time.Second
+
+// ReplicaState is what an instance knows of one standby, for metrics and
+// the health answer.
+type ReplicaState struct {
+	// Target is the standby's host:port.
+	Target string
+	// Up: pulls go to it.
+	Up bool
+	// Lag is how far its replay is behind, in seconds, as last measured.
+	Lag float64
 }
 
 // Database is an open database. It is safe to share between Stores, and
@@ -327,6 +357,24 @@ func (db *Database) Stats() (PoolStats, bool) {
 		return p.Stats(), true
 	}
 	return PoolStats{}, false
+}
+
+// VerifyReplicas checks that each read replica that answers is a hot
+// standby of the database: in recovery, and of its system identifier. One
+// that does not answer is left to be tried later.
+func (db *Database) VerifyReplicas(ctx context.Context) error {
+	if v, ok := db.d.(interface{ VerifyReplicas(context.Context) error }); ok {
+		return v.VerifyReplicas(ctx)
+	}
+	return nil
+}
+
+// Replicas reports the read replicas' states; nil without any.
+func (db *Database) Replicas() []ReplicaState {
+	if r, ok := db.d.(interface{ Replicas() []ReplicaState }); ok {
+		return r.Replicas()
+	}
+	return nil
 }
 
 // Destruct closes the database. It satisfies caddy.Destructor.

@@ -82,6 +82,12 @@ func (s *Store) Inspect(ctx context.Context, user string) (*Inspection, error) {
 		counts[sh] = &in.Shapes[i]
 	}
 	if _, err := s.Pull(ctx, user, time.Unix(0, 0).UTC(), 0, func(r PulledRow) error {
+		if r.Restart {
+			for _, c := range counts {
+				c.Rows, c.Tombstones = 0, 0
+			}
+			return nil
+		}
 		c := counts[r.Shape]
 		c.Rows++
 		if r.Tombstone || r.Payload != nil {
@@ -127,6 +133,10 @@ func (s *Store) Explain(ctx context.Context, user, shape string, key Payload) (*
 	sh := target.shape
 	ex := &Explanation{}
 	_, err = s.Pull(ctx, user, time.Unix(0, 0).UTC(), 0, func(r PulledRow) error {
+		if r.Restart {
+			ex.Receives, ex.Tombstone = false, false
+			return nil
+		}
 		if r.Shape != sh {
 			return nil
 		}

@@ -361,6 +361,10 @@ func (f *Fixture) Pull(user string, since time.Time) ([]Pulled, time.Time) {
 func PullStore(st *shapes.Store, user string, since time.Time, limit int) ([]Pulled, shapes.PullResult, error) {
 	var out []Pulled
 	res, err := st.Pull(context.Background(), user, since, limit, func(r shapes.PulledRow) error {
+		if r.Restart {
+			out = out[:0]
+			return nil
+		}
 		raw := handler.AppendRowPayload(nil, r, nil)
 		p := Pulled{Shape: r.Shape.Config.Key, Raw: raw, User: user}
 		if !r.User.Null && r.User.Text != nil {

@@ -104,14 +104,18 @@ type config struct {
 }
 
 type driver struct {
-	pool     *pgxpool.Pool
-	binary   bool // arguments travel as encodedArrays (see pgarray.go)
-	logger   *zap.Logger
-	lockWait func(time.Duration)
+	pool       *pgxpool.Pool
+	binary     bool // arguments travel as encodedArrays (see pgarray.go)
+	logger     *zap.Logger
+	lockWait   func(time.Duration)
+	replicas   *replicaSet // the standbys pulls run on; nil without any
+	pullTarget func(target, fallback string)
 	config
 }
 
-func open(dsn string, opts shapes.Options, c config) (*driver, error) {
+// poolConfig parses dsn into a pool's configuration, with the session
+// settings every connection of hypersync's has.
+func poolConfig(dsn string, opts shapes.Options) (*pgxpool.Config, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("parsing the PostgreSQL DSN %s: %w", shapes.RedactDSN(dsn), err)
@@ -128,21 +132,41 @@ func open(dsn string, opts shapes.Options, c config) (*driver, error) {
 	if opts.Dial != nil {
 		cfg.ConnConfig.DialFunc = opts.Dial
 	}
-	binary := binaryMode(cfg.ConnConfig.DefaultQueryExecMode)
-	if binary {
+	if binaryMode(cfg.ConnConfig.DefaultQueryExecMode) {
 		cfg.AfterConnect = func(_ context.Context, c *pgx.Conn) error {
 			registerEncodedArrays(c.TypeMap())
 			return nil
 		}
 	}
+	return cfg, nil
+}
+
+func open(dsn string, opts shapes.Options, c config) (*driver, error) {
+	cfg, err := poolConfig(dsn, opts)
+	if err != nil {
+		return nil, err
+	}
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating the PostgreSQL pool: %w", err)
 	}
-	return &driver{pool: pool, binary: binary, logger: opts.Logger, lockWait: opts.LockWait, config: c}, nil
+	p := &driver{pool: pool, binary: binaryMode(cfg.ConnConfig.DefaultQueryExecMode), logger: opts.Logger, lockWait: opts.LockWait,
+		pullTarget: opts.PullTarget, config: c}
+	if len(opts.ReadReplicas) > 0 {
+		if p.replicas, err = openReplicas(p, opts); err != nil {
+			pool.Close()
+			return nil, err
+		}
+	}
+	return p, nil
 }
 
-func (p *driver) Close() { p.pool.Close() }
+func (p *driver) Close() {
+	if p.replicas != nil {
+		p.replicas.close()
+	}
+	p.pool.Close()
+}
 
 func (p *driver) Ping(ctx context.Context) error { return pgError(p.pool.Ping(ctx)) }
 

@@ -2,12 +2,15 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/hypersync/hypersync/shapes"
 )
@@ -78,13 +81,13 @@ SELECT -1, NULL::text, (SELECT stamp FROM c)::text`)
 				stamps = append(stamps, fmt.Sprintf(`SELECT t.%s AS s FROM %s`, q(sh.SyncedAt.Name), src))
 			}
 		}
-		b.WriteString(`WITH last AS (SELECT stamp FROM "` + shapes.CursorTable + `" WHERE user_id = $1 AND stamp > '-infinity'),
+		b.WriteString(`WITH last AS (SELECT stamp FROM "` + shapes.CursorTable + `" WHERE user_id = $1 AND stamp > '-infinity' AND stamp >= $5::timestamptz),
 ` + sinceCTE("last") + `,
 c AS (SELECT coalesce((SELECT s FROM (` + strings.Join(stamps, " UNION ALL ") + `) AS page ORDER BY s OFFSET $3::int - 1 LIMIT 1),
 	(SELECT stamp FROM last)) AS stamp)
 SELECT -1, coalesce(` + erasedCheck("$4") + `, ((SELECT stamp FROM c) < (SELECT stamp FROM last))::text), (SELECT stamp FROM c)::text`)
 	default:
-		b.WriteString(`WITH c AS (SELECT stamp FROM "` + shapes.CursorTable + `" WHERE user_id = $1 AND stamp > '-infinity'),
+		b.WriteString(`WITH c AS (SELECT stamp FROM "` + shapes.CursorTable + `" WHERE user_id = $1 AND stamp > '-infinity' AND stamp >= $4::timestamptz),
 ` + sinceCTE("c") + `
 SELECT -1, ` + erasedCheck("$3") + `, (SELECT stamp FROM c)::text`)
 	}
@@ -242,35 +245,61 @@ func textExpr(c shapes.Column) string {
 // last format for the remaining columns).
 var textFormats = pgx.QueryResultFormats{pgx.TextFormatCode}
 
-// Pull reads one user's rows in one statement and one snapshot.
+// Pull reads one user's rows in one statement and one snapshot: on the
+// primary, or on a standby (replica.go).
 func (p *driver) Pull(ctx context.Context, q shapes.PullQuery, emit func(shapes.PulledRow) error) (shapes.PullResult, error) {
+	if p.replicas != nil {
+		return p.replicas.pull(ctx, p, q, emit)
+	}
+	res, _, err := p.pullOn(ctx, p.pool, q, time.Time{}, emit)
+	if err == nil && p.pullTarget != nil {
+		p.pullTarget("primary", "")
+	}
+	return res, err
+}
+
+// errBehind: the standby's snapshot lacks the user's cursor as need says
+// it must be; the pull sent nothing.
+var errBehind = errors.New("the standby is behind the user's cursor")
+
+// pullOn runs the pull statement on pool. With need set, the statement
+// reads nothing unless the user's cursor there is at or after need, and
+// pullOn then fails with errBehind. It reports whether it emitted a row.
+func (p *driver) pullOn(ctx context.Context, pool *pgxpool.Pool, q shapes.PullQuery, need time.Time, emit func(shapes.PulledRow) error) (shapes.PullResult, bool, error) {
 	args := []any{textFormats, q.User, q.Since}
 	if q.Limit > 0 {
 		args = append(args, q.Limit)
 	}
 	if !p.naiveStamps {
-		args = append(args, q.Block)
+		floor := pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
+		if !need.IsZero() {
+			floor = pgtype.Timestamptz{Time: need, Valid: true}
+		}
+		args = append(args, q.Block, floor)
 	}
-	rows, err := p.pool.Query(ctx, p.pullSQL(q.Shapes, q.Limit > 0), args...)
+	rows, err := pool.Query(ctx, p.pullSQL(q.Shapes, q.Limit > 0), args...)
 	if err != nil {
-		return shapes.PullResult{}, pgError(err)
+		return shapes.PullResult{}, false, pgError(err)
 	}
 	defer rows.Close()
 	res := shapes.PullResult{Cursor: time.Unix(0, 0).UTC()}
+	emitted := false
 	var vals []shapes.Value // reused for every row
 	for rows.Next() {
 		raw := rows.RawValues()
 		idx, err := strconv.Atoi(string(raw[0]))
 		if err != nil {
-			return shapes.PullResult{}, fmt.Errorf("pull: bad shape index %q", raw[0])
+			return shapes.PullResult{}, emitted, fmt.Errorf("pull: bad shape index %q", raw[0])
 		}
 		if idx < 0 {
 			res.HasMore = string(raw[1]) == "true"
 			if raw[2] != nil {
 				var ok bool
 				if res.Cursor, ok = parseTime(raw[2]); !ok {
-					return shapes.PullResult{}, fmt.Errorf("pull: bad cursor %q", raw[2])
+					return shapes.PullResult{}, emitted, fmt.Errorf("pull: bad cursor %q", raw[2])
 				}
+			} else if !need.IsZero() {
+				return shapes.PullResult{}, false, errBehind
 			}
 			continue
 		}
@@ -291,14 +320,15 @@ func (p *driver) Pull(ctx context.Context, q shapes.PullQuery, emit func(shapes.
 			}
 		}
 		row.Values = vals
+		emitted = true
 		if err := emit(row); err != nil {
-			return shapes.PullResult{}, err
+			return shapes.PullResult{}, emitted, err
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return shapes.PullResult{}, pgError(err)
+		return shapes.PullResult{}, emitted, pgError(err)
 	}
-	return res, nil
+	return res, emitted, nil
 }
 
 // parseTime reads a timestamp as PostgreSQL writes it in the session's ISO

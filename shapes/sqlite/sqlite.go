@@ -44,7 +44,12 @@ var dialect = &shapes.Dialect{
 	SharingDDL:   append(append([]string{}, sharingDDL...), addColumn(shapes.MovesTable, "row_key TEXT")),
 	LeftBackfill: leftBackfill,
 	Stamping:     stamping,
-	Open:         func(dsn string, opts shapes.Options) (shapes.Driver, error) { return open(dsn, opts) },
+	Open: func(dsn string, opts shapes.Options) (shapes.Driver, error) {
+		if len(opts.ReadReplicas) > 0 {
+			return nil, fmt.Errorf("read_database is for PostgreSQL: SQLite, a file on this machine, has no standbys")
+		}
+		return open(dsn, opts)
+	},
 }
 
 // sharingDDL creates the tables shared shapes need, as the stamping
