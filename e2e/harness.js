@@ -275,12 +275,23 @@ export async function waitUntil(cond, ms, what) {
   }
 }
 
+// basicAuth is the Authorization header of user in the demo's basic_auth.
+export const basicAuth = (user) => "Basic " + Buffer.from(`${user}:${user}-pw`).toString("base64");
+
+// signIn makes every later request of context (page loads, fetches, event
+// streams) carry user's credentials: the browser profile now belongs to
+// user, as after signing out and in again. The context must not have been
+// given httpCredentials, which would answer challenges as its first user.
+export async function signIn(context, user) {
+  await context.setExtraHTTPHeaders({ Authorization: basicAuth(user) });
+}
+
 // serverPush pushes changes to todos as another device of user would,
 // from Node, and returns the answer.
 export async function serverPush(baseURL, user, payloads) {
   const r = await fetch(`${baseURL}/sync/push`, {
     method: "POST",
-    headers: { "Content-Type": "application/json", Authorization: "Basic " + Buffer.from(`${user}:${user}-pw`).toString("base64") },
+    headers: { "Content-Type": "application/json", Authorization: basicAuth(user) },
     body: JSON.stringify({ changes: payloads.map((payload) => ({ changeId: crypto.randomUUID(), shapeKey: "todos", pushed: 0, userId: user,
       updatedAt: new Date().toISOString(), payload: { done: false, deleted: false, ...payload } })) }),
   });

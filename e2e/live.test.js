@@ -4,7 +4,7 @@
 // what a restart of Caddy costs.
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startCaddy, startPostgres, launchBrowser, Device, unique, recordSync, waitUntil, serverPush } from "./harness.js";
+import { startCaddy, startPostgres, launchBrowser, Device, unique, recordSync, waitUntil, serverPush, basicAuth, signIn } from "./harness.js";
 
 // Polling every ten minutes and window focus off: only live sync, the
 // app's own "sync now" after a change, and the library's debounced sync
@@ -39,6 +39,19 @@ function suite(store, scenarios) {
       const context = await env.browser.newContext({ baseURL: env.caddy.baseURL, httpCredentials: { username: user, password: `${user}-pw` } });
       env.contexts.push(context);
       if (init) await context.addInitScript(init);
+      const log = [];
+      context.on("console", (m) => log.push(`[console.${m.type()}] ${m.text()}`));
+      context.on("weberror", (e) => log.push(`[pageerror] ${e.error().message}`));
+      context.log = log;
+      return context;
+    };
+
+    // profile opens a browser profile signed in as user by a header, so
+    // that another user can sign in to it later (signIn).
+    env.profile = async (user) => {
+      const context = await env.browser.newContext({ baseURL: env.caddy.baseURL });
+      await signIn(context, user);
+      env.contexts.push(context);
       const log = [];
       context.on("console", (m) => log.push(`[console.${m.type()}] ${m.text()}`));
       context.on("weberror", (e) => log.push(`[pageerror] ${e.error().message}`));
@@ -220,6 +233,66 @@ suite({ name: "sqlite", database: async () => ({ url: undefined, stop() {} }) },
     }
     await settled(tabs[0], 0); // its debounced sync was flushed
     measure("5 changes with every sync path at once, 2 tabs", from, titles);
+  },
+
+  // The 1.0.0 client's setUserId() only sets currentUserId, and an event
+  // stream, once open, stays the user's it was opened for. live.js follows
+  // the engine's user: the page that was alice's closes her stream and
+  // opens bob's. Without that, bob's writes on another device would never
+  // poke this page, and alice's would.
+  "after setUserId(bob), the page that was alice's holds bob's stream: bob's pokes reach it, alice's do not": async ({ profile, open, caddy }) => {
+    const ctx = await profile("alice");
+    const requests = recordSync(ctx);
+    const page = await tab(ctx);
+    await waitUntil(() => openStreams(requests).length === 1, 10_000, "alice's stream open");
+    const alices = openStreams(requests)[0];
+    const pulls = (from, to = Infinity) => requests.filter((r) => r.path === "/sync/pull/" && r.at >= from && r.at < to);
+    // pulled waits for a pull answer of the page that carries title
+    const pulled = (title) => page.waitForResponse(async (r) =>
+      new URL(r.url()).pathname === "/sync/pull/" && (await r.text()).includes(title), { timeout: 5000 });
+
+    // alice's write elsewhere reaches her page
+    const before = unique("alice elsewhere");
+    let answer = pulled(before);
+    await serverPush(caddy.baseURL, "alice", [{ todoId: before.replace(/\W/g, "-"), title: before }]);
+    await answer;
+
+    // bob signs in to the same page
+    await signIn(ctx, "bob");
+    const switched = Date.now();
+    await page.evaluate(() => globalThis.hypersyncDemo.sync.setUserId("bob"));
+    await waitUntil(() => !alices.open && openStreams(requests).length === 1 && openStreams(requests)[0].status === 200,
+      5000, "alice's stream closed, and one stream open again");
+    const bobs = openStreams(requests)[0];
+    assert.ok(bobs.at >= switched, "the stream open is not one opened after the switch");
+    assert.equal((await bobs.request.allHeaders()).authorization, basicAuth("bob"), "the new stream is not bob's");
+    // the new stream knows no id: it syncs once when it opens
+    await waitUntil(() => pulls(bobs.at).some((r) => r.status === 200), 5000, "bob's first sync on the page");
+    await waitUntil(() => !requests.some((r) => r.open && r.path !== "/sync/events"), 5000, "that sync done");
+
+    // bob's write on another device pokes the page
+    const first = unique("bob elsewhere");
+    answer = pulled(first);
+    await serverPush(caddy.baseURL, "bob", [{ todoId: first.replace(/\W/g, "-"), title: first }]);
+    await answer;
+    await waitUntil(() => !requests.some((r) => r.open && r.path !== "/sync/events"), 5000, "that sync done");
+
+    // alice's does not. Her other device shows it: her streams were poked.
+    // Then bob writes again, and the page pulls that: had the page still
+    // held a stream of alice's, her poke would have come before bob's, and
+    // the page would have pulled for it too.
+    const other = await open(caddy, "alice", "alice's other device");
+    const alicePushed = Date.now();
+    const after = unique("alice again");
+    await serverPush(caddy.baseURL, "alice", [{ todoId: after.replace(/\W/g, "-"), title: after }]);
+    await shows(other.page, after, 5000);
+    const second = unique("bob again");
+    answer = pulled(second);
+    const bobPushed = Date.now();
+    await serverPush(caddy.baseURL, "bob", [{ todoId: second.replace(/\W/g, "-"), title: second }]);
+    await answer;
+    assert.equal(pulls(alicePushed, bobPushed).length, 0, "the page pulled after alice's write: it still heard alice's pokes");
+    assert.equal(openStreams(requests).length, 1, "more than one stream open");
   },
 
   // Over plain HTTP (other than localhost) there are no Web Locks. The tabs

@@ -34,28 +34,40 @@
 //   over, or the server refused one) carries the newest id this page has
 //   synced past as ?lastEventId=, and the server decides the same way; a
 //   page that knows no id yet syncs once when its first stream opens.
+// - The stream follows the engine's user. The 1.0.0 client's setUserId()
+//   only sets currentUserId; live() watches it, and when it changes
+//   (alice signs out, bob signs in, in the same page) closes alice's
+//   stream, leaves her tabs' election, forgets her event ids (they are
+//   her sync stamps, not bob's) and opens bob's stream: bob never gets
+//   alice's pokes nor misses his own. The lock and the channel are named
+//   for the user, so tabs elect one stream per user. With no user set the
+//   engine does not sync, and no stream is open.
 export function live(sync, options = {}) {
   // options: url (default: events beside this module), name (of the lock
-  // and channel), floor (ms between poke-driven syncs while changes wait
-  // in the queue, default 1000; 0: none),
+  // and channel; the user is appended), floor (ms between poke-driven
+  // syncs while changes wait in the queue, default 1000; 0: none),
   // onSynced() after each sync, onError(err), onClosed() when the server
   // refused the stream for good (204: live is off), onRole(role) with
   // "leader" when this tab holds the stream and "follower" when another
   // does.
   const url = options.url ?? new URL("events", import.meta.url).href;
-  const name = options.name ?? "hypersync-live:" + url;
+  const base = options.name ?? "hypersync-live:" + url;
   const floor = options.floor ?? 1000;
   const engine = guard(sync);
 
   // told: the newest event id this page heard of; have: the newest id a
   // pull that began after hearing of it completed (the device has
-  // everything up to it)
+  // everything up to it). Ids are the user's own sync stamps: they start
+  // again from 0 for each user (gen counts the users this page followed,
+  // so that a pull begun for one user moves nothing for the next).
   let told = 0;
   let have = 0;
+  let gen = 0;
   const hear = (id) => { if (id > told) told = id; };
   const onPull = () => {
+    const g = gen;
     const upTo = told;
-    return () => { if (upTo > have) have = upTo; };
+    return () => { if (g === gen && upTo > have) have = upTo; };
   };
   engine.pulls.add(onPull);
 
@@ -121,104 +133,152 @@ export function live(sync, options = {}) {
     }
   }
 
+  // The stream follows the engine's user. setUserId(bob) after alice (or
+  // any write of sync.currentUserId) closes alice's stream, leaves her
+  // election, forgets her event ids and opens bob's: bob gets none of
+  // alice's pokes and misses none of his own. With no user set, the engine
+  // does not sync, and no stream is held.
   let stopped = false;
-  const channel = typeof BroadcastChannel === "function" ? new BroadcastChannel(name) : null;
-  let election = null;
-  if (channel) {
-    channel.onmessage = ({ data }) => {
-      if (data === "poke") return pokeSync(); // a tab on an older live.js
-      if (data?.type === "poke") {
-        hear(Number(data.id) || 0);
-        pokeSync();
-      } else {
-        election?.message(data);
+  let user = null;
+  let session = null;
+  function follow(next) {
+    if (stopped) return;
+    next = next == null ? null : String(next);
+    if (next === user) return;
+    session?.stop();
+    session = null;
+    user = next;
+    gen++;
+    told = 0;
+    have = 0;
+    clearTimeout(deferred);
+    deferred = null;
+    lastPokeSync = -Infinity;
+    if (user !== null) session = join(user);
+  }
+  engine.users.add(follow);
+
+  // join holds the stream of one user, one per browser: one tab leads,
+  // elected with Web Locks or over a BroadcastChannel, both named for the
+  // user; the others hear its pokes on that channel.
+  function join(user) {
+    const name = base + ":" + user;
+    let left = false;
+    const channel = typeof BroadcastChannel === "function" ? new BroadcastChannel(name) : null;
+    let election = null;
+    if (channel) {
+      channel.onmessage = ({ data }) => {
+        if (left) return;
+        if (data?.type === "poke") {
+          hear(Number(data.id) || 0);
+          pokeSync();
+        } else {
+          election?.message(data);
+        }
+      };
+    }
+
+    // The stream, while this tab holds it.
+    let source = null;
+    let reopen = null;
+    let retryDelay = 2000;
+    function open() {
+      const first = have === 0;
+      let target = url;
+      if (!first) {
+        const u = new URL(url, location.href);
+        u.searchParams.set("lastEventId", String(have));
+        target = u.href;
       }
+      const es = new EventSource(target, { withCredentials: true });
+      source = es;
+      let opened = false;
+      es.addEventListener("poke", (e) => {
+        if (source !== es) return;
+        const id = Number(e.lastEventId) || 0;
+        hear(id);
+        channel?.postMessage({ type: "poke", id });
+        pokeSync();
+      });
+      es.addEventListener("open", () => {
+        if (source !== es) return;
+        retryDelay = 2000;
+        // a page that knows no id syncs once when its first stream opens:
+        // whatever came before it had no poke. After that the server's
+        // catch-up decides, except for a poke heard and not synced yet
+        const due = (!opened && first) || told > have;
+        opened = true;
+        if (!due) return;
+        channel?.postMessage({ type: "poke", id: 0 });
+        pokeSync();
+      });
+      es.addEventListener("error", () => {
+        if (left || source !== es || es.readyState !== EventSource.CLOSED) return;
+        // EventSource gives up on any answer but 200: a 204 means live sync
+        // is off, and then this stops; a 429, a 503 or a proxy's 502 means
+        // try again later, with backoff, on a new EventSource
+        fetch(url, { method: "HEAD", credentials: "include" }).then((r) => r.status, () => 0).then((status) => {
+          if (left || source !== es) return;
+          if (status === 204) {
+            source = null;
+            options.onClosed?.();
+            return;
+          }
+          const delay = retryDelay * (0.5 + Math.random());
+          retryDelay = Math.min(retryDelay * 2, 60_000);
+          reopen = setTimeout(() => { reopen = null; if (!left && source === es) open(); }, delay);
+        });
+      });
+    }
+    function close() {
+      clearTimeout(reopen);
+      reopen = null;
+      source?.close();
+      source = null;
+    }
+
+    const role = (r) => options.onRole?.(r);
+    const lead = () => { if (!left) { role("leader"); open(); } };
+    const watch = () => { close(); if (!left) role("follower"); };
+
+    // Web Locks first: the lock is held for as long as the tab lives (or
+    // follows this user), and the next tab in line takes over after it.
+    // Where they are missing, or the request is refused (it may throw, or
+    // reject), the channel elects.
+    let releaseLock = null;
+    const abort = typeof AbortController === "function" ? new AbortController() : null;
+    function electByChannel() {
+      if (left) return;
+      if (!channel) return lead(); // no way to agree: every tab on its own
+      election = channelElection(channel, lead, watch);
+    }
+    let entered = false;
+    try {
+      if (typeof navigator.locks?.request !== "function") throw new Error("no Web Locks");
+      role("follower");
+      navigator.locks.request(name, abort ? { signal: abort.signal } : {}, () => new Promise((release) => {
+        entered = true;
+        if (left) return release();
+        releaseLock = release;
+        lead();
+      })).catch(() => { if (!entered) electByChannel(); });
+    } catch {
+      electByChannel();
+    }
+
+    return {
+      stop() {
+        left = true;
+        close();
+        election?.stop();
+        channel?.close();
+        if (!entered) abort?.abort(); // leave the lock's queue
+        releaseLock?.();
+      },
     };
   }
 
-  // The stream, while this tab holds it.
-  let source = null;
-  let reopen = null;
-  let retryDelay = 2000;
-  function open() {
-    const first = have === 0;
-    let target = url;
-    if (!first) {
-      const u = new URL(url, location.href);
-      u.searchParams.set("lastEventId", String(have));
-      target = u.href;
-    }
-    const es = new EventSource(target, { withCredentials: true });
-    source = es;
-    let opened = false;
-    es.addEventListener("poke", (e) => {
-      const id = Number(e.lastEventId) || 0;
-      hear(id);
-      channel?.postMessage({ type: "poke", id });
-      pokeSync();
-    });
-    es.addEventListener("open", () => {
-      retryDelay = 2000;
-      // a page that knows no id syncs once when its first stream opens:
-      // whatever came before it had no poke. After that the server's
-      // catch-up decides, except for a poke heard and not synced yet
-      const due = (!opened && first) || told > have;
-      opened = true;
-      if (!due) return;
-      channel?.postMessage({ type: "poke", id: 0 });
-      pokeSync();
-    });
-    es.addEventListener("error", () => {
-      if (stopped || source !== es || es.readyState !== EventSource.CLOSED) return;
-      // EventSource gives up on any answer but 200: a 204 means live sync
-      // is off, and then this stops; a 429, a 503 or a proxy's 502 means
-      // try again later, with backoff, on a new EventSource
-      fetch(url, { method: "HEAD", credentials: "include" }).then((r) => r.status, () => 0).then((status) => {
-        if (stopped || source !== es) return;
-        if (status === 204) {
-          source = null;
-          options.onClosed?.();
-          return;
-        }
-        const delay = retryDelay * (0.5 + Math.random());
-        retryDelay = Math.min(retryDelay * 2, 60_000);
-        reopen = setTimeout(() => { reopen = null; if (!stopped && source === es) open(); }, delay);
-      });
-    });
-  }
-  function close() {
-    clearTimeout(reopen);
-    reopen = null;
-    source?.close();
-    source = null;
-  }
-
-  const role = (r) => options.onRole?.(r);
-  const lead = () => { if (!stopped) { role("leader"); open(); } };
-  const follow = () => { close(); if (!stopped) role("follower"); };
-
-  // Web Locks first: the lock is held for as long as the tab lives, and the
-  // next tab in line takes over after it. Where they are missing, or the
-  // request is refused (it may throw, or reject), the channel elects.
-  let releaseLock = null;
-  function electByChannel() {
-    if (stopped) return;
-    if (!channel) return lead(); // no way to agree: every tab on its own
-    election = channelElection(channel, lead, follow);
-  }
-  let entered = false;
-  try {
-    if (typeof navigator.locks?.request !== "function") throw new Error("no Web Locks");
-    role("follower");
-    navigator.locks.request(name, () => new Promise((release) => {
-      entered = true;
-      if (stopped) return release();
-      releaseLock = release;
-      lead();
-    })).catch(() => { if (!entered) electByChannel(); });
-  } catch {
-    electByChannel();
-  }
+  follow(sync.currentUserId);
 
   return {
     // syncNow syncs behind the same guard, for an app that wants its own
@@ -228,11 +288,10 @@ export function live(sync, options = {}) {
     stop() {
       stopped = true;
       clearTimeout(deferred);
-      close();
-      election?.stop();
-      channel?.close();
-      releaseLock?.();
+      session?.stop();
+      session = null;
       engine.pulls.delete(onPull);
+      engine.users.delete(follow);
     },
   };
 }
@@ -327,19 +386,36 @@ const randomId = () => (crypto.randomUUID?.() ?? String(Math.random()).slice(2) 
 
 // guard wraps a SyncEngine's push and pull once, and returns its state:
 // pulls is a set of hooks called as a pull starts, each returning what to
-// call when it completed.
+// call when it completed; users is a set of listeners called with the new
+// user each time the engine's user changes.
 const guarded = Symbol.for("hypersync.live.guard");
 function guard(sync) {
   if (sync[guarded]) return sync[guarded];
   const push = sync.push;
   const pull = sync.pull;
   const lock = browserLock("hypersync-live:push");
-  const state = { pulls: new Set() };
+  const state = { pulls: new Set(), users: new Set() };
   sync.push = single(() => lock(() => push.call(sync)));
   sync.pull = single(async () => {
     const done = [...state.pulls].map((hook) => hook());
     await pull.call(sync);
     for (const d of done) d();
+  });
+  // The engine's user: setUserId(id) writes currentUserId, and so may an
+  // app. Each write that changes it tells the listeners, at once.
+  let userId = sync.currentUserId;
+  Object.defineProperty(sync, "currentUserId", {
+    configurable: true,
+    enumerable: true,
+    get: () => userId,
+    set(next) {
+      const before = userId;
+      userId = next;
+      if (next === before) return;
+      for (const listener of [...state.users]) {
+        try { listener(next); } catch (err) { console.error("hypersync live:", err); }
+      }
+    },
   });
   sync[guarded] = state;
   return state;
