@@ -3,7 +3,7 @@
 // and Debian's Chromium driven by playwright-core. Nothing here imitates
 // the client: pages run the demo bundle with @jaaahn/hyper-sync 1.0.0.
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, symlinkSync, mkdirSync, existsSync } from "node:fs";
+import { mkdtempSync, symlinkSync, mkdirSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
@@ -61,12 +61,22 @@ export async function startPostgres() {
 // from a folder holding the built page, on a free loopback port. Without
 // databaseUrl it uses the Caddyfile's default, an SQLite file in ./data.
 // restart(during) stops it as a signal does, runs during() while it is
-// down, and starts it again on the same port and folder.
-export async function startCaddy({ databaseUrl } = {}) {
+// down, and starts it again on the same port and folder. hypersync: lines
+// added to the demo's hypersync block (e.g. "cursor_cookie off"), in a
+// copy of its Caddyfile.
+export async function startCaddy({ databaseUrl, hypersync = [] } = {}) {
   const bin = goBinary("CADDY_BIN", "./cmd/caddy", "caddy");
   const port = await freePort();
   const cwd = mkdtempSync(join(tmpdir(), "hypersync-e2e-"));
   symlinkSync(join(demoDir, "dist"), join(cwd, "dist"));
+  let config = join(demoDir, "Caddyfile");
+  if (hypersync.length) {
+    const text = readFileSync(config, "utf8");
+    const block = /^(\s*)hypersync \{\n/m;
+    if (!block.test(text)) throw new Error("the demo's Caddyfile has no hypersync block");
+    config = join(cwd, "Caddyfile");
+    writeFileSync(config, text.replace(block, (line, indent) => line + hypersync.map((l) => `${indent}\t${l}\n`).join("")));
+  }
   const env = { ...process.env, HYPERSYNC_DEMO_ADDR: `http://127.0.0.1:${port}`, HYPERSYNC_DEMO_ADMIN: "off" };
   delete env.DATABASE_URL;
   if (databaseUrl) env.DATABASE_URL = databaseUrl;
@@ -75,7 +85,7 @@ export async function startCaddy({ databaseUrl } = {}) {
   const auth = "Basic " + Buffer.from("alice:alice-pw").toString("base64");
   let proc;
   const start = async () => {
-    proc = spawn(bin, ["run", "--config", join(demoDir, "Caddyfile")], { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
+    proc = spawn(bin, ["run", "--config", config, "--adapter", "caddyfile"], { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
     proc.stdout.on("data", (d) => log.push(String(d)));
     proc.stderr.on("data", (d) => log.push(String(d)));
     for (let i = 0; ; i++) {
