@@ -20,6 +20,18 @@ func NaiveDialect() *shapes.Dialect {
 	return &d
 }
 
+// FloorlessDialect is PostgreSQL whose pulls read a standby without
+// waiting for it to hold the user's cursor (see replica.go), for the tests
+// that prove the standby tests catch it.
+func FloorlessDialect() *shapes.Dialect {
+	d := *dialect
+	d.Name = "postgres-floorless"
+	d.Open = func(dsn string, opts shapes.Options) (shapes.Driver, error) {
+		return open(dsn, opts, config{noStandbyFloor: true})
+	}
+	return &d
+}
+
 // GroupArgs builds a group's arguments as a push sends them.
 func GroupArgs(user string, g shapes.Group, binary bool) error {
 	_, err := (&driver{binary: binary}).groupArgs(user, g)

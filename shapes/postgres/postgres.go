@@ -101,6 +101,9 @@ type config struct {
 	// naiveStamps switches on the broken scheme of the reference server
 	// (see write.go), to prove that the concurrency test catches it.
 	naiveStamps bool
+	// noStandbyFloor lets a pull read a standby whatever it has replayed
+	// (replica.go), to prove that the tests of standby pulls catch it.
+	noStandbyFloor bool
 }
 
 type driver struct {

@@ -160,6 +160,9 @@ func (rs *replicaSet) pull(ctx context.Context, p *driver, q shapes.PullQuery, e
 	if err != nil {
 		return shapes.PullResult{}, err
 	}
+	if p.noStandbyFloor {
+		need = time.Time{}
+	}
 	r := rs.pick()
 	if r == nil {
 		return rs.fallback(ctx, p, q, "down", false, emit)
@@ -191,6 +194,11 @@ func (rs *replicaSet) pull(ctx context.Context, p *driver, q shapes.PullQuery, e
 		case errors.As(err, &pgErr) && pgErr.Code == "40001":
 			// canceled for a conflict with recovery
 			return rs.fallback(ctx, p, q, "conflict", emitted, emit)
+		case errors.Is(err, shapes.ErrSchemaChanged):
+			// a table or column hypersync created on the primary (at
+			// start-up, or by a reload) that the standby has not
+			// replayed yet: behind, as far as this pull is concerned
+			return rs.fallback(ctx, p, q, "lag", emitted, emit)
 		case errors.Is(err, shapes.ErrUnavailable), errors.As(err, &pgErr) && pgErr.Code == "25006":
 			// down, unreachable, or (25006, read-only) not what it was
 			r.setDown(rs.logger, err)

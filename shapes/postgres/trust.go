@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -33,15 +34,26 @@ var trustDDL = []string{
 
 // Secret returns the secret named name, made from crypto/rand the first
 // time; an instance that loses the race to make it reads the winner's.
+//
+// The statement's INSERT waits for a concurrent one of the same name to
+// commit and then does nothing, but its SELECT reads the snapshot taken
+// before that commit, and so finds no row: the loser then asks again, in a
+// new statement, whose snapshot holds the winner's row.
 func (p *driver) Secret(ctx context.Context, name string) (string, error) {
 	var b [24]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", err
 	}
 	var s string
-	err := p.pool.QueryRow(ctx, `WITH made AS (
+	var err error
+	for range 3 {
+		err = p.pool.QueryRow(ctx, `WITH made AS (
 	INSERT INTO "`+shapes.KeysTable+`" (name, secret) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING secret)
 SELECT secret FROM made UNION ALL SELECT secret FROM "`+shapes.KeysTable+`" WHERE name = $1 LIMIT 1`, name, hex.EncodeToString(b[:])).Scan(&s)
+		if !errors.Is(err, pgx.ErrNoRows) {
+			break
+		}
+	}
 	return s, pgError(err)
 }
 
