@@ -70,6 +70,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	file, line := d.File(), d.Line()
+	readLine := 0 // the first read_database
 	if d.NextArg() {
 		return d.ArgErr()
 	}
@@ -167,6 +168,9 @@ func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("read_database %q is not a postgres:// DSN: pulls run on hot standbys of a PostgreSQL database, and SQLite has none", shapes.RedactDSN(dsn))
 			}
 			h.ReadDatabases = append(h.ReadDatabases, dsn)
+			if readLine == 0 {
+				readLine = d.Line()
+			}
 		case "read_max_lag":
 			var v string
 			if !d.Args(&v) || d.NextArg() {
@@ -232,6 +236,9 @@ func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("unrecognized hypersync option %q", d.Val())
 		}
+	}
+	if err := h.checkReadDatabases(); err != nil {
+		return fmt.Errorf("%v, at %s:%d", err, file, readLine)
 	}
 	if len(h.Shapes) == 0 {
 		return fmt.Errorf("hypersync needs at least one shape block, at %s:%d", file, line)

@@ -135,6 +135,28 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				StreamMaxAge: caddy.Duration(5 * time.Minute), ListenDatabase: "postgres://u:p@db-direct/app",
 				Shapes: []shapes.ShapeConfig{{Key: "todos", KeyFields: []string{"todoId"}}}},
 		},
+		{
+			name: "hot standbys",
+			input: `hypersync {
+				database postgres://u:p@primary/app
+				read_database postgres://u:p@standby1/app
+				read_database {env.STANDBY2}
+				read_max_lag 500ms
+				shape todos {
+					key todoId
+				}
+			}`,
+			want: &HyperSync{Database: "postgres://u:p@primary/app", ReadDatabases: []string{"postgres://u:p@standby1/app", "{env.STANDBY2}"},
+				ReadMaxLag: caddy.Duration(500 * time.Millisecond), Shapes: []shapes.ShapeConfig{{Key: "todos", KeyFields: []string{"todoId"}}}},
+		},
+		{name: "read_database on SQLite", input: "hypersync {\n database sqlite:./app.db\n read_database postgres://u:secret@standby/app\n shape t {\n key id\n }\n}",
+			wantErr: "read_database is for PostgreSQL: database sqlite:./app.db is SQLite, a file on this machine, which has no standbys", line: 3},
+		{name: "read_database without database", input: "hypersync {\n read_database postgres://standby/app\n shape t {\n key id\n }\n}",
+			wantErr: "read_database is for PostgreSQL", line: 2},
+		{name: "read_database not PostgreSQL", input: "hypersync {\n database postgres://x\n read_database sqlite:./x.db\n}", wantErr: `read_database "sqlite:./x.db" is not a postgres:// DSN`, line: 3},
+		{name: "read_database without a value", input: "hypersync {\n read_database\n}", wantErr: "wrong argument count or unexpected line ending after 'read_database'", line: 2},
+		{name: "read_max_lag not a duration", input: "hypersync {\n read_max_lag soon\n}", wantErr: `read_max_lag "soon" is not a positive duration such as 2s`, line: 2},
+		{name: "read_max_lag zero", input: "hypersync {\n read_max_lag 0s\n}", wantErr: `read_max_lag "0s" is not a positive duration`, line: 2},
 		{name: "live off", input: "hypersync {\n live off\n shape t {\n key id\n }\n}",
 			want: &HyperSync{Live: &liveOff, Shapes: []shapes.ShapeConfig{{Key: "t", KeyFields: []string{"id"}}}}},
 		{name: "live neither on nor off", input: "hypersync {\n live maybe\n}", wantErr: `live takes on or off, not "maybe"`, line: 2},

@@ -144,6 +144,22 @@ func (h *HyperSync) resolvedDSN() (string, error) {
 	return dsn, shapes.CheckDSN(dsn)
 }
 
+// resolvedReadDatabases resolves the read_database placeholders.
+func (h *HyperSync) resolvedReadDatabases() ([]string, error) {
+	var out []string
+	for _, r := range h.ReadDatabases {
+		r, err := caddy.NewReplacer().ReplaceOrErr(r, true, true)
+		if err != nil {
+			return nil, fmt.Errorf("read_database: %w", err)
+		}
+		if shapes.KindOf(r) != "postgres" {
+			return nil, fmt.Errorf("read_database %q is not a postgres:// DSN", shapes.RedactDSN(r))
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
 func cmdCheck(fl caddycmd.Flags) (int, error) {
 	handlers, err := configuredHandlers(fl)
 	if err != nil {
@@ -155,7 +171,11 @@ func cmdCheck(fl caddycmd.Flags) (int, error) {
 		if err != nil {
 			return caddy.ExitCodeFailedStartup, err
 		}
-		db, err := shapes.Open(dsn, shapes.Options{})
+		replicas, err := h.resolvedReadDatabases()
+		if err != nil {
+			return caddy.ExitCodeFailedStartup, err
+		}
+		db, err := shapes.Open(dsn, shapes.Options{ReadReplicas: replicas})
 		if err != nil {
 			return caddy.ExitCodeFailedStartup, err
 		}
@@ -167,6 +187,14 @@ func cmdCheck(fl caddycmd.Flags) (int, error) {
 			cancel()
 			_ = db.Destruct()
 			continue
+		}
+		for _, r := range db.CheckReplicas(ctx) {
+			if r.Err != nil {
+				fmt.Printf("  ✗ read_database %s: %v\n", r.Target, r.Err)
+				bad++
+			} else {
+				fmt.Printf("  ✓ read_database %s: a hot standby of database, %.1f s behind\n", r.Target, r.Lag)
+			}
 		}
 		for _, cfg := range h.Shapes {
 			d, err := db.Diagnose(ctx, cfg, h.Shapes...)

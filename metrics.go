@@ -180,23 +180,32 @@ func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	// one database may have two pools (blocks with and without standbys):
+	// one series each, their sum
+	all := map[string]shapes.PoolStats{}
 	databases.Range(func(_, v any) bool {
 		db, ok := v.(*shapes.Database)
 		if !ok {
 			return true
 		}
-		st, ok := db.Stats()
-		if !ok {
-			return true
+		if st, ok := db.Stats(); ok {
+			sum := all[db.String()]
+			sum.Acquired += st.Acquired
+			sum.Idle += st.Idle
+			sum.Total += st.Total
+			sum.EmptyAcquires += st.EmptyAcquires
+			sum.EmptyAcquireWait += st.EmptyAcquireWait
+			all[db.String()] = sum
 		}
-		name := db.String()
+		return true
+	})
+	for name, st := range all {
 		ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(st.Acquired), name, "acquired")
 		ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(st.Idle), name, "idle")
 		ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(st.Total), name, "total")
 		ch <- prometheus.MustNewConstMetric(c.waits, prometheus.CounterValue, float64(st.EmptyAcquires), name)
 		ch <- prometheus.MustNewConstMetric(c.waited, prometheus.CounterValue, st.EmptyAcquireWait.Seconds(), name)
-		return true
-	})
+	}
 }
 
 // listenerCollector reports, at scrape time, whether each live listener
@@ -228,12 +237,17 @@ func (c *standbyCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *standbyCollector) Collect(ch chan<- prometheus.Metric) {
+	seen := map[string]bool{}
 	databases.Range(func(_, v any) bool {
 		db, ok := v.(*shapes.Database)
 		if !ok {
 			return true
 		}
 		for _, r := range db.Replicas() {
+			if seen[db.String()+"\x00"+r.Target] {
+				continue // the same standby of a second pool (another read_max_lag)
+			}
+			seen[db.String()+"\x00"+r.Target] = true
 			up := 0.0
 			if r.Up {
 				up = 1

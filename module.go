@@ -178,16 +178,9 @@ func (h *HyperSync) Provision(ctx caddy.Context) error {
 		}
 	}
 	h.dsn = dsn
-	var replicas []string
-	for _, r := range h.ReadDatabases {
-		r, err := caddy.NewReplacer().ReplaceOrErr(r, true, true)
-		if err != nil {
-			return fmt.Errorf("read_database: %w", err)
-		}
-		if shapes.KindOf(r) != "postgres" {
-			return fmt.Errorf("read_database %q is not a postgres:// DSN", shapes.RedactDSN(r))
-		}
-		replicas = append(replicas, r)
+	replicas, err := h.resolvedReadDatabases()
+	if err != nil {
+		return err
 	}
 	if len(replicas) > 0 && shapes.KindOf(dsn) != "postgres" {
 		return fmt.Errorf("read_database is for PostgreSQL: database %s is not", shapes.RedactDSN(dsn))

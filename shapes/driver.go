@@ -297,6 +297,8 @@ type ReplicaState struct {
 	Up bool
 	// Lag is how far its replay is behind, in seconds, as last measured.
 	Lag float64
+	// Err is why it is not used (CheckReplicas only).
+	Err error
 }
 
 // Database is an open database. It is safe to share between Stores, and
@@ -365,6 +367,18 @@ func (db *Database) Stats() (PoolStats, bool) {
 func (db *Database) VerifyReplicas(ctx context.Context) error {
 	if v, ok := db.d.(interface{ VerifyReplicas(context.Context) error }); ok {
 		return v.VerifyReplicas(ctx)
+	}
+	return nil
+}
+
+// CheckReplicas probes every read replica now, for caddy hypersync check:
+// one that does not answer, is not in recovery, or follows another
+// primary has Err set.
+func (db *Database) CheckReplicas(ctx context.Context) []ReplicaState {
+	if r, ok := db.d.(interface {
+		CheckReplicas(context.Context) []ReplicaState
+	}); ok {
+		return r.CheckReplicas(ctx)
 	}
 	return nil
 }

@@ -367,6 +367,19 @@ func (p *driver) VerifyReplicas(ctx context.Context) error {
 	return nil
 }
 
+// CheckReplicas probes every standby now, for caddy hypersync check.
+func (p *driver) CheckReplicas(ctx context.Context) []shapes.ReplicaState {
+	if p.replicas == nil {
+		return nil
+	}
+	var out []shapes.ReplicaState
+	for _, r := range p.replicas.list {
+		lag, err := p.replicas.verify(ctx, p, r)
+		out = append(out, shapes.ReplicaState{Target: r.target, Up: err == nil, Lag: lag, Err: err})
+	}
+	return out
+}
+
 // Replicas reports the standbys' states.
 func (p *driver) Replicas() []shapes.ReplicaState {
 	if p.replicas == nil {
