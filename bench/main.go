@@ -124,10 +124,13 @@ func run() error {
 	}
 	var out outcome
 	if *onlyShared {
-		*withPG, *withSQLite, *withShared, *withLive = false, false, true, false
+		*withPG, *withSQLite, *withShared, *withLive, *withStandby = false, false, true, false, false
 	}
 	if *onlyLive {
-		*withPG, *withSQLite, *withShared, *withLive = false, false, false, true
+		*withPG, *withSQLite, *withShared, *withLive, *withStandby = false, false, false, true, false
+	}
+	if *onlyStandby {
+		*withPG, *withSQLite, *withShared, *withLive, *withStandby = false, false, false, false, true
 	}
 	if *withLive {
 		if err := runLive(ctx, bin, &out); err != nil {
@@ -137,6 +140,11 @@ func run() error {
 	if *withShared {
 		if err := runShared(ctx, bin, &out); err != nil {
 			return fmt.Errorf("shared scopes: %w", err)
+		}
+	}
+	if *withStandby {
+		if err := runStandby(ctx, bin, &out); err != nil {
+			return fmt.Errorf("standby: %w", err)
 		}
 	}
 	if *withPG {

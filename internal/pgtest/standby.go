@@ -362,6 +362,10 @@ func (s *Standby) WaitCaughtUp(t testing.TB, primaryDSN string) {
 	}
 }
 
+// CatchUp is WaitCaughtUp for code that is not a test (the bench): it
+// returns the error instead.
+func (s *Standby) CatchUp(primaryDSN string) error { return s.waitCaughtUp(primaryDSN, CatchUpTimeout) }
+
 func (s *Standby) waitCaughtUp(primaryDSN string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
