@@ -112,7 +112,7 @@ func runStandby(ctx context.Context, bin string, out *outcome) error {
 	}
 	ratio := median(res.ratios)
 	out.shared = append(out.shared, sharedRow{
-		name: fmt.Sprintf("pulls of %d rows from two instances, 8 at once, one push every 20 ms: with a hot standby / on the primary alone", *standbyRows),
+		name:  fmt.Sprintf("pulls of %d rows from two instances, 8 at once, one push every 20 ms: with a hot standby / on the primary alone", *standbyRows),
 		value: fmt.Sprintf("%.0f pulls/s", median(res.caddy)), reference: fmt.Sprintf("%.0f pulls/s", median(res.direct)),
 		ratio: fmt.Sprintf("%.2f×", ratio), target: "report", met: true, each: floats(res.ratios)})
 	share := 0.0
