@@ -238,7 +238,7 @@ func inspect(ctx context.Context, w io.Writer, blocks []*userBlock, user string,
 			width = max(width, len(c.Shape))
 		}
 		for _, c := range in.Shapes {
-			line := fmt.Sprintf("    %-*s %6d rows", width, c.Shape, c.Rows)
+			line := fmt.Sprintf("    %-*s %6d %s", width, c.Shape, c.Rows, plural(c.Rows, "row", "rows"))
 			if c.Tombstones > 0 {
 				line += fmt.Sprintf(" (%d move-out tombstones)", c.Tombstones)
 			}
@@ -478,4 +478,12 @@ func cmdUnblock(fl caddycmd.Flags) (int, error) {
 		}
 		return nil
 	})
+}
+
+// plural picks the word for n.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }

@@ -28,6 +28,8 @@ func badRequest(code, format string, args ...any) *requestError {
 // writeError answers status with an error body; a 503 tells the client
 // when to come back.
 func writeError(w http.ResponseWriter, status int, code, msg string) {
+	// an error answers no pull: it sets no cursor cookie
+	w.Header().Del("Set-Cookie")
 	if status == http.StatusServiceUnavailable && w.Header().Get("Retry-After") == "" {
 		w.Header().Set("Retry-After", "5")
 	}

@@ -75,7 +75,7 @@ type Config struct {
 	Live *live.Server
 
 	// CursorCookie sets the cursor cookie on pull answers, and answers
-	// from the epoch a pull that carries another user's (cursorcookie.go).
+	// from the epoch a pull that carries another user's (trust.go).
 	CursorCookie bool
 	// KeepRejections is how many refused changes the record keeps per
 	// user; 0 keeps none.

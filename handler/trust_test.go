@@ -240,9 +240,16 @@ func TestErasedUserIsRefused(t *testing.T) {
 			"paged pull": e.do("GET", "/sync/pull/?limit=10", "alice", "", ""),
 			"stream":     e.do("GET", "/sync/events", "alice", "", ""),
 			"rejections": e.do("GET", "/sync/rejections", "alice", "", ""),
+			// nothing to write: no statement checks the block, the
+			// store does
+			"empty push":        e.do("POST", "/sync/push", "alice", "application/json", `{"changes":[]}`),
+			"push of bob's row": e.push("alice", todo("a3", "bob", now(), `{"todoId":"a3","title":"not mine"}`)),
 		} {
 			if a.status != http.StatusForbidden || !strings.Contains(a.body, `"error":"user-erased"`) {
 				t.Errorf("%s by alice, erased: %d %s", name, a.status, a.body)
+			}
+			if c := a.header.Get("Set-Cookie"); c != "" {
+				t.Errorf("%s by alice, erased, sets a cookie: %s", name, c)
 			}
 		}
 		if a := e.push("bob", todo("b1", "bob", now(), `{"todoId":"b1","title":"bob's"}`)); a.status != 201 {

@@ -311,7 +311,14 @@ func (s *Store) Push(ctx context.Context, user string, changes []Change, results
 		}
 	}
 	if len(rows) == 0 {
-		return time.Time{}, nil
+		// nothing to write, so no statement of the push checks the
+		// block: an erased user is refused all the same, and learns
+		// nothing of what would have been refused
+		erased, err := s.Erased(ctx, user)
+		if err == nil && erased {
+			err = ErrErased
+		}
+		return time.Time{}, err
 	}
 	block, err := s.blockHash(ctx, user)
 	if err != nil {
