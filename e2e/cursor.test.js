@@ -7,7 +7,10 @@
 //
 // The same scenario runs against a Caddy with `cursor_cookie off`, where
 // bob must get none of those rows: the scenario can fail, and fails
-// without the cookie.
+// without the cookie. bob signs in two ways: the page reloaded, and in the
+// page (the demo asks /whoami on "Sync now", and calls setUserId). In the
+// page, the demo clears alice's rows from its tables when bob's first pull
+// answer arrives, not before, and shows none of them meanwhile.
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startCaddy, startPostgres, launchBrowser, unique, recordSync, waitUntil, serverPush, signIn } from "./harness.js";
@@ -39,9 +42,10 @@ for (const store of stores) {
       await db?.stop();
     });
 
-    for (const cookie of ["on", "off"]) {
+    for (const [cookie, how] of [["on", "reload"], ["on", "page"], ["off", "reload"], ["off", "page"]]) {
       const want = cookie === "on" ? "bob gets all 5 of his rows stamped before alice's cursor" : "bob gets none of them: the cookie is what brings them";
-      test(`cursor_cookie ${cookie}: ${want}`, { timeout: 90_000 }, async () => {
+      const switching = how === "reload" ? "and the page reloads" : "in the page";
+      test(`cursor_cookie ${cookie}, bob signs in ${switching}: ${want}`, { timeout: 90_000 }, async () => {
         const caddy = caddies[cookie];
         const context = await browser.newContext({ baseURL: caddy.baseURL });
         const log = [];
@@ -49,7 +53,7 @@ for (const store of stores) {
         context.on("weberror", (e) => log.push(`[pageerror] ${e.error().message}`));
         const requests = recordSync(context);
         try {
-          await scenario(caddy, context, requests, cookie === "on");
+          await scenario(caddy, context, requests, { cookieOn: cookie === "on", inPage: how === "page" });
         } catch (err) {
           console.error(`\n--- ${store.name}, cursor_cookie ${cookie}: failed; browser console and /sync requests:`);
           console.error(log.join("\n"));
@@ -64,7 +68,7 @@ for (const store of stores) {
   });
 }
 
-async function scenario(caddy, context, requests, cookieOn) {
+async function scenario(caddy, context, requests, { cookieOn, inPage }) {
   // bob writes five todos on another device, before alice does anything
   const tag = unique("bob's");
   const bobs = Array.from({ length: 5 }, (_, i) => `${tag} row ${i + 1}`);
@@ -95,12 +99,29 @@ async function scenario(caddy, context, requests, cookieOn) {
   const later = unique("bob's later");
   await serverPush(caddy.baseURL, "bob", [{ todoId: later.replace(/\W/g, "-"), title: later }]);
 
-  // alice signs out, bob signs in: same profile, same localStorage, same
-  // page reloaded, and the demo takes the user the server names
+  // alice signs out, bob signs in: same profile, same localStorage, and
+  // the demo takes the user the server names
   await signIn(context, "bob");
   const switched = Date.now();
-  await page.reload();
-  await page.locator("#user", { hasText: "bob" }).waitFor();
+  if (inPage) {
+    // bob's pulls wait until the page was looked at: alice's rows are
+    // still in its tables, and it shows none of them
+    let release;
+    const held = new Promise((resolve) => { release = resolve; });
+    let holding = 0;
+    const isPull = (url) => url.pathname === "/sync/pull/";
+    await page.route(isPull, async (route) => { holding++; await held; await route.continue(); });
+    await page.click("#sync-now");
+    await page.locator("#user", { hasText: "bob" }).waitFor();
+    await waitUntil(() => holding >= 1, 5000, "bob's first pull sent");
+    const kept = await page.evaluate(() => globalThis.hypersyncDemo.db.todos.where("userId").equals("alice").count());
+    assert.ok(kept >= 1, "alice's rows were cleared before bob's first pull answer arrived");
+    assert.equal(await page.locator("li.todo").count(), 0, "the page shows rows while they are alice's");
+    release(); // (the route stays, and lets every later pull through)
+  } else {
+    await page.reload();
+    await page.locator("#user", { hasText: "bob" }).waitFor();
+  }
   await page.locator("li.todo .title", { hasText: later }).first().waitFor({ timeout: 10_000 });
   await waitUntil(() => !requests.some((r) => r.open && r.path !== "/sync/events"), 5000, "bob's sync done");
 
@@ -115,6 +136,15 @@ async function scenario(caddy, context, requests, cookieOn) {
     assert.equal(got.length, 0, `without the cookie bob was expected to miss his 5 rows, and shows ${got.length}: the scenario no longer tests the cookie`);
   }
   assert.ok(!titles.includes(mine), "bob's page shows alice's todo");
+  // the demo cleared alice's rows when bob's answer arrived
+  const left = await page.evaluate(() => globalThis.hypersyncDemo.db.todos.where("userId").equals("alice").count());
+  assert.equal(left, 0, "alice's rows are still in the page's tables");
+  if (inPage) {
+    // and live sync follows the demo's setUserId: bob's write elsewhere shows
+    const poked = unique("bob's, live");
+    await serverPush(caddy.baseURL, "bob", [{ todoId: poked.replace(/\W/g, "-"), title: poked }]);
+    await page.locator("li.todo .title", { hasText: poked }).first().waitFor({ timeout: 5000 });
+  }
 }
 
 // syncNow presses "Sync now" and waits for that sync to finish.

@@ -186,6 +186,47 @@ for (const store of stores) {
       assert.ok(!JSON.stringify(pulled).includes(listId), `carol pulled something of the list: ${JSON.stringify(pulled).slice(0, 300)}`);
     });
 
+    // A change the server refuses stays in the 1.0.0 client's queue, sent
+    // again at every sync, and the client says nothing. The demo asks the
+    // server's record (…/rejections) after each sync and shows it.
+    scenario("a refused change shows, with its reason: a todo added offline to a list its author was removed from", async () => {
+      const carol = await open("carol", "carol"), alice = await open("alice", "alice");
+      assert.equal(await carol.page.locator("#refused").isHidden(), true, "the refused-changes box shows with nothing refused");
+      const list = unique("Book club");
+      await carol.addList(list);
+      await carol.openList(list);
+      await carol.share("alice");
+      await carol.syncNow();
+      await alice.syncNow();
+      await alice.openList(list);
+
+      // carol, offline, adds a todo to the list; meanwhile alice removes her
+      await carol.setOffline(true);
+      const late = unique("chapter 3 notes");
+      await carol.addTodo(late);
+      await alice.removeMember("carol");
+      await alice.syncNow();
+      await carol.setOffline(false);
+      await carol.syncNow();
+
+      const box = carol.page.locator("#refused");
+      await box.waitFor({ timeout: 10_000 });
+      assert.equal(await carol.page.locator("#refused-title").textContent(), "1 change was refused");
+      const item = carol.page.locator("#refused li.refusal");
+      assert.equal(await item.count(), 1);
+      assert.equal(await item.getAttribute("data-error"), "forbidden");
+      const text = await item.textContent();
+      const key = await carol.page.evaluate((late) => globalThis.hypersyncDemo.db.todos.filter((t) => t.title === late).first(), late);
+      for (const want of ["todos", late, `todoId ${key.todoId}`, "forbidden: ", "not a member"]) {
+        assert.ok(text.includes(want), `the refused change reads ${JSON.stringify(text)}, without ${JSON.stringify(want)}`);
+      }
+      assert.equal(await carol.pending(), 1, "the refused change should stay queued (the 1.0.0 client keeps it)");
+      assert.ok(!(await carol.lists()).includes(list), "carol still shows the list she was removed from");
+      // it is carol's alone
+      await alice.syncNow();
+      assert.equal(await alice.page.locator("#refused").isHidden(), true, "alice is shown carol's refused change");
+    });
+
     scenario("two devices of one user: what A writes, B receives", async () => {
       const a = await open("alice", "A"), b = await open("alice", "B");
       const title = unique("buy milk");
