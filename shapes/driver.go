@@ -53,7 +53,7 @@ type Driver interface {
 	// Erased reports whether ErasedTable holds hash; Unblock deletes it
 	// and reports whether it did.
 	Erased(ctx context.Context, hash string) (bool, error)
-	Unblock(ctx context.Context, hash string) (bool, error)
+	Unblock(ctx context.Context, hash, user string) (bool, error)
 	// Ping checks that the database answers.
 	Ping(ctx context.Context) error
 	// Close closes the connections.

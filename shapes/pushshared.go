@@ -100,6 +100,16 @@ type ScopeOf struct {
 // whose scope is null), their cursor, their refused-change record and
 // their recorded removals; give the versions and moves kept for move-out
 // that name them as author ErasedAuthor; and store Hash in ErasedTable.
+//
+// Forget deletes the user's cursor, and keeps its stamp under the hash in
+// ErasedTable, where unblock finds it: a cursor only grows, and so must
+// the one an unblocked user starts again from. Every syncedAt handed out
+// before the erase is at or below the kept stamp, so the new cursor is
+// above them (a device's old lastPull reads as from the future, and is
+// answered from the epoch, until the cursor passes it); and a standby that
+// has not replayed the erase holds the old cursor, below the primary's
+// new one, so a pull waits for it to replay the erase and the unblock
+// (postgres/replica.go) instead of reading the erased rows there.
 type Forget struct {
 	User, Hash string
 	Shapes     []*Shape

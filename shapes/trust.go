@@ -177,7 +177,7 @@ func (s *Store) Unblock(ctx context.Context, user string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return s.db.d.Unblock(ctx, h)
+	return s.db.d.Unblock(ctx, h, user)
 }
 
 // Rejections returns the user's record, newest first.

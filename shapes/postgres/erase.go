@@ -104,13 +104,15 @@ func (t *pgTx) Forget(f shapes.Forget) (map[*shapes.Shape]int, error) {
 				return err
 			})
 	}
-	t.queue(`DELETE FROM "`+shapes.CursorTable+`" WHERE user_id = $1`, []any{f.User}, nil)
 	t.queue(`DELETE FROM "`+shapes.RejectionsTable+`" WHERE user_id = $1`, []any{f.User}, nil)
 	if f.Sharing {
 		t.queue(`DELETE FROM "`+shapes.LeftTable+`" WHERE member = $1`, []any{f.User}, nil)
 		t.queue(`UPDATE "`+shapes.MovesTable+`" SET user_id = $2 WHERE user_id = $1`, []any{f.User, shapes.ErasedAuthor}, nil)
 		t.queue(`UPDATE "`+shapes.VersionsTable+`" SET user_id = $2 WHERE user_id = $1`, []any{f.User, shapes.ErasedAuthor}, nil)
 	}
-	t.queue(`INSERT INTO "`+shapes.ErasedTable+`" (user_hash, at) VALUES ($1, now()) ON CONFLICT (user_hash) DO NOTHING`, []any{f.Hash}, nil)
+	// the cursor goes, and its stamp is kept under the hash (Forget.Stamp)
+	t.queue(`WITH gone AS (DELETE FROM "`+shapes.CursorTable+`" WHERE user_id = $1 RETURNING stamp)
+INSERT INTO "`+shapes.ErasedTable+`" AS e (user_hash, at, stamp) VALUES ($2, now(), (SELECT stamp FROM gone WHERE stamp > '-infinity'))
+ON CONFLICT (user_hash) DO UPDATE SET stamp = greatest(e.stamp, excluded.stamp)`, []any{f.User, f.Hash}, nil)
 	return out, pgError(t.flush())
 }

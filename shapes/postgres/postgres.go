@@ -228,6 +228,9 @@ func pgError(err error) error {
 		if strings.Contains(pgErr.Message, shapes.ErasedMarker) {
 			return shapes.ErrErased // erasedSQL
 		}
+		if strings.Contains(pgErr.Message, notStandbyMarker) {
+			return errNotStandby // standbyCheck
+		}
 		if refusedByValue(pgErr) {
 			return &shapes.RefusedError{Message: pgErr.Message}
 		}

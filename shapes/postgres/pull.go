@@ -66,6 +66,19 @@ func erasedCheck(param string) string {
 	return `(SELECT CAST('` + shapes.ErasedMarker + ` ' || e.user_hash AS int) FROM "` + shapes.ErasedTable + `" AS e WHERE e.user_hash = ` + param + `::text)::text`
 }
 
+// standbyCheck is an expression of the pull's statement, the flag in
+// param: null, or a failure carrying notStandbyMarker when the flag is set
+// and the server is not in recovery. A pull meant for a standby that was
+// promoted fails in its own statement, not a probe's second later: a
+// promoted server takes writes the primary never sees, and its cursors
+// could hand a device a syncedAt above rows it will never have.
+func standbyCheck(param string) string {
+	return `(SELECT CAST('` + notStandbyMarker + ` ' || pg_is_in_recovery()::text AS int) WHERE ` + param + `::boolean AND NOT pg_is_in_recovery())::text`
+}
+
+// notStandbyMarker marks standbyCheck's failure (pgError).
+const notStandbyMarker = "hypersync-read-database-not-in-recovery"
+
 func buildPullBody(shapeList []*shapes.Shape, limited, naive bool) string {
 	q := shapes.QuoteIdent
 	var b strings.Builder
@@ -85,11 +98,11 @@ SELECT -1, NULL::text, (SELECT stamp FROM c)::text`)
 ` + sinceCTE("last") + `,
 c AS (SELECT coalesce((SELECT s FROM (` + strings.Join(stamps, " UNION ALL ") + `) AS page ORDER BY s OFFSET $3::int - 1 LIMIT 1),
 	(SELECT stamp FROM last)) AS stamp)
-SELECT -1, coalesce(` + erasedCheck("$4") + `, ((SELECT stamp FROM c) < (SELECT stamp FROM last))::text), (SELECT stamp FROM c)::text`)
+SELECT -1, coalesce(` + erasedCheck("$4") + `, ` + standbyCheck("$6") + `, ((SELECT stamp FROM c) < (SELECT stamp FROM last))::text), (SELECT stamp FROM c)::text`)
 	default:
 		b.WriteString(`WITH c AS (SELECT stamp FROM "` + shapes.CursorTable + `" WHERE user_id = $1 AND stamp > '-infinity' AND stamp >= $4::timestamptz),
 ` + sinceCTE("c") + `
-SELECT -1, ` + erasedCheck("$3") + `, (SELECT stamp FROM c)::text`)
+SELECT -1, coalesce(` + erasedCheck("$3") + `, ` + standbyCheck("$5") + `), (SELECT stamp FROM c)::text`)
 	}
 	width := 0
 	for _, sh := range shapeList {
@@ -251,7 +264,7 @@ func (p *driver) Pull(ctx context.Context, q shapes.PullQuery, emit func(shapes.
 	if p.replicas != nil {
 		return p.replicas.pull(ctx, p, q, emit)
 	}
-	res, _, err := p.pullOn(ctx, p.pool, q, time.Time{}, emit)
+	res, _, err := p.pullOn(ctx, p.pool, false, q, time.Time{}, emit)
 	if err == nil && p.pullTarget != nil {
 		p.pullTarget("primary", "")
 	}
@@ -265,7 +278,7 @@ var errBehind = errors.New("the standby is behind the user's cursor")
 // pullOn runs the pull statement on pool. With need set, the statement
 // reads nothing unless the user's cursor there is at or after need, and
 // pullOn then fails with errBehind. It reports whether it emitted a row.
-func (p *driver) pullOn(ctx context.Context, pool *pgxpool.Pool, q shapes.PullQuery, need time.Time, emit func(shapes.PulledRow) error) (shapes.PullResult, bool, error) {
+func (p *driver) pullOn(ctx context.Context, pool *pgxpool.Pool, standby bool, q shapes.PullQuery, need time.Time, emit func(shapes.PulledRow) error) (shapes.PullResult, bool, error) {
 	args := []any{textFormats, q.User, q.Since}
 	if q.Limit > 0 {
 		args = append(args, q.Limit)
@@ -275,7 +288,7 @@ func (p *driver) pullOn(ctx context.Context, pool *pgxpool.Pool, q shapes.PullQu
 		if !need.IsZero() {
 			floor = pgtype.Timestamptz{Time: need, Valid: true}
 		}
-		args = append(args, q.Block, floor)
+		args = append(args, q.Block, floor, standby)
 	}
 	rows, err := pool.Query(ctx, p.pullSQL(q.Shapes, q.Limit > 0), args...)
 	if err != nil {

@@ -170,7 +170,7 @@ func (rs *replicaSet) pull(ctx context.Context, p *driver, q shapes.PullQuery, e
 	deadline := time.Now().Add(rs.maxLag)
 	wait := 2 * time.Millisecond
 	for {
-		res, emitted, err := p.pullOn(ctx, r.pool, q, need, emit)
+		res, emitted, err := p.pullOn(ctx, r.pool, true, q, need, emit)
 		var pgErr *pgconn.PgError
 		switch {
 		case err == nil:
@@ -178,7 +178,12 @@ func (rs *replicaSet) pull(ctx context.Context, p *driver, q shapes.PullQuery, e
 			return res, nil
 		case ctx.Err() != nil:
 			return shapes.PullResult{}, err
-		case errors.Is(err, errBehind):
+		case errors.Is(err, shapes.ErrErased) && emitted:
+			return rs.fallback(ctx, p, q, "lag", emitted, emit)
+		case errors.Is(err, errBehind), errors.Is(err, shapes.ErrErased):
+			// behind the user's cursor; or erased there when the primary
+			// (needed) says they are not: the standby has not replayed
+			// the unblock yet
 			left := time.Until(deadline)
 			if left <= 0 {
 				return rs.fallback(ctx, p, q, "lag", false, emit)
@@ -191,16 +196,17 @@ func (rs *replicaSet) pull(ctx context.Context, p *driver, q shapes.PullQuery, e
 			case <-t.C:
 			}
 			wait = min(2*wait, 50*time.Millisecond)
-		case errors.As(err, &pgErr) && pgErr.Code == "40001":
-			// canceled for a conflict with recovery
+		case errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01"):
+			// canceled for a conflict with recovery (40P01: a buffer
+			// pin deadlock with the startup process)
 			return rs.fallback(ctx, p, q, "conflict", emitted, emit)
 		case errors.Is(err, shapes.ErrSchemaChanged):
 			// a table or column hypersync created on the primary (at
 			// start-up, or by a reload) that the standby has not
 			// replayed yet: behind, as far as this pull is concerned
 			return rs.fallback(ctx, p, q, "lag", emitted, emit)
-		case errors.Is(err, shapes.ErrUnavailable), errors.As(err, &pgErr) && pgErr.Code == "25006":
-			// down, unreachable, or (25006, read-only) not what it was
+		case errors.Is(err, shapes.ErrUnavailable), errors.Is(err, errNotStandby), errors.As(err, &pgErr) && pgErr.Code == "25006":
+			// down, unreachable, or promoted (standbyCheck)
 			r.setDown(rs.logger, err)
 			return rs.fallback(ctx, p, q, "down", emitted, emit)
 		default:
@@ -218,7 +224,7 @@ func (rs *replicaSet) fallback(ctx context.Context, p *driver, q shapes.PullQuer
 		}
 	}
 	rs.observe("primary", reason)
-	res, _, err := p.pullOn(ctx, p.pool, q, time.Time{}, emit)
+	res, _, err := p.pullOn(ctx, p.pool, false, q, time.Time{}, emit)
 	return res, err
 }
 

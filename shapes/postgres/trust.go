@@ -30,6 +30,7 @@ var trustDDL = []string{
 		PRIMARY KEY (user_id, change_id))`,
 	`CREATE INDEX IF NOT EXISTS "` + shapes.RejectionsTable + `_last_idx" ON "` + shapes.RejectionsTable + `" (user_id, last)`,
 	`CREATE TABLE IF NOT EXISTS "` + shapes.ErasedTable + `" (user_hash text PRIMARY KEY, at timestamptz NOT NULL)`,
+	`ALTER TABLE "` + shapes.ErasedTable + `" ADD COLUMN IF NOT EXISTS stamp timestamptz`,
 }
 
 // Secret returns the secret named name, made from crypto/rand the first
@@ -110,7 +111,14 @@ func (p *driver) Erased(ctx context.Context, hash string) (bool, error) {
 	return found, pgError(err)
 }
 
-func (p *driver) Unblock(ctx context.Context, hash string) (bool, error) {
-	tag, err := p.pool.Exec(ctx, `DELETE FROM "`+shapes.ErasedTable+`" WHERE user_hash = $1`, hash)
-	return tag.RowsAffected() > 0, pgError(err)
+// Unblock lifts the block and gives the user their cursor back, above the
+// one erase deleted (see shapes.Forget.Stamp), in one statement.
+func (p *driver) Unblock(ctx context.Context, hash, user string) (bool, error) {
+	var n int
+	err := p.pool.QueryRow(ctx, `WITH gone AS (DELETE FROM "`+shapes.ErasedTable+`" WHERE user_hash = $1 RETURNING stamp),
+back AS (INSERT INTO "`+shapes.CursorTable+`" AS c (user_id, stamp)
+	SELECT $2, greatest(date_trunc('milliseconds', clock_timestamp()), stamp + interval '1 millisecond') FROM gone WHERE stamp IS NOT NULL
+	ON CONFLICT (user_id) DO UPDATE SET stamp = greatest(c.stamp, excluded.stamp))
+SELECT count(*)::int FROM gone`, hash, user).Scan(&n)
+	return n > 0, pgError(err)
 }

@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -117,6 +118,11 @@ func (t *liteTx) Forget(f shapes.Forget) (map[*shapes.Shape]int, error) {
 		sql  string
 		args []any
 	}
+	// the cursor goes, and its stamp is kept under the hash (Forget.Stamp)
+	var stamp sql.NullString
+	if err := t.tx.QueryRowContext(t.ctx, `SELECT stamp FROM "`+shapes.CursorTable+`" WHERE user_id = ?`, f.User).Scan(&stamp); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, classify(err)
+	}
 	stmts := []stmt{{`DELETE FROM "` + shapes.CursorTable + `" WHERE user_id = ?`, []any{f.User}},
 		{`DELETE FROM "` + shapes.RejectionsTable + `" WHERE user_id = ?`, []any{f.User}}}
 	if f.Sharing {
@@ -129,8 +135,9 @@ func (t *liteTx) Forget(f shapes.Forget) (map[*shapes.Shape]int, error) {
 			return nil, err
 		}
 	}
-	if _, err := exec(`INSERT INTO "`+shapes.ErasedTable+`" (user_hash, at) VALUES (?, ?) ON CONFLICT (user_hash) DO NOTHING`,
-		f.Hash, time.Now().UTC().Format(stampLayout)); err != nil {
+	if _, err := exec(`INSERT INTO "`+shapes.ErasedTable+`" (user_hash, at, stamp) VALUES (?, ?, ?)
+		ON CONFLICT (user_hash) DO UPDATE SET stamp = CASE WHEN excluded.stamp > coalesce(stamp, '') THEN excluded.stamp ELSE stamp END`,
+		f.Hash, time.Now().UTC().Format(stampLayout), stamp); err != nil {
 		return nil, err
 	}
 	t.wrote = true

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"time"
 
 	"github.com/hypersync/hypersync/shapes"
@@ -18,7 +19,7 @@ var trustDDL = []string{
 		row_key TEXT, error TEXT NOT NULL, message TEXT NOT NULL, at TEXT NOT NULL, last TEXT NOT NULL, times INTEGER NOT NULL,
 		PRIMARY KEY (user_id, change_id))`,
 	`CREATE INDEX IF NOT EXISTS "` + shapes.RejectionsTable + `_last_idx" ON "` + shapes.RejectionsTable + `" (user_id, last)`,
-	`CREATE TABLE IF NOT EXISTS "` + shapes.ErasedTable + `" (user_hash TEXT PRIMARY KEY, at TEXT NOT NULL)`,
+	`CREATE TABLE IF NOT EXISTS "` + shapes.ErasedTable + `" (user_hash TEXT PRIMARY KEY, at TEXT NOT NULL, stamp TEXT)`,
 }
 
 // Secret returns the secret named name, made from crypto/rand the first
@@ -108,13 +109,36 @@ func (s *driver) Erased(ctx context.Context, hash string) (bool, error) {
 	return found, classify(err)
 }
 
-func (s *driver) Unblock(ctx context.Context, hash string) (bool, error) {
+// Unblock lifts the block and gives the user their cursor back, above the
+// one erase deleted (see shapes.Forget.Stamp), in one transaction.
+func (s *driver) Unblock(ctx context.Context, hash, user string) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	res, err := s.w.ExecContext(ctx, `DELETE FROM "`+shapes.ErasedTable+`" WHERE user_hash = ?`, hash)
+	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return false, classify(err)
 	}
-	n, err := res.RowsAffected()
-	return n > 0, classify(err)
+	defer tx.Rollback()
+	var stamp sql.NullString
+	err = tx.QueryRowContext(ctx, `SELECT stamp FROM "`+shapes.ErasedTable+`" WHERE user_hash = ?`, hash).Scan(&stamp)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, classify(err)
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM "`+shapes.ErasedTable+`" WHERE user_hash = ?`, hash); err != nil {
+		return false, classify(err)
+	}
+	if old, ok := parseTime([]byte(stamp.String)); stamp.Valid && ok {
+		back := time.Now().UTC().Truncate(time.Millisecond)
+		if next := old.Add(time.Millisecond); next.After(back) {
+			back = next
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO "`+shapes.CursorTable+`" (user_id, stamp) VALUES (?, ?)
+			ON CONFLICT (user_id) DO UPDATE SET stamp = max(stamp, excluded.stamp)`, user, back.UTC().Format(stampLayout)); err != nil {
+			return false, classify(err)
+		}
+	}
+	return true, classify(tx.Commit())
 }
