@@ -248,3 +248,33 @@ func TestEraseStampsTheMembers(t *testing.T) {
 		}
 	})
 }
+
+// TestUnblockKeepsTheCursorGrowing: erase deletes the user's cursor and
+// unblock gives it back above the old one, so no syncedAt handed out
+// before the erase is ever above the cursor again by the clock alone (a
+// device's old lastPull is answered from the epoch until the cursor
+// passes it, and a standby behind the erase is waited for).
+func TestUnblockKeepsTheCursorGrowing(t *testing.T) {
+	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
+		f := sharedLists(t, b)
+		// a cursor well ahead of the clock, as many stamps in one
+		// millisecond make it
+		ahead := time.Now().Add(time.Hour).UTC()
+		for i := range 3 {
+			testkit.WantOutcomes(t, f.Push("alice", testkit.Change("todos", ahead, fmt.Sprintf(`{"todoId":"t%d","title":"x","listId":null}`, i))), "applied")
+		}
+		testkit.Exec(t, f.DSN, fmt.Sprintf(`UPDATE hypersync_cursors SET stamp = '%s' WHERE user_id = 'alice'`, ahead.Format("2006-01-02T15:04:05.000000Z")))
+		_, before := f.Pull("alice", time.Time{})
+		ctx := context.Background()
+		if _, err := f.Store.Erase(ctx, "alice", false); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := f.Store.Unblock(ctx, "alice"); err != nil || !ok {
+			t.Fatalf("unblock: %v %v", ok, err)
+		}
+		_, after := f.Pull("alice", time.Time{})
+		if !after.After(before) {
+			t.Fatalf("the cursor after erase and unblock, %v, is not above the one before, %v", after, before)
+		}
+	})
+}

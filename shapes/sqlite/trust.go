@@ -130,7 +130,7 @@ func (s *driver) Unblock(ctx context.Context, hash, user string) (bool, error) {
 	if _, err := tx.ExecContext(ctx, `DELETE FROM "`+shapes.ErasedTable+`" WHERE user_hash = ?`, hash); err != nil {
 		return false, classify(err)
 	}
-	if old, ok := parseTime([]byte(stamp.String)); stamp.Valid && ok {
+	if old, err := time.Parse(time.RFC3339Nano, stamp.String); stamp.Valid && err == nil {
 		back := time.Now().UTC().Truncate(time.Millisecond)
 		if next := old.Add(time.Millisecond); next.After(back) {
 			back = next
