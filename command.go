@@ -193,7 +193,7 @@ func cmdCheck(fl caddycmd.Flags) (int, error) {
 				fmt.Printf("  ✗ read_database %s: %v\n", r.Target, r.Err)
 				bad++
 			} else {
-				fmt.Printf("  ✓ read_database %s: a hot standby of database, %.1f s behind\n", r.Target, r.Lag)
+				fmt.Printf("  ✓ read_database %s: a hot standby of database, %d bytes of WAL behind\n", r.Target, r.BytesBehind)
 			}
 		}
 		for _, cfg := range h.Shapes {

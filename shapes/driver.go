@@ -297,8 +297,10 @@ type ReplicaState struct {
 	Up bool
 	// Lag is how far its replay is behind, in seconds, as last measured.
 	Lag float64
-	// Err is why it is not used (CheckReplicas only).
-	Err error
+	// Err is why it is not used, and BytesBehind how much WAL it has not
+	// replayed (CheckReplicas only).
+	Err         error
+	BytesBehind uint64
 }
 
 // Database is an open database. It is safe to share between Stores, and

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -67,11 +68,12 @@ type replica struct {
 	target string // host:port, for metrics and logs
 	pool   *pgxpool.Pool
 
-	mu   sync.Mutex
-	up   bool
-	lag  float64
-	why  error // why it is down
-	seen bool  // the monitor has probed it
+	mu     sync.Mutex
+	up     bool
+	behind bool // more than read_max_lag behind the primary: skipped
+	lag    float64
+	why    error // why it is down
+	seen   bool  // the monitor has probed it
 }
 
 // replicaSet is a database's standbys.
@@ -86,6 +88,16 @@ type replicaSet struct {
 
 	idMu      sync.Mutex
 	primaryID string // the primary's system identifier, once read
+
+	// the primary's WAL position at each probe, newest last, for the
+	// standbys' lag (only the monitor touches it)
+	positions []walPosition
+}
+
+// walPosition is where the primary's WAL was at a time.
+type walPosition struct {
+	at  time.Time
+	lsn uint64
 }
 
 // monitorEvery is how often each standby is probed: whether it is up, a
@@ -137,20 +149,25 @@ func (rs *replicaSet) close() {
 	}
 }
 
-// pick returns the next standby that is up, round robin; nil when none is.
-func (rs *replicaSet) pick() *replica {
+// pick returns the next standby that is up and not behind, round robin;
+// nil and why ("down", or "lag" when one is up but behind) when none is.
+func (rs *replicaSet) pick() (*replica, string) {
 	n := uint64(len(rs.list))
 	start := rs.next.Add(1)
+	why := "down"
 	for i := uint64(0); i < n; i++ {
 		r := rs.list[(start+i)%n]
 		r.mu.Lock()
-		up := r.up
+		up, behind := r.up, r.behind
 		r.mu.Unlock()
+		if up && !behind {
+			return r, ""
+		}
 		if up {
-			return r
+			why = "lag"
 		}
 	}
-	return nil
+	return nil, why
 }
 
 // pull runs q on a standby that is up, as the comment at the top says,
@@ -163,9 +180,9 @@ func (rs *replicaSet) pull(ctx context.Context, p *driver, q shapes.PullQuery, e
 	if p.noStandbyFloor {
 		need = time.Time{}
 	}
-	r := rs.pick()
+	r, why := rs.pick()
 	if r == nil {
-		return rs.fallback(ctx, p, q, "down", false, emit)
+		return rs.fallback(ctx, p, q, why, false, emit)
 	}
 	deadline := time.Now().Add(rs.maxLag)
 	wait := 2 * time.Millisecond
@@ -268,6 +285,7 @@ func (rs *replicaSet) monitor(ctx context.Context, p *driver) {
 	t := time.NewTicker(monitorEvery)
 	defer t.Stop()
 	for {
+		rs.samplePrimary(ctx, p)
 		for _, r := range rs.list {
 			rs.probe(ctx, p, r)
 		}
@@ -284,33 +302,83 @@ func (rs *replicaSet) monitor(ctx context.Context, p *driver) {
 func (rs *replicaSet) probe(ctx context.Context, p *driver, r *replica) {
 	ctx, cancel := context.WithTimeout(ctx, standbyConnectTimeout+time.Second)
 	defer cancel()
-	lag, err := rs.verify(ctx, p, r)
+	replayed, err := rs.verify(ctx, p, r)
 	if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) {
 		return // closing
 	}
+	lag := rs.lagOf(replayed)
+	behind := err == nil && lag > rs.maxLag.Seconds()
 	r.mu.Lock()
-	was, seen := r.up, r.seen
+	was, wasBehind, seen := r.up && !r.behind, r.behind, r.seen
 	r.seen = true
 	if err == nil {
-		r.up, r.lag, r.why = true, lag, nil
+		r.up, r.behind, r.lag, r.why = true, behind, lag, nil
 	} else {
 		r.up, r.why = false, err
 	}
 	r.mu.Unlock()
 	switch {
-	case err == nil && !was && seen:
+	case err == nil && !behind && (!was && seen):
 		rs.logger.Info("read_database: a standby is back; pulls go to it again", zap.String("standby", r.target))
+	case behind && !wasBehind:
+		rs.logger.Warn("read_database: a standby is more than read_max_lag behind the primary; pulls go to the other standbys, or the primary, until it catches up",
+			zap.String("standby", r.target), zap.Float64("lag_seconds", lag))
 	case err != nil && (was || !seen):
 		rs.logger.Warn("read_database: a standby is not used; pulls go to the other standbys, or the primary, until it is back",
 			zap.String("standby", r.target), zap.Error(err))
 	}
 }
 
-// lagSQL is how far a standby's replay is behind, in seconds: 0 when it
-// has replayed all it received.
-const lagSQL = `SELECT pg_is_in_recovery(),
-	CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-	ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) END::float8`
+// samplePrimary notes where the primary's WAL is, keeping the positions
+// of the last read_max_lag and a few probes more.
+func (rs *replicaSet) samplePrimary(ctx context.Context, p *driver) {
+	ctx, cancel := context.WithTimeout(ctx, standbyConnectTimeout)
+	defer cancel()
+	var text string
+	if err := p.pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&text); err != nil {
+		return // the primary's trouble is the pushes' to report
+	}
+	lsn, ok := parseLSN(text)
+	if !ok {
+		return
+	}
+	now := time.Now()
+	rs.positions = append(rs.positions, walPosition{at: now, lsn: lsn})
+	keep := rs.maxLag + 3*monitorEvery
+	i := 0
+	for i < len(rs.positions)-1 && now.Sub(rs.positions[i].at) > keep {
+		i++
+	}
+	rs.positions = rs.positions[i:]
+}
+
+// lagOf is how far behind a standby that replayed up to lsn is, in
+// seconds: how long ago the primary was first seen past it (0 when the
+// standby has replayed what the primary had at the last sample). The
+// standby's own view (replay against receipt) cannot see a standby that
+// stopped receiving: it has replayed all it has.
+func (rs *replicaSet) lagOf(lsn uint64) float64 {
+	for _, pos := range rs.positions {
+		if pos.lsn > lsn {
+			return time.Since(pos.at).Seconds()
+		}
+	}
+	return 0
+}
+
+// parseLSN reads PostgreSQL's text of a WAL position, "16/B374D848".
+func parseLSN(s string) (uint64, bool) {
+	hi, lo, ok := strings.Cut(s, "/")
+	if !ok {
+		return 0, false
+	}
+	h, err1 := strconv.ParseUint(hi, 16, 32)
+	l, err2 := strconv.ParseUint(lo, 16, 32)
+	return h<<32 | l, err1 == nil && err2 == nil
+}
+
+// replaySQL is whether a standby is in recovery, and where its replay is.
+const replaySQL = `SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn()::text, '0/0')`
 
 // errNotStandby and errOtherPrimary say why a read_database is refused.
 var (
@@ -318,19 +386,21 @@ var (
 	errOtherPrimary = errors.New("it is a standby of another server")
 )
 
-// verify checks r is a hot standby of the primary, and returns its lag.
-func (rs *replicaSet) verify(ctx context.Context, p *driver, r *replica) (float64, error) {
+// verify checks r is a hot standby of the primary, and returns the WAL
+// position it has replayed.
+func (rs *replicaSet) verify(ctx context.Context, p *driver, r *replica) (uint64, error) {
 	var inRecovery bool
-	var lag float64
-	if err := r.pool.QueryRow(ctx, lagSQL).Scan(&inRecovery, &lag); err != nil {
+	var text string
+	if err := r.pool.QueryRow(ctx, replaySQL).Scan(&inRecovery, &text); err != nil {
 		return 0, pgError(err)
 	}
 	if !inRecovery {
 		return 0, errNotStandby
 	}
+	replayed, _ := parseLSN(text)
 	primary, err := rs.primaryIdentity(ctx, p)
 	if err != nil {
-		return lag, nil // not known yet: the primary is checked again next time
+		return replayed, nil // not known yet: the primary is checked again next time
 	}
 	var id string
 	if err := r.pool.QueryRow(ctx, `SELECT system_identifier::text FROM pg_control_system()`).Scan(&id); err != nil {
@@ -339,7 +409,7 @@ func (rs *replicaSet) verify(ctx context.Context, p *driver, r *replica) (float6
 	if id != primary {
 		return 0, fmt.Errorf("%w (system identifier %s; the primary's is %s)", errOtherPrimary, id, primary)
 	}
-	return lag, nil
+	return replayed, nil
 }
 
 // primaryIdentity reads the primary's system identifier once.
@@ -380,8 +450,18 @@ func (p *driver) CheckReplicas(ctx context.Context) []shapes.ReplicaState {
 	}
 	var out []shapes.ReplicaState
 	for _, r := range p.replicas.list {
-		lag, err := p.replicas.verify(ctx, p, r)
-		out = append(out, shapes.ReplicaState{Target: r.target, Up: err == nil, Lag: lag, Err: err})
+		replayed, err := p.replicas.verify(ctx, p, r)
+		st := shapes.ReplicaState{Target: r.target}
+		if err == nil {
+			var text string
+			if err = p.pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&text); err == nil {
+				if lsn, ok := parseLSN(text); ok && lsn > replayed {
+					st.BytesBehind = lsn - replayed
+				}
+			}
+		}
+		st.Up, st.Err = err == nil, pgError(err)
+		out = append(out, st)
 	}
 	return out
 }
@@ -394,7 +474,7 @@ func (p *driver) Replicas() []shapes.ReplicaState {
 	out := make([]shapes.ReplicaState, len(p.replicas.list))
 	for i, r := range p.replicas.list {
 		r.mu.Lock()
-		out[i] = shapes.ReplicaState{Target: r.target, Up: r.up, Lag: r.lag}
+		out[i] = shapes.ReplicaState{Target: r.target, Up: r.up && !r.behind, Lag: r.lag}
 		r.mu.Unlock()
 	}
 	return out

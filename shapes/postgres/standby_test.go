@@ -255,8 +255,9 @@ func TestStandbyReadYourWrites(t *testing.T) {
 	if n := tg.get("primary/lag"); n != 2 {
 		t.Fatalf("want both pulls read on the primary for lag: %v", tg)
 	}
-	// two pulls, each waiting read_max_lag and no more than a little
-	if took < 2*maxLag || took > 2*maxLag+5*time.Second {
+	// two pulls, each waiting read_max_lag at most (less once the
+	// monitor has seen the standby behind), and no more than a little
+	if took > 2*maxLag+5*time.Second {
 		t.Fatalf("two pulls took %v with read_max_lag %v", took, maxLag)
 	}
 }
@@ -559,5 +560,56 @@ func TestPromotedStandbyIsNotRead(t *testing.T) {
 	}
 	if standby, _ := tg.split(); standby != 0 {
 		t.Fatalf("a pull ran on the promoted server: %v", &tg)
+	}
+}
+
+// TestBehindStandbyIsSkipped: a standby more than read_max_lag behind the
+// primary's WAL (replay paused here; a standby that stopped receiving
+// looks the same) is skipped by pulls without waiting, shown not up with
+// its lag, and used again once it has caught up.
+func TestBehindStandbyIsSkipped(t *testing.T) {
+	dsn := testkit.Postgres().Open(t)
+	sb := pgtest.NewStandby(t, pgtest.StandbyOptions{})
+	sb.WaitCaughtUp(t, dsn)
+	const maxLag = 500 * time.Millisecond
+	var tg targets
+	f := replicated(t, nil, dsn, []*pgtest.Standby{sb}, shapes.Options{ReadMaxLag: maxLag, PullTarget: tg.observe}, testkit.ListShapes()...)
+	testkit.WantOutcomes(t, f.Push("alice", testkit.Todo(1, "p1", "", "one")), "applied")
+	sb.WaitCaughtUp(t, dsn)
+	sb.PauseReplay(t)
+	testkit.WantOutcomes(t, f.Push("alice", testkit.Todo(2, "p2", "", "two")), "applied")
+	state := func() shapes.ReplicaState { return f.DB.Replicas()[0] }
+	deadline := time.Now().Add(20 * time.Second)
+	for state().Up {
+		if time.Now().After(deadline) {
+			t.Fatalf("the standby, paused, is still up: %+v", state())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st := state(); st.Lag < maxLag.Seconds() {
+		t.Fatalf("a standby skipped as behind shows lag %v", st.Lag)
+	}
+	start := time.Now()
+	if got := pullTitles(t, f.Store, "bob"); len(got) != 0 {
+		t.Fatalf("bob: %v", got)
+	}
+	if took := time.Since(start); took >= maxLag {
+		t.Fatalf("a pull waited %v for a standby known to be behind", took)
+	}
+	if tg.get("primary/lag") == 0 {
+		t.Fatalf("want the pull on the primary for lag: %v", &tg)
+	}
+	sb.ResumeReplay(t)
+	sb.WaitCaughtUp(t, dsn)
+	for !state().Up {
+		if time.Now().After(deadline.Add(20 * time.Second)) {
+			t.Fatalf("the standby, caught up, is not used again: %+v", state())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	before, _ := tg.split()
+	pullTitles(t, f.Store, "alice")
+	if after, _ := tg.split(); after != before+1 {
+		t.Fatalf("the pull after the catch-up did not run on the standby: %v", &tg)
 	}
 }
