@@ -43,6 +43,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		live on|off                     # live sync at …/events and …/live.js; default on
 //		cursor_cookie on|off            # the cookie that ties a pull's lastPull to its user; default on
 //		keep_rejections <n>             # refused changes kept per user for …/rejections; default 100, 0 keeps none
+//		refusal_rate <n>                # refused changes per second a user's pushes may have; past it they wait, or 429; default 200, 0 no limit
 //		heartbeat <duration>            # comment line on an idle stream; default 25s
 //		max_streams <n>                 # event streams of this instance; default 10000; past it 503
 //		max_streams_per_user <n>        # event streams of one user; default 16; past it 429
@@ -116,16 +117,24 @@ func (h *HyperSync) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := onOff(d, &h.CursorCookie); err != nil {
 				return err
 			}
-		case "keep_rejections":
+		case "keep_rejections", "refusal_rate":
+			opt := d.Val()
 			var v string
 			if !d.Args(&v) || d.NextArg() {
 				return d.ArgErr()
 			}
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 0 {
+				if opt == "refusal_rate" {
+					return d.Errf("refusal_rate %q is not a whole number (0 sets no limit)", v)
+				}
 				return d.Errf("keep_rejections %q is not a whole number (0 keeps none)", v)
 			}
-			h.KeepRejections = &n
+			if opt == "refusal_rate" {
+				h.RefusalRate = &n
+			} else {
+				h.KeepRejections = &n
+			}
 		case "heartbeat", "stream_max_age":
 			opt := d.Val()
 			var v string

@@ -19,6 +19,7 @@ import (
 var liveOn, liveOff = true, false
 
 func TestUnmarshalCaddyfile(t *testing.T) {
+	fifty := 50
 	cases := []struct {
 		name    string
 		input   string
@@ -161,6 +162,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			want: &HyperSync{Live: &liveOff, Shapes: []shapes.ShapeConfig{{Key: "t", KeyFields: []string{"id"}}}}},
 		{name: "live neither on nor off", input: "hypersync {\n live maybe\n}", wantErr: `live takes on or off, not "maybe"`, line: 2},
 		{name: "cursor_cookie neither on nor off", input: "hypersync {\n cursor_cookie no\n}", wantErr: `cursor_cookie takes on or off, not "no"`, line: 2},
+		{name: "refusal_rate", input: "hypersync {\n refusal_rate 50\n shape t {\n key id\n }\n}",
+			want: &HyperSync{RefusalRate: &fifty, Shapes: []shapes.ShapeConfig{{Key: "t", KeyFields: []string{"id"}}}}},
+		{name: "refusal_rate not a number", input: "hypersync {\n refusal_rate lots\n}", wantErr: `refusal_rate "lots" is not a whole number (0 sets no limit)`, line: 2},
 		{name: "keep_rejections negative", input: "hypersync {\n keep_rejections -1\n}", wantErr: `keep_rejections "-1" is not a whole number (0 keeps none)`, line: 2},
 		{name: "heartbeat not a duration", input: "hypersync {\n heartbeat often\n}", wantErr: `heartbeat "often" is not a positive duration`, line: 2},
 		{name: "stream_max_age zero", input: "hypersync {\n stream_max_age 0s\n}", wantErr: `stream_max_age "0s" is not a positive duration`, line: 2},

@@ -85,6 +85,10 @@ type HyperSync struct {
 	// How many refused changes the record (…/rejections) keeps per user;
 	// 0 keeps none. Default: 100.
 	KeepRejections *int `json:"keep_rejections,omitempty"`
+	// How many refused changes per second one user's pushes may have, on
+	// average, on this instance; a push past it waits, or is answered 429
+	// too-many-refusals. 0 sets no limit. Default: 200.
+	RefusalRate *int `json:"refusal_rate,omitempty"`
 	// The comment an idle event stream gets, so that proxies keep it.
 	// Default: 25s.
 	Heartbeat caddy.Duration `json:"heartbeat,omitempty"`
@@ -261,6 +265,10 @@ func (h *HyperSync) handlerConfig() handler.Config {
 	if h.KeepRejections != nil {
 		keep = *h.KeepRejections
 	}
+	refusals := DefaultRefusalRate
+	if h.RefusalRate != nil {
+		refusals = *h.RefusalRate
+	}
 	return handler.Config{
 		MaxBatch:       h.MaxBatch,
 		MaxBody:        h.MaxBody,
@@ -269,8 +277,14 @@ func (h *HyperSync) handlerConfig() handler.Config {
 		MaxPulls:       h.MaxConcurrentPulls,
 		CursorCookie:   h.CursorCookie == nil || *h.CursorCookie,
 		KeepRejections: keep,
+		RefusalRate:    refusals,
 	}
 }
+
+// DefaultRefusalRate is refusal_rate's default: refused changes per second
+// and user. An honest device refuses a few per sync (the client resends
+// them at each); a flood refuses thousands.
+const DefaultRefusalRate = 200
 
 // Validate checks the configuration's values.
 func (h *HyperSync) Validate() error { return h.check() }

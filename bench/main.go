@@ -18,6 +18,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -743,6 +744,9 @@ func (s *caddyServer) pushRefused(user string, batch []change) error {
 	return err
 }
 
+// errThrottled: the push was answered 429 (refusal_rate).
+var errThrottled = errors.New("push answered 429")
+
 // post sends a push body and returns the answer of a 201.
 func (s *caddyServer) post(user string, body []byte) ([]byte, error) {
 	req, _ := http.NewRequest("POST", s.base+"/sync/push", bytes.NewReader(body))
@@ -754,6 +758,9 @@ func (s *caddyServer) post(user string, body []byte) ([]byte, error) {
 	}
 	defer resp.Body.Close()
 	answer, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode == http.StatusTooManyRequests {
+		return nil, errThrottled
+	}
 	if resp.StatusCode != 201 {
 		return nil, fmt.Errorf("push answered %d: %.300s", resp.StatusCode, answer)
 	}

@@ -80,6 +80,10 @@ type Config struct {
 	// KeepRejections is how many refused changes the record keeps per
 	// user; 0 keeps none.
 	KeepRejections int
+	// RefusalRate is how many refused changes per second a user's pushes
+	// may have on this instance, on average (refusals.go); 0 sets no
+	// limit.
+	RefusalRate int
 }
 
 // Check reports a value that no default can mend.
@@ -97,6 +101,8 @@ func (c Config) Check() error {
 		return fmt.Errorf("max_concurrent_pushes and max_concurrent_pulls must be positive")
 	case c.QueueWait < 0:
 		return fmt.Errorf("the queue wait must be positive")
+	case c.RefusalRate < 0:
+		return fmt.Errorf("refusal_rate must be positive")
 	}
 	return nil
 }
@@ -139,6 +145,7 @@ type Handler struct {
 	// background at once; recorded counts those not written yet.
 	recording chan struct{}
 	recorded  sync.WaitGroup
+	refusals  *refusalBudget // nil without a RefusalRate
 }
 
 // recordSlots is how many records of refused changes are written in the
@@ -152,7 +159,7 @@ func New(c Config) (*Handler, error) {
 	}
 	c = c.withDefaults()
 	return &Handler{cfg: c, pushSlots: make(chan struct{}, c.MaxPushes), pullSlots: make(chan struct{}, c.MaxPulls),
-		recording: make(chan struct{}, recordSlots)}, nil
+		recording: make(chan struct{}, recordSlots), refusals: newRefusalBudget(c.RefusalRate)}, nil
 }
 
 // Observer receives what requests did, for metrics. It must not block.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -22,6 +23,9 @@ import (
 
 func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Request, user string) {
 	start := time.Now()
+	if !h.waitRefusals(ctx, w, user, start) {
+		return
+	}
 	changes, results, err := h.decodePush(w, r, user)
 	if err != nil {
 		var re *requestError
@@ -81,6 +85,7 @@ func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	for _, t := range tally {
 		h.cfg.Observer.Changes(t.shape, t.outcome, t.n)
 	}
+	h.refusals.charge(user, len(resp.RejectedChanges), time.Now())
 	writePushResponse(w, &resp)
 	if rejectedBy != nil && h.cfg.KeepRejections > 0 {
 		h.recordRejections(w, r, user, changes, results)
@@ -370,4 +375,30 @@ func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error)
 			buf = append(buf, 0)[:len(buf)] // grow; the client sent more than it said
 		}
 	}
+}
+
+// waitRefusals holds a push of a user in refusal debt until the debt is
+// paid, and answers 429 when that takes longer than maxRefusalWait: after
+// maxRefusalWait, so that a client that retries at once still sends one
+// request every maxRefusalWait (refusals.go). It reports whether the push
+// may go on.
+func (h *Handler) waitRefusals(ctx context.Context, w http.ResponseWriter, user string, now time.Time) bool {
+	wait := h.refusals.debt(user, now)
+	if wait <= 0 {
+		return true
+	}
+	t := time.NewTimer(min(wait, maxRefusalWait))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return false
+	}
+	if wait <= maxRefusalWait {
+		return true
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(int((wait-maxRefusalWait)/time.Second)+1))
+	writeError(w, http.StatusTooManyRequests, codes.TooManyRefusals,
+		fmt.Sprintf("this user's pushes had more changes refused than refusal_rate allows (%d a second); try again later", h.cfg.RefusalRate))
+	return false
 }

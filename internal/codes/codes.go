@@ -42,6 +42,7 @@ const (
 	BatchTooLarge        = "batch-too-large"        // 413
 	UnsupportedMediaType = "unsupported-media-type" // 415
 	TooManyStreams       = "too-many-streams"       // 429 for one user's streams, 503 for the instance's
+	TooManyRefusals      = "too-many-refusals"      // 429, with Retry-After: the user's pushes had too many changes refused (refusal_rate)
 	SchemaMismatch       = "schema-mismatch"        // 500: a table no longer matches its shape
 	DatabaseUnavailable  = "database-unavailable"   // 503, with Retry-After
 	Overloaded           = "overloaded"             // 503, with Retry-After
