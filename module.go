@@ -408,7 +408,9 @@ func (h *HyperSync) provisionLive() error {
 			return fmt.Errorf("listen_database %q is not a postgres:// DSN: only PostgreSQL carries pokes between instances", shapes.RedactDSN(listen))
 		}
 	}
-	h.brokerKey = h.dsn + "\x00" + listen
+	// one broker per pool (dbKey): it reads cursors through that pool's
+	// Database, which must live as long as it does
+	h.brokerKey = h.dbKey + "\x00" + listen
 	val, _, err := brokers.LoadOrNew(h.brokerKey, func() (caddy.Destructor, error) {
 		opts := live.Options{Logger: h.logger, Exiting: caddy.Exiting, Cursors: h.db.Cursors}
 		if !h.DisableMetrics {

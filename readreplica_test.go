@@ -133,3 +133,48 @@ func TestReadDatabaseMustBeAStandby(t *testing.T) {
 		t.Fatalf("check: %d\n%s", code, out)
 	}
 }
+
+// TestReloadKeepsTheBrokerOnALivePool: a reload that changes read_max_lag
+// opens another pool of the database; the live broker must belong to the
+// pool in use (it reads cursors through it), not to the one the reload
+// closed.
+func TestReloadKeepsTheBrokerOnALivePool(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	pgtest.Exec(t, dsn, integrationDDL)
+	sb := pgtest.SharedStandby(t)
+	sb.WaitCaughtUp(t, dsn)
+	site := func(lag string) string {
+		return fmt.Sprintf(`http://localhost:9080 {
+	handle /sync/* {
+		hypersync {
+			database %s
+			read_database %s
+			read_max_lag %s
+			user_id {http.request.header.X-Test-User}
+			shape todos {
+				key todoId
+				fields title description done deleted
+			}
+		}
+	}
+}`, dsn, sb.DSN(dsn), lag)
+	}
+	tester := serveSites(t, nil, site("1s"))
+	serveSites(t, tester, site("2s"))
+	pools := map[string]bool{}
+	databases.Range(func(k, _ any) bool { pools[k.(string)] = true; return true })
+	n := 0
+	brokers.Range(func(k, _ any) bool {
+		n++
+		// the key is the pool's key, then the listen DSN
+		key := k.(string)
+		pool := key[:strings.LastIndex(key, "\x00")]
+		if !pools[pool] {
+			t.Errorf("a live broker belongs to a pool that is closed: %q (open: %v)", pool, pools)
+		}
+		return true
+	})
+	if n == 0 {
+		t.Fatal("no live broker after the reload")
+	}
+}

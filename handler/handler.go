@@ -295,13 +295,6 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, user string) {
 		h.rejections(ctx, w, r, user)
 		return
 	}
-	if op == "push" {
-		// A pull streams for as long as its answer takes, and is bounded
-		// by watchStall instead.
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, h.cfg.Timeout)
-		defer cancel()
-	}
 	if h.cfg.Observer != nil {
 		rec := &statusRecorder{ResponseWriter: w}
 		w = rec
@@ -309,6 +302,14 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, user string) {
 		defer func() { h.cfg.Observer.Request(op, rec.status, time.Since(start)) }()
 	}
 	if op == "push" {
+		// a user in refusal debt waits before the push's time starts
+		if !h.waitRefusals(ctx, w, user, time.Now()) {
+			return
+		}
+		// A pull streams for as long as its answer takes, and is bounded
+		// by watchStall instead.
+		ctx, cancel := context.WithTimeout(ctx, h.cfg.Timeout)
+		defer cancel()
 		h.push(ctx, w, r, user)
 	} else {
 		h.pull(ctx, w, r, user)

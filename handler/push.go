@@ -23,9 +23,6 @@ import (
 
 func (h *Handler) push(ctx context.Context, w http.ResponseWriter, r *http.Request, user string) {
 	start := time.Now()
-	if !h.waitRefusals(ctx, w, user, start) {
-		return
-	}
 	changes, results, err := h.decodePush(w, r, user)
 	if err != nil {
 		var re *requestError

@@ -93,7 +93,9 @@ func (b *refusalBudget) charge(user string, n int, now time.Time) {
 		b.users[user] = r
 	}
 	b.refill(r, now)
-	r.tokens -= float64(n)
+	// pushes that passed together may all be charged at once: the debt
+	// is kept within one bucket, at most ten seconds' wait
+	r.tokens = max(r.tokens-float64(n), -b.burst)
 }
 
 // sweep forgets the buckets that are full again: they would be made anew

@@ -79,3 +79,30 @@ func TestRefusalRate(t *testing.T) {
 		}
 	})
 }
+
+// TestRefusalWaitOutlastsTheTimeout: the wait for a refusal debt comes
+// before the push's own timeout starts, so a short timeout neither cuts
+// the wait into an empty answer nor is eaten by it.
+func TestRefusalWaitOutlastsTheTimeout(t *testing.T) {
+	e := newEnvOn(t, testkit.SQLite().Open(t, seedDDL), func(c *handler.Config) {
+		c.RefusalRate = 10
+		c.Timeout = 500 * time.Millisecond
+	})
+	body := func(tag string) string {
+		now := time.Now().UTC().Format("2006-01-02T15:04:05.000Z")
+		var cs []string
+		for i := range 100 {
+			cs = append(cs, todo(fmt.Sprintf("%s-%d", tag, i), "bob", now, fmt.Sprintf(`{"todoId":"x%d","title":"not mine"}`, i)))
+		}
+		return `{"changes":[` + strings.Join(cs, ",") + `]}`
+	}
+	for i := range 2 {
+		if a := e.do("POST", "/sync/push", "mallory", "application/json", body(fmt.Sprint(i))); a.status != 201 {
+			t.Fatalf("push %d: %d %s", i, a.status, a.body)
+		}
+	}
+	a := e.do("POST", "/sync/push", "mallory", "application/json", body("late"))
+	if a.status != http.StatusTooManyRequests || a.header.Get("Retry-After") == "" {
+		t.Fatalf("a push in debt, with a timeout shorter than the wait: %d %q (Retry-After %q)", a.status, a.body, a.header.Get("Retry-After"))
+	}
+}

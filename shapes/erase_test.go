@@ -250,10 +250,9 @@ func TestEraseStampsTheMembers(t *testing.T) {
 }
 
 // TestUnblockKeepsTheCursorGrowing: erase deletes the user's cursor and
-// unblock gives it back above the old one, so no syncedAt handed out
-// before the erase is ever above the cursor again by the clock alone (a
-// device's old lastPull is answered from the epoch until the cursor
-// passes it, and a standby behind the erase is waited for).
+// unblock gives it back above the old one, so every row stamped after the
+// unblock is above any lastPull handed out before the erase, and a
+// standby behind the erase is waited for.
 func TestUnblockKeepsTheCursorGrowing(t *testing.T) {
 	testkit.ForEachStore(t, func(t *testing.T, b testkit.Backend) {
 		f := sharedLists(t, b)
@@ -277,4 +276,20 @@ func TestUnblockKeepsTheCursorGrowing(t *testing.T) {
 			t.Fatalf("the cursor after erase and unblock, %v, is not above the one before, %v", after, before)
 		}
 	})
+}
+
+// TestEraseOnAnEarlierErasedTable: a SQLite file whose hypersync_erased
+// an earlier build made, without the kept stamp, still erases and
+// unblocks (the column is added at start-up).
+func TestEraseOnAnEarlierErasedTable(t *testing.T) {
+	dsn := testkit.SQLite().Open(t, `CREATE TABLE "hypersync_erased" (user_hash TEXT PRIMARY KEY, at TEXT NOT NULL)`)
+	f := testkit.OpenStore(t, dsn, testkit.ListShapes()...)
+	testkit.WantOutcomes(t, f.Push("alice", testkit.Todo(1, "t1", "", "milk")), "applied")
+	ctx := context.Background()
+	if _, err := f.Store.Erase(ctx, "alice", false); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := f.Store.Unblock(ctx, "alice"); err != nil || !ok {
+		t.Fatalf("unblock: %v %v", ok, err)
+	}
 }

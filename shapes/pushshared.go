@@ -105,11 +105,13 @@ type ScopeOf struct {
 // ErasedTable, where unblock finds it: a cursor only grows, and so must
 // the one an unblocked user starts again from. Every syncedAt handed out
 // before the erase is at or below the kept stamp, so the new cursor is
-// above them (a device's old lastPull reads as from the future, and is
-// answered from the epoch, until the cursor passes it); and a standby that
-// has not replayed the erase holds the old cursor, below the primary's
-// new one, so a pull waits for it to replay the erase and the unblock
-// (postgres/replica.go) instead of reading the erased rows there.
+// above them all, and every row stamped after the unblock is above any
+// lastPull a device kept (by the clock alone, rows stamped after the
+// unblock could fall below an old lastPull that ran ahead of the clock,
+// and be skipped); and a standby that has not replayed the erase holds
+// the old cursor, below the primary's new one, so a pull waits for it to
+// replay the erase and the unblock (postgres/replica.go) instead of
+// reading the erased rows there.
 type Forget struct {
 	User, Hash string
 	Shapes     []*Shape

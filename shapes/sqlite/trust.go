@@ -19,7 +19,8 @@ var trustDDL = []string{
 		row_key TEXT, error TEXT NOT NULL, message TEXT NOT NULL, at TEXT NOT NULL, last TEXT NOT NULL, times INTEGER NOT NULL,
 		PRIMARY KEY (user_id, change_id))`,
 	`CREATE INDEX IF NOT EXISTS "` + shapes.RejectionsTable + `_last_idx" ON "` + shapes.RejectionsTable + `" (user_id, last)`,
-	`CREATE TABLE IF NOT EXISTS "` + shapes.ErasedTable + `" (user_hash TEXT PRIMARY KEY, at TEXT NOT NULL, stamp TEXT)`,
+	`CREATE TABLE IF NOT EXISTS "` + shapes.ErasedTable + `" (user_hash TEXT PRIMARY KEY, at TEXT NOT NULL)`,
+	addColumn(shapes.ErasedTable, "stamp TEXT"),
 }
 
 // Secret returns the secret named name, made from crypto/rand the first
